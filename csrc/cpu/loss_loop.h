@@ -1,0 +1,135 @@
+// The one loop every CPU loss kernel runs: a vectorized elementwise pass that writes
+// the elementwise loss and local gradients it is asked for and sums the loss per row
+// in a fixed order.
+//
+// Determinism: each row is cut into chunks of kChunk elements at fixed positions;
+// each chunk is summed by one thread in one order, and the chunk sums are added in
+// index order afterwards. Nothing depends on the thread count or on scheduling, so
+// results are bitwise equal across runs and torch.set_num_threads settings.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <vector>
+
+#include "kernels.h"
+#include "vec_math.h"
+
+namespace vae_kernels::cpu::CPU_CAPABILITY {
+
+constexpr int64_t kChunk = 4096;           // elements per partial sum
+constexpr int64_t kGrainElements = 32768;  // least work worth a thread
+
+// An Op describes one elementwise loss:
+//   static constexpr int kInputs;
+//   static constexpr std::array<bool, kInputs> kUnitInterval;  // inputs checked for [0, 1]
+//   template <class V> V loss(const V* in) const;
+//   template <class V> V loss_and_grad(const V* in, V* grad) const;
+
+template <typename scalar_t, bool kWithGrad, typename Op>
+double loss_chunk(const Op& op, const LossBuffers& buffers, int64_t begin, int64_t end,
+                  bool* out_of_unit_interval) {
+  using Vec = AccVec<scalar_t>;
+  using acc_t = acc_type_t<scalar_t>;
+  constexpr int64_t W = kVecWidth<scalar_t>;
+  constexpr int N = Op::kInputs;
+  const scalar_t* in_ptr[N];
+  scalar_t* grad_ptr[N];
+  for (int k = 0; k < N; ++k) {
+    in_ptr[k] = static_cast<const scalar_t*>(buffers.inputs[k]);
+    grad_ptr[k] = static_cast<scalar_t*>(buffers.grads[k]);
+  }
+  auto* loss_ptr = static_cast<scalar_t*>(buffers.elementwise_loss);
+
+  Vec sum(acc_t(0));
+  Vec outside[N];
+  for (int k = 0; k < N; ++k) outside[k] = Vec(acc_t(0));
+  for (int64_t i = begin; i < end; i += W) {
+    const int64_t count = std::min(W, end - i);
+    Vec in[N];
+    Vec grad[N];
+    for (int k = 0; k < N; ++k) in[k] = load_vec(in_ptr[k] + i, count);
+    Vec loss;
+    if constexpr (kWithGrad) {
+      loss = op.loss_and_grad(in, grad);
+    } else {
+      loss = op.loss(in);
+    }
+    if (count < W) loss = Vec::set(Vec(acc_t(0)), loss, count);  // padding lanes add nothing
+    sum = sum + loss;
+    if (loss_ptr) store_vec(loss_ptr + i, loss, count);
+    if constexpr (kWithGrad) {
+      for (int k = 0; k < N; ++k) {
+        if (grad_ptr[k]) store_vec(grad_ptr[k] + i, grad[k], count);
+      }
+    }
+    for (int k = 0; k < N; ++k) {
+      if (Op::kUnitInterval[k]) {  // zero padding lies inside [0, 1]; NaN passes through
+        outside[k] = outside[k] | (in[k] < Vec(acc_t(0))) | (in[k] > Vec(acc_t(1)));
+      }
+    }
+  }
+
+  alignas(64) acc_t lanes[W];
+  for (int k = 0; k < N; ++k) {
+    if (!Op::kUnitInterval[k]) continue;
+    outside[k].store(lanes);
+    // A set lane is all ones (a NaN), an unset lane is +0.0.
+    out_of_unit_interval[k] = std::any_of(lanes, lanes + W, [](acc_t v) { return v != acc_t(0); });
+  }
+  sum.store(lanes);
+  double total = 0;
+  for (int64_t j = 0; j < W; ++j) total += static_cast<double>(lanes[j]);
+  return total;
+}
+
+template <typename scalar_t, typename Op>
+void run_loss_typed(const Op& op, LossBuffers& buffers) {
+  constexpr int N = Op::kInputs;
+  bool with_grad = false;
+  for (int k = 0; k < N; ++k) with_grad = with_grad || buffers.grads[k] != nullptr;
+
+  const int64_t rows = buffers.rows;
+  const int64_t row_len = buffers.row_len;
+  const int64_t chunks_per_row = std::max<int64_t>(1, (row_len + kChunk - 1) / kChunk);
+  const int64_t tasks = rows * chunks_per_row;
+  const int64_t grain =
+      std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, std::min(row_len, kChunk)));
+
+  std::vector<double> partial(tasks);
+  std::array<std::atomic<bool>, LossBuffers::kMaxInputs> outside{};
+  at::parallel_for(0, tasks, grain, [&](int64_t first, int64_t last) {
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t row = task / chunks_per_row;
+      const int64_t begin = row * row_len + (task % chunks_per_row) * kChunk;
+      const int64_t end = std::min(begin + kChunk, (row + 1) * row_len);
+      bool chunk_outside[N] = {};
+      partial[task] = with_grad
+                          ? loss_chunk<scalar_t, true>(op, buffers, begin, end, chunk_outside)
+                          : loss_chunk<scalar_t, false>(op, buffers, begin, end, chunk_outside);
+      for (int k = 0; k < N; ++k) {
+        if (chunk_outside[k]) outside[k].store(true, std::memory_order_relaxed);
+      }
+    }
+  });
+
+  for (int64_t row = 0; row < rows; ++row) {
+    double row_sum = 0;
+    for (int64_t c = 0; c < chunks_per_row; ++c) row_sum += partial[row * chunks_per_row + c];
+    buffers.row_sums[row] = row_sum;
+  }
+  for (int k = 0; k < N; ++k) buffers.out_of_unit_interval[k] = outside[k].load();
+}
+
+template <typename Op>
+void run_loss(c10::ScalarType dtype, const Op& op, LossBuffers& buffers) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "vae_kernels_loss", [&] {
+    run_loss_typed<scalar_t>(op, buffers);
+  });
+}
+
+}  // namespace vae_kernels::cpu::CPU_CAPABILITY

@@ -1,0 +1,363 @@
+// CPU implementations of the vae_kernels ops (schemas: csrc/schemas.cpp): argument
+// checks, allocation, the call into this CPU's kernel table, and the reduction of the
+// kernels' per-row sums.
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <array>
+#include <vector>
+
+#include "kernels.h"
+
+namespace vae_kernels::cpu {
+namespace {
+
+using at::Tensor;
+
+enum Reduction : int64_t { kNone = 0, kPerSample = 1, kSum = 2 };
+
+void check_reduction(int64_t reduction) {
+  TORCH_CHECK_VALUE(reduction >= kNone && reduction <= kSum,
+                    "vae_kernels: reduction must be 0 (none), 1 (per_sample) or 2 (sum), got ",
+                    reduction);
+}
+
+// `t` must be a CPU floating-point tensor with `ref`'s dtype (and shape, if asked).
+void check_like(const char* op, const char* name, const Tensor& t, const char* ref_name,
+                const Tensor& ref, bool same_shape = true) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "vae_kernels.", op, ": ", name,
+                    " must be a CPU tensor, got one on ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "vae_kernels.", op, ": ", name,
+                   " must have the dtype of ", ref_name, " (", ref.scalar_type(), "), got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(!same_shape || t.sizes() == ref.sizes(), "vae_kernels.", op, ": ", name,
+                    " must have the shape of ", ref_name, " ", ref.sizes(), ", got ", t.sizes());
+}
+
+void check_floating(const char* op, const char* name, const Tensor& t) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "vae_kernels.", op, ": ", name,
+                   " must be a floating-point tensor, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "vae_kernels.", op, ": ", name,
+                    " must be a CPU tensor, got one on ", t.device());
+}
+
+int64_t batch_rows(const Tensor& t) { return t.dim() == 0 ? 1 : t.size(0); }
+int64_t row_length(const Tensor& t) {
+  const int64_t rows = batch_rows(t);
+  return rows == 0 ? 0 : t.numel() / rows;
+}
+
+// Buffers over `inputs` (made contiguous; kept alive in `keep`), with the elementwise
+// loss and the local gradients that `grad_mask` asks for allocated.
+struct LossCall {
+  std::vector<Tensor> inputs;  // contiguous
+  Tensor elementwise;          // defined for reduction none
+  std::vector<Tensor> grads;   // empty tensors where not requested
+  std::vector<double> row_sums;
+  LossBuffers buffers;
+
+  LossCall(std::vector<Tensor> ins, int64_t reduction, const std::vector<bool>& grad_mask) {
+    const Tensor& first = ins.front();
+    for (auto& t : ins) inputs.push_back(t.contiguous());
+    buffers.rows = batch_rows(first);
+    buffers.row_len = row_length(first);
+    row_sums.resize(buffers.rows);
+    buffers.row_sums = row_sums.data();
+    for (size_t k = 0; k < inputs.size(); ++k) buffers.inputs[k] = inputs[k].const_data_ptr();
+    if (reduction == kNone) {
+      elementwise = at::empty_like(inputs.front());
+      buffers.elementwise_loss = elementwise.data_ptr();
+    }
+    for (size_t k = 0; k < grad_mask.size(); ++k) {
+      if (grad_mask[k]) {
+        grads.push_back(at::empty_like(inputs[k]));
+        buffers.grads[k] = grads.back().data_ptr();
+      } else {
+        grads.push_back(at::empty({0}, first.options()));
+      }
+    }
+  }
+
+  void check_unit_interval(const char* op, std::initializer_list<const char*> names) const {
+    int k = 0;
+    for (const char* name : names) {
+      TORCH_CHECK_VALUE(name == nullptr || !buffers.out_of_unit_interval[k], "vae_kernels.", op,
+                        ": ", name, " must lie in [0, 1], but some values are outside it");
+      ++k;
+    }
+  }
+};
+
+// The reduced tensor for `reduction`, in `like`'s dtype: the elementwise loss, the
+// per-row sums or their total, each divided by `divisor`.
+Tensor reduce_rows(const std::vector<double>& row_sums, const Tensor& elementwise,
+                   int64_t reduction, int64_t divisor, const at::TensorOptions& options) {
+  if (reduction == kNone) return elementwise;
+  const double scale = 1.0 / static_cast<double>(divisor);
+  Tensor out;
+  if (reduction == kPerSample) {
+    out = at::empty({static_cast<int64_t>(row_sums.size())}, options);
+  } else {
+    out = at::empty({}, options);
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "reduce_rows", [&] {
+    auto* data = out.data_ptr<scalar_t>();
+    if (reduction == kPerSample) {
+      for (size_t r = 0; r < row_sums.size(); ++r) data[r] = static_cast<scalar_t>(row_sums[r] * scale);
+    } else {
+      double total = 0;
+      for (double s : row_sums) total += s;
+      data[0] = static_cast<scalar_t>(total * scale);
+    }
+  });
+  return out;
+}
+
+template <size_t N>
+std::vector<bool> mask_vector(const std::array<bool, N>& mask) {
+  return std::vector<bool>(mask.begin(), mask.end());
+}
+
+// ------------------------------------------------------------------ sampling
+
+Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& eps) {
+  check_floating("reparameterize", "mu", mu);
+  check_like("reparameterize", "logvar", logvar, "mu", mu);
+  check_like("reparameterize", "eps", eps, "mu", mu, /*same_shape=*/false);
+  TORCH_CHECK_VALUE(eps.dim() == mu.dim() + 1 && eps.sizes().slice(1) == mu.sizes(),
+                    "vae_kernels.reparameterize: eps must have shape (num_samples, *mu.shape) = "
+                    "(K, ", mu.sizes(), "), got ", eps.sizes());
+  const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous(), eps_c = eps.contiguous();
+  Tensor z = at::empty_like(eps_c);
+  kernels().reparameterize(mu.scalar_type(), mu_c.const_data_ptr(), logvar_c.const_data_ptr(),
+                           eps_c.const_data_ptr(), z.data_ptr(), mu.numel(), eps.size(0));
+  return z;
+}
+
+std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const Tensor& logvar,
+                                                   const Tensor& eps) {
+  check_like("reparameterize_backward", "grad_z", grad_z, "eps", eps);
+  const Tensor grad_c = grad_z.contiguous(), logvar_c = logvar.contiguous(),
+               eps_c = eps.contiguous();
+  Tensor grad_mu = at::empty_like(logvar_c), grad_logvar = at::empty_like(logvar_c);
+  kernels().reparameterize_backward(logvar.scalar_type(), grad_c.const_data_ptr(),
+                                    logvar_c.const_data_ptr(), eps_c.const_data_ptr(),
+                                    grad_mu.data_ptr(), grad_logvar.data_ptr(), logvar.numel(),
+                                    eps.size(0));
+  return {grad_mu, grad_logvar};
+}
+
+uint64_t read_seed(const char* op, const Tensor& seed) {
+  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong, "vae_kernels.", op,
+                    ": seed must be an int64 tensor with one element, got ", seed.scalar_type(),
+                    " of shape ", seed.sizes());
+  return static_cast<uint64_t>(seed.item<int64_t>());
+}
+
+Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tensor& seed,
+                             int64_t num_samples) {
+  check_floating("reparameterize_philox", "mu", mu);
+  check_like("reparameterize_philox", "logvar", logvar, "mu", mu);
+  TORCH_CHECK_VALUE(num_samples >= 1,
+                    "vae_kernels.reparameterize_philox: num_samples must be >= 1, got ",
+                    num_samples);
+  const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous();
+  std::vector<int64_t> shape{num_samples};
+  shape.insert(shape.end(), mu.sizes().begin(), mu.sizes().end());
+  Tensor z = at::empty(shape, mu.options());
+  kernels().reparameterize_philox(mu.scalar_type(), mu_c.const_data_ptr(),
+                                  logvar_c.const_data_ptr(),
+                                  read_seed("reparameterize_philox", seed), z.data_ptr(),
+                                  mu.numel(), num_samples);
+  return z;
+}
+
+std::tuple<Tensor, Tensor> reparameterize_philox_backward(const Tensor& grad_z,
+                                                          const Tensor& logvar,
+                                                          const Tensor& seed) {
+  check_like("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar, false);
+  TORCH_CHECK_VALUE(grad_z.dim() == logvar.dim() + 1 && grad_z.sizes().slice(1) == logvar.sizes(),
+                    "vae_kernels.reparameterize_philox_backward: grad_z must have shape (K, ",
+                    logvar.sizes(), "), got ", grad_z.sizes());
+  const Tensor grad_c = grad_z.contiguous(), logvar_c = logvar.contiguous();
+  Tensor grad_mu = at::empty_like(logvar_c), grad_logvar = at::empty_like(logvar_c);
+  kernels().reparameterize_philox_backward(
+      logvar.scalar_type(), grad_c.const_data_ptr(), logvar_c.const_data_ptr(),
+      read_seed("reparameterize_philox_backward", seed), grad_mu.data_ptr(),
+      grad_logvar.data_ptr(), logvar.numel(), grad_z.size(0));
+  return {grad_mu, grad_logvar};
+}
+
+// ------------------------------------------------------------------ losses
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
+    const Tensor& mu, const Tensor& logvar, const std::optional<Tensor>& prior_mu,
+    const std::optional<Tensor>& prior_logvar, int64_t reduction, int64_t divisor,
+    std::array<bool, 4> grad_mask) {
+  check_floating("gaussian_kl", "mu", mu);
+  check_like("gaussian_kl", "logvar", logvar, "mu", mu);
+  check_reduction(reduction);
+  TORCH_CHECK_VALUE(prior_mu.has_value() == prior_logvar.has_value(),
+                    "vae_kernels.gaussian_kl: pass both prior_mu and prior_logvar or neither");
+  const bool with_prior = prior_mu.has_value();
+  std::vector<Tensor> inputs{mu, logvar};
+  if (with_prior) {
+    check_like("gaussian_kl", "prior_mu", *prior_mu, "mu", mu);
+    check_like("gaussian_kl", "prior_logvar", *prior_logvar, "mu", mu);
+    inputs.push_back(*prior_mu);
+    inputs.push_back(*prior_logvar);
+  }
+  std::vector<bool> mask = mask_vector(grad_mask);
+  mask.resize(inputs.size());
+  LossCall call(inputs, reduction, mask);
+  kernels().gaussian_kl(mu.scalar_type(), with_prior, call.buffers);
+  Tensor empty = at::empty({0}, mu.options());
+  return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, mu.options()),
+          call.grads[0], call.grads[1], with_prior ? call.grads[2] : empty,
+          with_prior ? call.grads[3] : empty};
+}
+
+std::tuple<Tensor, Tensor, Tensor> bernoulli_nll(const Tensor& input, const Tensor& target,
+                                                 bool logits, int64_t reduction, int64_t divisor,
+                                                 std::array<bool, 2> grad_mask) {
+  check_floating("bernoulli_nll", "input", input);
+  check_like("bernoulli_nll", "target", target, "input", input);
+  check_reduction(reduction);
+  LossCall call({input, target}, reduction, mask_vector(grad_mask));
+  kernels().reconstruction_nll(input.scalar_type(),
+                               logits ? Likelihood::kBernoulliLogits : Likelihood::kBernoulliProbs,
+                               false, 0.0, call.buffers);
+  call.check_unit_interval("bernoulli_nll",
+                           {logits ? nullptr : "input (probabilities, logits=False)", "target"});
+  return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
+          call.grads[0], call.grads[1]};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_nll(const Tensor& input, const Tensor& target,
+                                                        const std::optional<Tensor>& logvar,
+                                                        double logvar_value, int64_t reduction,
+                                                        int64_t divisor,
+                                                        std::array<bool, 3> grad_mask) {
+  check_floating("gaussian_nll", "input", input);
+  check_like("gaussian_nll", "target", target, "input", input);
+  check_reduction(reduction);
+  std::vector<Tensor> inputs{input, target};
+  if (logvar.has_value()) {
+    check_like("gaussian_nll", "logvar", *logvar, "input", input);
+    inputs.push_back(*logvar);
+  }
+  std::vector<bool> mask = mask_vector(grad_mask);
+  mask.resize(inputs.size());
+  LossCall call(inputs, reduction, mask);
+  kernels().reconstruction_nll(input.scalar_type(), Likelihood::kGaussian, logvar.has_value(),
+                               logvar_value, call.buffers);
+  return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
+          call.grads[0], call.grads[1],
+          logvar.has_value() ? call.grads[2] : at::empty({0}, input.options())};
+}
+
+std::tuple<Tensor, Tensor, Tensor> squared_error(const Tensor& input, const Tensor& target,
+                                                 int64_t reduction, int64_t divisor,
+                                                 std::array<bool, 2> grad_mask) {
+  check_floating("squared_error", "input", input);
+  check_like("squared_error", "target", target, "input", input);
+  check_reduction(reduction);
+  LossCall call({input, target}, reduction, mask_vector(grad_mask));
+  kernels().reconstruction_nll(input.scalar_type(), Likelihood::kSquaredError, false, 0.0,
+                               call.buffers);
+  return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
+          call.grads[0], call.grads[1]};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
+    const Tensor& recon, const Tensor& x, const Tensor& mu, const Tensor& logvar,
+    int64_t likelihood, double beta, int64_t reduction, int64_t divisor,
+    std::array<bool, 4> grad_mask) {
+  check_floating("elbo", "recon", recon);
+  check_like("elbo", "x", x, "recon", recon);
+  check_like("elbo", "mu", mu, "recon", recon, /*same_shape=*/false);
+  check_like("elbo", "logvar", logvar, "mu", mu);
+  TORCH_CHECK_VALUE(reduction == kPerSample || reduction == kSum,
+                    "vae_kernels.elbo: reduction must be 1 (per_sample) or 2 (sum), got ",
+                    reduction);
+  TORCH_CHECK_VALUE(likelihood >= 0 && likelihood <= 3,
+                    "vae_kernels.elbo: likelihood must be 0..3, got ", likelihood);
+  TORCH_CHECK_VALUE(recon.dim() > 0 && mu.dim() > 0 && recon.size(0) == mu.size(0),
+                    "vae_kernels.elbo: recon ", recon.sizes(), " and mu ", mu.sizes(),
+                    " must share their first (batch) dimension");
+  const auto kind = static_cast<Likelihood>(likelihood);
+  LossCall recon_call({recon, x}, reduction, {grad_mask[0], grad_mask[1]});
+  kernels().reconstruction_nll(recon.scalar_type(), kind, false, 0.0, recon_call.buffers);
+  if (kind == Likelihood::kBernoulliLogits || kind == Likelihood::kBernoulliProbs) {
+    recon_call.check_unit_interval(
+        "elbo_loss", {kind == Likelihood::kBernoulliProbs ? "recon (probabilities)" : nullptr, "x"});
+  }
+  LossCall kl_call({mu, logvar}, reduction, {grad_mask[2], grad_mask[3]});
+  kernels().gaussian_kl(mu.scalar_type(), false, kl_call.buffers);
+
+  std::vector<double> loss_rows(recon_call.row_sums.size());
+  for (size_t r = 0; r < loss_rows.size(); ++r) {
+    loss_rows[r] = recon_call.row_sums[r] + beta * kl_call.row_sums[r];
+  }
+  const auto options = recon.options();
+  return {reduce_rows(loss_rows, Tensor(), reduction, divisor, options),
+          reduce_rows(recon_call.row_sums, Tensor(), reduction, divisor, options),
+          reduce_rows(kl_call.row_sums, Tensor(), reduction, divisor, options),
+          recon_call.grads[0], recon_call.grads[1], kl_call.grads[0], kl_call.grads[1]};
+}
+
+Tensor loss_backward(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
+                     int64_t divisor) {
+  check_floating("loss_backward", "local_grad", local_grad);
+  check_like("loss_backward", "grad_output", grad_output, "local_grad", local_grad, false);
+  check_reduction(reduction);
+  const int64_t rows = batch_rows(local_grad), row_len = row_length(local_grad);
+  int64_t stride_elem = 0, stride_row = 0;
+  if (reduction == kNone) {
+    TORCH_CHECK_VALUE(grad_output.sizes() == local_grad.sizes(),
+                      "vae_kernels.loss_backward: grad_output must have shape ",
+                      local_grad.sizes(), ", got ", grad_output.sizes());
+    stride_elem = 1;
+    stride_row = row_len;
+  } else if (reduction == kPerSample) {
+    TORCH_CHECK_VALUE(grad_output.numel() == rows,
+                      "vae_kernels.loss_backward: grad_output must have ", rows,
+                      " elements (one per row), got ", grad_output.sizes());
+    stride_row = 1;
+  } else {
+    TORCH_CHECK_VALUE(grad_output.numel() == 1,
+                      "vae_kernels.loss_backward: grad_output must be a scalar, got ",
+                      grad_output.sizes());
+  }
+  const Tensor local_c = local_grad.contiguous(), upstream_c = grad_output.contiguous();
+  Tensor out = at::empty_like(local_c);
+  kernels().loss_backward(local_grad.scalar_type(), local_c.const_data_ptr(),
+                          upstream_c.const_data_ptr(), stride_elem, stride_row,
+                          1.0 / static_cast<double>(divisor), out.data_ptr(), rows, row_len);
+  return out;
+}
+
+std::string cpu_kernel_isa() { return kernels().name; }
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(vae_kernels, CPU, m) {
+  m.impl("reparameterize", &reparameterize);
+  m.impl("reparameterize_backward", &reparameterize_backward);
+  m.impl("reparameterize_philox", &reparameterize_philox);
+  m.impl("reparameterize_philox_backward", &reparameterize_philox_backward);
+  m.impl("gaussian_kl", &gaussian_kl);
+  m.impl("bernoulli_nll", &bernoulli_nll);
+  m.impl("gaussian_nll", &gaussian_nll);
+  m.impl("squared_error", &squared_error);
+  m.impl("elbo", &elbo);
+  m.impl("loss_backward", &loss_backward);
+}
+
+// Which instruction set the CPU kernels run with (informational; no tensors involved).
+TORCH_LIBRARY_FRAGMENT(vae_kernels, m) { m.def("cpu_kernel_isa() -> str", &cpu_kernel_isa); }
+
+}  // namespace vae_kernels::cpu

@@ -1,0 +1,144 @@
+// CPU kernels of reparameterized sampling, with caller noise or in-kernel Philox
+// noise (regenerated in backward, never stored). Formulas: csrc/math/sampling.h.
+#include "../math/philox.h"
+#include "../math/sampling.h"
+#include "isa_kernels.h"
+#include "loss_loop.h"
+
+namespace vae_kernels::cpu::CPU_CAPABILITY {
+namespace {
+
+constexpr int64_t kSampleGrain = 8192;
+
+template <typename scalar_t>
+void reparameterize_typed(const scalar_t* mu, const scalar_t* logvar, const scalar_t* eps,
+                          scalar_t* z, int64_t numel, int64_t num_samples) {
+  constexpr int64_t W = kVecWidth<scalar_t>;
+  at::parallel_for(0, numel, kSampleGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i += W) {
+      const int64_t count = std::min(W, end - i);
+      const auto m = load_vec(mu + i, count);
+      const auto std = posterior_std(load_vec(logvar + i, count));
+      for (int64_t k = 0; k < num_samples; ++k) {
+        const int64_t at = k * numel + i;
+        store_vec(z + at, reparameterize_forward(m, std, load_vec(eps + at, count)), count);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void reparameterize_backward_typed(const scalar_t* grad_z, const scalar_t* logvar,
+                                   const scalar_t* eps, scalar_t* grad_mu, scalar_t* grad_logvar,
+                                   int64_t numel, int64_t num_samples) {
+  using Vec = AccVec<scalar_t>;
+  using acc_t = acc_type_t<scalar_t>;
+  constexpr int64_t W = kVecWidth<scalar_t>;
+  at::parallel_for(0, numel, kSampleGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i += W) {
+      const int64_t count = std::min(W, end - i);
+      Vec sum_grad(acc_t(0)), sum_grad_eps(acc_t(0));
+      for (int64_t k = 0; k < num_samples; ++k) {  // fixed order over samples
+        const int64_t at = k * numel + i;
+        const auto g = load_vec(grad_z + at, count);
+        sum_grad = sum_grad + g;
+        sum_grad_eps = sum_grad_eps + g * load_vec(eps + at, count);
+      }
+      const auto std = posterior_std(load_vec(logvar + i, count));
+      store_vec(grad_mu + i, sum_grad, count);
+      store_vec(grad_logvar + i, reparameterize_logvar_backward(std, sum_grad_eps), count);
+    }
+  });
+}
+
+// In-kernel noise is scalar code: Philox is integer arithmetic that at::vec does not
+// cover, and the latent tensors it runs on are small next to the reconstruction.
+template <typename scalar_t>
+void reparameterize_philox_typed(const scalar_t* mu, const scalar_t* logvar, uint64_t seed,
+                                 scalar_t* z, int64_t numel, int64_t num_samples) {
+  using acc_t = acc_type_t<scalar_t>;
+  at::parallel_for(0, numel * num_samples, kSampleGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t i = index % numel;
+      const acc_t eps = philox_standard_normal(seed, static_cast<uint64_t>(index));
+      const acc_t std = posterior_std(static_cast<acc_t>(logvar[i]));
+      z[index] = static_cast<scalar_t>(reparameterize_forward(static_cast<acc_t>(mu[i]), std, eps));
+    }
+  });
+}
+
+template <typename scalar_t>
+void reparameterize_philox_backward_typed(const scalar_t* grad_z, const scalar_t* logvar,
+                                          uint64_t seed, scalar_t* grad_mu,
+                                          scalar_t* grad_logvar, int64_t numel,
+                                          int64_t num_samples) {
+  using acc_t = acc_type_t<scalar_t>;
+  at::parallel_for(0, numel, kSampleGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      acc_t sum_grad = 0, sum_grad_eps = 0;
+      for (int64_t k = 0; k < num_samples; ++k) {
+        const int64_t index = k * numel + i;
+        const acc_t eps = philox_standard_normal(seed, static_cast<uint64_t>(index));
+        const acc_t g = static_cast<acc_t>(grad_z[index]);
+        sum_grad += g;
+        sum_grad_eps += g * eps;
+      }
+      const acc_t std = posterior_std(static_cast<acc_t>(logvar[i]));
+      grad_mu[i] = static_cast<scalar_t>(sum_grad);
+      grad_logvar[i] = static_cast<scalar_t>(reparameterize_logvar_backward(std, sum_grad_eps));
+    }
+  });
+}
+
+#define VK_DISPATCH_FLOATING(dtype, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "vae_kernels_sample", __VA_ARGS__)
+
+void reparameterize(c10::ScalarType dtype, const void* mu, const void* logvar, const void* eps,
+                    void* z, int64_t numel, int64_t num_samples) {
+  VK_DISPATCH_FLOATING(dtype, [&] {
+    reparameterize_typed(static_cast<const scalar_t*>(mu), static_cast<const scalar_t*>(logvar),
+                         static_cast<const scalar_t*>(eps), static_cast<scalar_t*>(z), numel,
+                         num_samples);
+  });
+}
+
+void reparameterize_backward(c10::ScalarType dtype, const void* grad_z, const void* logvar,
+                             const void* eps, void* grad_mu, void* grad_logvar, int64_t numel,
+                             int64_t num_samples) {
+  VK_DISPATCH_FLOATING(dtype, [&] {
+    reparameterize_backward_typed(
+        static_cast<const scalar_t*>(grad_z), static_cast<const scalar_t*>(logvar),
+        static_cast<const scalar_t*>(eps), static_cast<scalar_t*>(grad_mu),
+        static_cast<scalar_t*>(grad_logvar), numel, num_samples);
+  });
+}
+
+void reparameterize_philox(c10::ScalarType dtype, const void* mu, const void* logvar,
+                           uint64_t seed, void* z, int64_t numel, int64_t num_samples) {
+  VK_DISPATCH_FLOATING(dtype, [&] {
+    reparameterize_philox_typed(static_cast<const scalar_t*>(mu),
+                                static_cast<const scalar_t*>(logvar), seed,
+                                static_cast<scalar_t*>(z), numel, num_samples);
+  });
+}
+
+void reparameterize_philox_backward(c10::ScalarType dtype, const void* grad_z, const void* logvar,
+                                    uint64_t seed, void* grad_mu, void* grad_logvar, int64_t numel,
+                                    int64_t num_samples) {
+  VK_DISPATCH_FLOATING(dtype, [&] {
+    reparameterize_philox_backward_typed(
+        static_cast<const scalar_t*>(grad_z), static_cast<const scalar_t*>(logvar), seed,
+        static_cast<scalar_t*>(grad_mu), static_cast<scalar_t*>(grad_logvar), numel, num_samples);
+  });
+}
+
+}  // namespace
+
+void add_sampling_kernels(KernelTable& table) {
+  table.reparameterize = &reparameterize;
+  table.reparameterize_backward = &reparameterize_backward;
+  table.reparameterize_philox = &reparameterize_philox;
+  table.reparameterize_philox_backward = &reparameterize_philox_backward;
+}
+
+}  // namespace vae_kernels::cpu::CPU_CAPABILITY

@@ -1,0 +1,52 @@
+// Negative Bernoulli log-likelihood (binary cross-entropy) per element.
+//
+// From logits l:        nll = max(l, 0) - l*x + log1p(exp(-|l|))
+//                       d l = sigmoid(l) - x,  d x = -l
+//   One exp(-|l|) serves both the loss and the sigmoid.
+// From probabilities p: nll = -(x * max(log p, -100) + (1 - x) * max(log(1 - p), -100))
+//                       d p = (p - x) / max(p * (1 - p), 1e-12)
+//                       d x = max(log(1 - p), -100) - max(log p, -100)
+//   The -100 clamp and the 1e-12 floor are PyTorch's (aten/src/ATen/native/Loss.cpp),
+//   so the result equals F.binary_cross_entropy in value and gradient.
+#pragma once
+
+#include "primitives.h"
+
+namespace vae_kernels {
+
+constexpr double kBceLogClamp = -100.0;
+constexpr double kBceGradEpsilon = 1e-12;
+
+template <typename V>
+VK_INLINE V bernoulli_logits_nll(V logits, V target) {
+  const V e = Math<V>::exp(V(0) - Math<V>::abs(logits));
+  return Math<V>::maximum(logits, V(0)) - logits * target + Math<V>::log1p(e);
+}
+
+template <typename V>
+VK_INLINE V bernoulli_logits_nll_and_grad(V logits, V target, V& d_logits, V& d_target) {
+  const V e = Math<V>::exp(V(0) - Math<V>::abs(logits));
+  const V inv = V(1) / (V(1) + e);
+  const V sigmoid = Math<V>::where_nonneg(logits, inv, e * inv);
+  d_logits = sigmoid - target;
+  d_target = V(0) - logits;
+  return Math<V>::maximum(logits, V(0)) - logits * target + Math<V>::log1p(e);
+}
+
+template <typename V>
+VK_INLINE V bernoulli_probs_nll(V probs, V target) {
+  const V log_p = Math<V>::maximum(Math<V>::log(probs), V(kBceLogClamp));
+  const V log_1mp = Math<V>::maximum(Math<V>::log1p(V(0) - probs), V(kBceLogClamp));
+  return V(0) - (target * log_p + (V(1) - target) * log_1mp);
+}
+
+template <typename V>
+VK_INLINE V bernoulli_probs_nll_and_grad(V probs, V target, V& d_probs, V& d_target) {
+  const V log_p = Math<V>::maximum(Math<V>::log(probs), V(kBceLogClamp));
+  const V log_1mp = Math<V>::maximum(Math<V>::log1p(V(0) - probs), V(kBceLogClamp));
+  d_probs = (probs - target) / Math<V>::maximum((V(1) - probs) * probs, V(kBceGradEpsilon));
+  d_target = log_1mp - log_p;
+  return V(0) - (target * log_p + (V(1) - target) * log_1mp);
+}
+
+}  // namespace vae_kernels

@@ -1,0 +1,42 @@
+// The vae_kernels operator schemas: each op is defined here once, and each backend
+// registers an implementation of it (cpu/ops_cpu.cpp for CPU tensors). The autograd
+// formulas and the shape functions for torch.compile are registered in Python
+// (vae_kernels/ops.py).
+//
+// Conventions:
+// - `reduction`: 0 none (elementwise), 1 per_sample (shape (B,)), 2 sum (a scalar);
+//   reduced values are divided by `divisor` (1, B for batchmean, numel for mean).
+// - Loss ops return the loss first, then the local gradients d loss_i / d input_i of
+//   their differentiable inputs, computed in the same pass when `grad_mask` asks for
+//   them (an empty tensor otherwise). `loss_backward` turns a local gradient and the
+//   upstream gradient into the input's gradient.
+#include <torch/library.h>
+
+TORCH_LIBRARY(vae_kernels, m) {
+  m.def("reparameterize(Tensor mu, Tensor logvar, Tensor eps) -> Tensor");
+  m.def("reparameterize_backward(Tensor grad_z, Tensor logvar, Tensor eps) -> (Tensor, Tensor)");
+  m.def("reparameterize_philox(Tensor mu, Tensor logvar, Tensor seed, int num_samples) -> Tensor");
+  m.def(
+      "reparameterize_philox_backward(Tensor grad_z, Tensor logvar, Tensor seed) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "gaussian_kl(Tensor mu, Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar, "
+      "int reduction, SymInt divisor, bool[4] grad_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "bernoulli_nll(Tensor input, Tensor target, bool logits, int reduction, SymInt divisor, "
+      "bool[2] grad_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "gaussian_nll(Tensor input, Tensor target, Tensor? logvar, float logvar_value, "
+      "int reduction, SymInt divisor, bool[3] grad_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "squared_error(Tensor input, Tensor target, int reduction, SymInt divisor, "
+      "bool[2] grad_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "elbo(Tensor recon, Tensor x, Tensor mu, Tensor logvar, int likelihood, float beta, "
+      "int reduction, SymInt divisor, bool[4] grad_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "loss_backward(Tensor local_grad, Tensor grad_output, int reduction, SymInt divisor) "
+      "-> Tensor");
+}

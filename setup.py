@@ -1,0 +1,68 @@
+"""Builds vae_kernels: setup.py drives CMake (CMakeLists.txt is the one native build
+description) and places the compiled library inside the package, as vLLM does.
+
+Install with `pip install --no-build-isolation .` after installing torch: build
+isolation would fetch a different torch than the one the library must match.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).parent.resolve()
+LIBRARY_FILE = "libvae_kernels_C.so"
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str) -> None:
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: Extension) -> None:
+        import torch  # the torch this package is built against
+
+        build_dir = Path(self.build_temp).resolve() / "cmake"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        configure = [
+            "cmake",
+            str(ROOT),
+            *generator,
+            f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+            f"-DCMAKE_BUILD_TYPE={os.environ.get('VK_BUILD_TYPE', 'Release')}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+        ]
+        subprocess.run(configure, cwd=build_dir, check=True)
+        jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
+        subprocess.run(
+            ["cmake", "--build", ".", "--target", "vae_kernels_C", "--parallel", jobs],
+            cwd=build_dir,
+            check=True,
+        )
+        target = Path(self.get_ext_fullpath(ext.name))  # vae_kernels/libvae_kernels_C.so
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(build_dir / LIBRARY_FILE, target)
+
+    def get_ext_filename(self, ext_name: str) -> str:
+        # A plain shared library (loaded with torch.ops.load_library), not a Python module.
+        return os.path.join(*ext_name.split(".")[:-1], LIBRARY_FILE)
+
+
+setup(
+    name="vae_kernels",
+    version="0.1.0",
+    description="Fused VAE loss kernels (reparameterization, Gaussian KL, Bernoulli/Gaussian "
+    "NLL, ELBO) with hand-written backward passes, as PyTorch custom operators",
+    packages=find_packages(include=["vae_kernels", "vae_kernels.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy"],
+    ext_modules=[CMakeExtension("vae_kernels._C")],
+    cmdclass={"build_ext": CMakeBuild},
+    zip_safe=False,
+)

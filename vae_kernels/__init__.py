@@ -1,0 +1,34 @@
+"""vae_kernels: fused kernels with hand-written backward passes for training VAEs.
+
+>>> import vae_kernels as vk
+>>> z = vk.reparameterize(mu, logvar)                       # in-kernel Philox noise
+>>> loss = vk.elbo_loss(decoder(z), x, mu, logvar)          # negative ELBO, nats / datapoint
+"""
+
+from .backends import available_backends
+from .functional import (
+    bernoulli_nll,
+    elbo_loss,
+    gaussian_kl,
+    gaussian_nll,
+    mse_loss,
+    reparameterize,
+)
+from .modules import BernoulliNLLLoss, ELBOLoss, GaussianKLLoss, GaussianNLLLoss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "reparameterize",
+    "gaussian_kl",
+    "bernoulli_nll",
+    "gaussian_nll",
+    "mse_loss",
+    "elbo_loss",
+    "ELBOLoss",
+    "GaussianKLLoss",
+    "BernoulliNLLLoss",
+    "GaussianNLLLoss",
+    "available_backends",
+    "__version__",
+]

@@ -1,0 +1,349 @@
+"""The public functional API: argument checks, then one call into the chosen backend.
+
+Every function validates its arguments here, once, with errors that name the
+argument, what was expected and what was given; the backends
+(``vae_kernels.backends``) receive only valid input.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import backends
+
+REDUCTIONS = ("none", "sum", "mean", "batchmean", "per_sample")
+ELBO_REDUCTIONS = ("batchmean", "sum", "per_sample")
+LIKELIHOODS = ("bernoulli", "bernoulli_probs", "gaussian", "mse")
+
+__all__ = [
+    "reparameterize",
+    "gaussian_kl",
+    "bernoulli_nll",
+    "gaussian_nll",
+    "mse_loss",
+    "elbo_loss",
+]
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _check_float_tensor(name: str, t: object) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float32, float64, float16 or "
+            f"bfloat16), got dtype {t.dtype}"
+        )
+    return t
+
+
+def _check_same(ref_name: str, ref: Tensor, name: str, t: Tensor, *, shape: bool = True) -> None:
+    """``t`` must share ``ref``'s dtype, device and (if ``shape``) shape."""
+    if t.dtype != ref.dtype:
+        raise TypeError(
+            f"{name} must have the same dtype as {ref_name} ({ref.dtype}), got {t.dtype}"
+        )
+    if t.device != ref.device:
+        raise ValueError(
+            f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}"
+        )
+    if shape and t.shape != ref.shape:
+        raise ValueError(
+            f"{name} must have the same shape as {ref_name} {tuple(ref.shape)}, "
+            f"got {tuple(t.shape)}"
+        )
+
+
+def _check_broadcastable(name: str, t: Tensor, to_name: str, to: Tensor) -> None:
+    try:
+        shape = torch.broadcast_shapes(t.shape, to.shape)
+    except RuntimeError:
+        shape = None
+    if shape != to.shape:
+        raise ValueError(
+            f"{name} of shape {tuple(t.shape)} must broadcast to {to_name}'s shape "
+            f"{tuple(to.shape)}"
+        )
+
+
+def _check_reduction(reduction: str, allowed: tuple[str, ...], why: str = "") -> None:
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {allowed}{why}, got {reduction!r}")
+
+
+def _check_batch_dim(name: str, t: Tensor, reduction: str) -> None:
+    if reduction in ("batchmean", "per_sample") and t.dim() == 0:
+        raise ValueError(
+            f"reduction={reduction!r} needs a batch dimension, but {name} is a 0-d tensor"
+        )
+
+
+# ------------------------------------------------------------------ public API
+
+
+def reparameterize(
+    mu: Tensor,
+    logvar: Tensor,
+    eps: Optional[Tensor] = None,
+    *,
+    num_samples: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Reparameterized sample ``z = mu + exp(0.5 * logvar) * eps`` from N(mu, exp(logvar)).
+
+    Args:
+        mu: posterior mean, any shape, e.g. (B, J).
+        logvar: posterior log-variance, same shape, dtype and device as ``mu``.
+        eps: standard-normal noise of shape ``mu.shape`` (or ``(K, *mu.shape)`` with
+            ``num_samples=K``). If None, the kernel draws the noise itself from a
+            counter-based generator (Philox) seeded from ``generator`` (or the default
+            torch generator), and regenerates it in backward instead of storing it, so
+            results are reproducible under ``torch.manual_seed``.
+        num_samples: K, to draw K samples per element; the result has shape
+            ``(K, *mu.shape)``. None for a single sample of shape ``mu.shape``.
+        generator: torch generator the noise seed is drawn from, when ``eps`` is None.
+        backend: ``"auto"``, ``"cpu"`` or ``"torch"``.
+
+    Returns:
+        z, differentiable with respect to ``mu`` and ``logvar``.
+    """
+    _check_float_tensor("mu", mu)
+    _check_float_tensor("logvar", logvar)
+    _check_same("mu", mu, "logvar", logvar)
+    if num_samples is not None:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
+            raise TypeError(f"num_samples must be an int or None, got {type(num_samples).__name__}")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        num_samples = int(num_samples)
+    if eps is not None:
+        _check_float_tensor("eps", eps)
+        _check_same("mu", mu, "eps", eps, shape=False)
+        expected = tuple(mu.shape) if num_samples is None else (num_samples, *mu.shape)
+        if tuple(eps.shape) != expected:
+            raise ValueError(
+                f"eps must have shape {expected} (mu's shape"
+                f"{'' if num_samples is None else ', after num_samples'}), got {tuple(eps.shape)}"
+            )
+        if generator is not None:
+            raise ValueError("generator is only used when eps is None; pass one or the other")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    impl = backends.resolve(backend, mu.device)
+    return impl.reparameterize(mu, logvar, eps, num_samples, generator)
+
+
+def gaussian_kl(
+    mu: Tensor,
+    logvar: Tensor,
+    prior_mu: Optional[Tensor] = None,
+    prior_logvar: Optional[Tensor] = None,
+    *,
+    reduction: str = "batchmean",
+    backend: str = "auto",
+) -> Tensor:
+    """Closed-form KL(N(mu, exp(logvar)) || N(prior_mu, exp(prior_logvar))).
+
+    The prior is N(0, I) when both prior arguments are None; a missing one of the
+    two means 0. Prior tensors broadcast against ``mu`` (e.g. a learned prior of
+    shape (J,)) and receive gradients.
+
+    Args:
+        mu, logvar: posterior parameters of shape (B, ...).
+        prior_mu, prior_logvar: optional prior parameters broadcastable to ``mu``.
+        reduction: ``"none"`` (elementwise), ``"sum"``, ``"mean"`` (over all
+            elements), ``"batchmean"`` (sum / B) or ``"per_sample"`` (shape (B,)).
+        backend: ``"auto"``, ``"cpu"`` or ``"torch"``.
+    """
+    _check_float_tensor("mu", mu)
+    _check_float_tensor("logvar", logvar)
+    _check_same("mu", mu, "logvar", logvar)
+    for name, prior in (("prior_mu", prior_mu), ("prior_logvar", prior_logvar)):
+        if prior is not None:
+            _check_float_tensor(name, prior)
+            _check_same("mu", mu, name, prior, shape=False)
+            _check_broadcastable(name, prior, "mu", mu)
+    _check_reduction(reduction, REDUCTIONS)
+    _check_batch_dim("mu", mu, reduction)
+    impl = backends.resolve(backend, mu.device)
+    return impl.gaussian_kl(mu, logvar, prior_mu, prior_logvar, reduction)
+
+
+def bernoulli_nll(
+    input: Tensor,
+    target: Tensor,
+    *,
+    logits: bool = True,
+    reduction: str = "batchmean",
+    backend: str = "auto",
+) -> Tensor:
+    """Negative Bernoulli log-likelihood (binary cross-entropy) of ``target``.
+
+    Args:
+        input: logits (``logits=True``, stable form) or probabilities in [0, 1]
+            (``logits=False``; each log is clamped at -100 exactly as
+            ``F.binary_cross_entropy`` does, so the two agree for every reduction).
+        target: same shape, values in [0, 1] (soft targets allowed).
+        reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
+        backend: ``"auto"``, ``"cpu"`` or ``"torch"``.
+
+    Values outside [0, 1] (probabilities or targets) raise ValueError; the C++
+    kernels check this inside the same pass that computes the loss.
+    """
+    _check_float_tensor("input", input)
+    _check_float_tensor("target", target)
+    _check_same("input", input, "target", target)
+    if not isinstance(logits, bool):
+        raise TypeError(f"logits must be a bool, got {type(logits).__name__}")
+    _check_reduction(reduction, REDUCTIONS)
+    _check_batch_dim("input", input, reduction)
+    impl = backends.resolve(backend, input.device)
+    if impl is backends.reference:
+        _check_unit_interval("target", target)
+        if not logits:
+            _check_unit_interval("input", input, " (probabilities, since logits=False)")
+    return impl.bernoulli_nll(input, target, logits, reduction)
+
+
+def _check_unit_interval(name: str, t: Tensor, what: str = "") -> None:
+    # The C++ kernels check this inside their own pass; the reference pays a pass (and a
+    # host sync) here, skipped under torch.compile where it would break the graph.
+    if torch.compiler.is_compiling():
+        return
+    if bool(((t < 0) | (t > 1)).any()):
+        raise ValueError(f"{name}{what} must lie in [0, 1]; found values outside it")
+
+
+def gaussian_nll(
+    input: Tensor,
+    target: Tensor,
+    logvar: Union[float, Tensor] = 0.0,
+    *,
+    reduction: str = "batchmean",
+    backend: str = "auto",
+) -> Tensor:
+    """Negative Gaussian log-density ``0.5*((target-input)^2 * exp(-logvar) + logvar + log(2*pi))``.
+
+    Args:
+        input: the predicted mean.
+        target: the data, same shape.
+        logvar: the log-variance: a float (fixed variance), or a tensor broadcastable
+            to ``input`` (learned variance; it receives gradients).
+        reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
+        backend: ``"auto"``, ``"cpu"`` or ``"torch"``.
+    """
+    _check_float_tensor("input", input)
+    _check_float_tensor("target", target)
+    _check_same("input", input, "target", target)
+    if isinstance(logvar, Tensor):
+        _check_float_tensor("logvar", logvar)
+        _check_same("input", input, "logvar", logvar, shape=False)
+        _check_broadcastable("logvar", logvar, "input", input)
+    elif isinstance(logvar, numbers.Real) and not isinstance(logvar, bool):
+        logvar = float(logvar)
+    else:
+        raise TypeError(f"logvar must be a float or a tensor, got {type(logvar).__name__}")
+    _check_reduction(reduction, REDUCTIONS)
+    _check_batch_dim("input", input, reduction)
+    impl = backends.resolve(backend, input.device)
+    return impl.gaussian_nll(input, target, logvar, reduction)
+
+
+def mse_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    reduction: str = "batchmean",
+    backend: str = "auto",
+) -> Tensor:
+    """Squared error ``(input - target)^2``; equal to ``F.mse_loss`` for the same reduction.
+
+    Args:
+        input, target: tensors of the same shape.
+        reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
+        backend: ``"auto"``, ``"cpu"`` or ``"torch"``.
+    """
+    _check_float_tensor("input", input)
+    _check_float_tensor("target", target)
+    _check_same("input", input, "target", target)
+    _check_reduction(reduction, REDUCTIONS)
+    _check_batch_dim("input", input, reduction)
+    impl = backends.resolve(backend, input.device)
+    return impl.mse_loss(input, target, reduction)
+
+
+def elbo_loss(
+    recon: Tensor,
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    *,
+    likelihood: str = "bernoulli",
+    beta: float = 1.0,
+    reduction: str = "batchmean",
+    return_components: bool = False,
+    backend: str = "auto",
+) -> Union[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """The negative ELBO ``recon_nll + beta * KL(N(mu, exp(logvar)) || N(0, I))`` in one call.
+
+    Args:
+        recon: decoder output of shape (B, ...): logits for ``likelihood="bernoulli"``,
+            probabilities for ``"bernoulli_probs"``, the mean for ``"gaussian"``
+            (unit variance, full NLL) and ``"mse"`` (squared error).
+        x: the data, same shape as ``recon``.
+        mu, logvar: posterior parameters of shape (B, ...), same B.
+        likelihood: ``"bernoulli"``, ``"bernoulli_probs"``, ``"gaussian"`` or ``"mse"``.
+        beta: weight of the KL term (beta-VAE), >= 0.
+        reduction: ``"batchmean"`` (sum / B: nats per datapoint), ``"sum"`` or
+            ``"per_sample"`` (shape (B,)).
+        return_components: also return the reconstruction NLL and the KL, reduced
+            the same way (computed in the same pass).
+        backend: ``"auto"``, ``"cpu"`` or ``"torch"``.
+
+    ``elbo_loss(recon, x, mu, logvar, likelihood="bernoulli_probs", reduction="sum")``
+    is the ``loss_function`` of pytorch/examples ``vae/main.py``.
+    """
+    for name, t in (("recon", recon), ("x", x), ("mu", mu), ("logvar", logvar)):
+        _check_float_tensor(name, t)
+    if x.shape != recon.shape and x.numel() == recon.numel():
+        raise ValueError(
+            f"x must have the same shape as recon {tuple(recon.shape)}, got "
+            f"{tuple(x.shape)}; reshape it, e.g. x.view_as(recon)"
+        )
+    _check_same("recon", recon, "x", x)
+    _check_same("recon", recon, "mu", mu, shape=False)
+    _check_same("mu", mu, "logvar", logvar)
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise TypeError(f"beta must be a float, got {type(beta).__name__}")
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    _check_reduction(
+        reduction,
+        ELBO_REDUCTIONS,
+        " (the ELBO is a sum over each datapoint's dimensions, so only reductions "
+        "over the batch apply)",
+    )
+    if recon.dim() == 0 or mu.dim() == 0:
+        raise ValueError("recon and mu need a batch dimension; got a 0-d tensor")
+    if recon.shape[0] != mu.shape[0]:
+        raise ValueError(
+            f"recon and mu must have the same batch size, got {recon.shape[0]} and {mu.shape[0]}"
+        )
+    impl = backends.resolve(backend, recon.device)
+    if impl is backends.reference and likelihood.startswith("bernoulli"):
+        _check_unit_interval("x", x)
+        if likelihood == "bernoulli_probs":
+            _check_unit_interval("recon", recon, " (probabilities)")
+    loss, recon_nll, kl = impl.elbo_loss(recon, x, mu, logvar, likelihood, float(beta), reduction)
+    if return_components:
+        return loss, recon_nll, kl
+    return loss

@@ -1,0 +1,104 @@
+"""nn.Module wrappers of the functional API, for code that builds its loss as a module."""
+
+from __future__ import annotations
+
+from typing import Union
+
+from torch import Tensor, nn
+
+from . import functional as F
+
+
+class ELBOLoss(nn.Module):
+    """The negative ELBO as a module: ``ELBOLoss(...)(recon, x, mu, logvar)``.
+
+    See :func:`vae_kernels.elbo_loss` for the arguments; they are fixed at construction.
+    """
+
+    def __init__(
+        self,
+        likelihood: str = "bernoulli",
+        beta: float = 1.0,
+        reduction: str = "batchmean",
+        return_components: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if likelihood not in F.LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {F.LIKELIHOODS}, got {likelihood!r}")
+        if reduction not in F.ELBO_REDUCTIONS:
+            raise ValueError(f"reduction must be one of {F.ELBO_REDUCTIONS}, got {reduction!r}")
+        self.likelihood = likelihood
+        self.beta = beta
+        self.reduction = reduction
+        self.return_components = return_components
+        self.backend = backend
+
+    def forward(
+        self, recon: Tensor, x: Tensor, mu: Tensor, logvar: Tensor
+    ) -> Union[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        return F.elbo_loss(
+            recon,
+            x,
+            mu,
+            logvar,
+            likelihood=self.likelihood,
+            beta=self.beta,
+            reduction=self.reduction,
+            return_components=self.return_components,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return f"likelihood={self.likelihood!r}, beta={self.beta}, reduction={self.reduction!r}"
+
+
+class GaussianKLLoss(nn.Module):
+    """KL(N(mu, exp(logvar)) || N(0, I)), see :func:`vae_kernels.gaussian_kl`."""
+
+    def __init__(self, reduction: str = "batchmean", backend: str = "auto") -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.backend = backend
+
+    def forward(self, mu: Tensor, logvar: Tensor) -> Tensor:
+        return F.gaussian_kl(mu, logvar, reduction=self.reduction, backend=self.backend)
+
+
+class BernoulliNLLLoss(nn.Module):
+    """Binary cross-entropy, see :func:`vae_kernels.bernoulli_nll`."""
+
+    def __init__(
+        self, logits: bool = True, reduction: str = "batchmean", backend: str = "auto"
+    ) -> None:
+        super().__init__()
+        self.logits = logits
+        self.reduction = reduction
+        self.backend = backend
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.bernoulli_nll(
+            input, target, logits=self.logits, reduction=self.reduction, backend=self.backend
+        )
+
+
+class GaussianNLLLoss(nn.Module):
+    """Gaussian negative log-density with a fixed float log-variance, or a learned one
+    passed at call time; see :func:`vae_kernels.gaussian_nll`."""
+
+    def __init__(
+        self, logvar: float = 0.0, reduction: str = "batchmean", backend: str = "auto"
+    ) -> None:
+        super().__init__()
+        self.logvar = logvar
+        self.reduction = reduction
+        self.backend = backend
+
+    def forward(self, input: Tensor, target: Tensor, logvar: Union[Tensor, None] = None) -> Tensor:
+        return F.gaussian_nll(
+            input,
+            target,
+            self.logvar if logvar is None else logvar,
+            reduction=self.reduction,
+            backend=self.backend,
+        )

@@ -1,0 +1,369 @@
+"""The compiled vae_kernels ops: loading, shape functions, autograd, and the backend
+interface that ``vae_kernels.functional`` calls for ``backend="cpu"``.
+
+The op schemas are defined once, in C++ (``csrc/schemas.cpp``); the CPU kernels are
+registered there too. This module adds what torch needs around them:
+
+- ``register_fake``: output shapes without running a kernel, for torch.compile.
+- ``register_autograd``: each loss op returns, next to the loss, the local gradient
+  of each input that requires grad (computed in the same pass as the loss); its
+  backward is ``loss_backward`` = local gradient * upstream gradient / divisor.
+  Sampling ops have their own backward ops. Backward passes run custom ops without
+  autograd formulas of their own, so a double backward raises instead of returning
+  a silently wrong second derivative.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+LIBRARY_PATH = Path(__file__).with_name("libvae_kernels_C.so")
+
+
+def _load_library() -> Optional[str]:
+    """Load the compiled library; return why it could not be loaded, or None."""
+    if not LIBRARY_PATH.exists():
+        return f"{LIBRARY_PATH} does not exist (the C++ extension was not built)"
+    try:
+        torch.ops.load_library(str(LIBRARY_PATH))
+    except (OSError, RuntimeError) as error:
+        return f"loading {LIBRARY_PATH} failed: {error}"
+    return None
+
+
+LIBRARY_ERROR: Optional[str] = _load_library()
+
+# Schema encodings (see csrc/schemas.cpp).
+REDUCTION_NONE, REDUCTION_PER_SAMPLE, REDUCTION_SUM = 0, 1, 2
+LIKELIHOOD_CODES = {"bernoulli": 0, "bernoulli_probs": 1, "gaussian": 2, "mse": 3}
+
+
+def cpu_kernel_isa() -> str:
+    """The instruction set the CPU kernels run with: "AVX512", "AVX2" or "DEFAULT"."""
+    return torch.ops.vae_kernels.cpu_kernel_isa()
+
+
+def reduction_args(reduction: str, t: Tensor) -> tuple[int, Union[int, torch.SymInt]]:
+    """The ops' (reduction, divisor) encoding of a public ``reduction`` over ``t``."""
+    if reduction == "none":
+        return REDUCTION_NONE, 1
+    if reduction == "per_sample":
+        return REDUCTION_PER_SAMPLE, 1
+    if reduction == "sum":
+        return REDUCTION_SUM, 1
+    if reduction == "mean":
+        return REDUCTION_SUM, t.numel()
+    if reduction == "batchmean":
+        return REDUCTION_SUM, t.shape[0]
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def _needs_grad(t: Optional[Tensor]) -> bool:
+    return t is not None and t.requires_grad and torch.is_grad_enabled()
+
+
+def _draw_seed(generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+    # A tensor, not a Python int, so torch.compile traces the draw instead of baking
+    # one seed into the graph.
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64, generator=generator, device=device)
+
+
+# ---------------------------------------------------------------- backend interface
+
+
+def reparameterize(
+    mu: Tensor,
+    logvar: Tensor,
+    eps: Optional[Tensor],
+    num_samples: Optional[int],
+    generator: Optional[torch.Generator],
+) -> Tensor:
+    if eps is None:
+        seed = _draw_seed(generator, mu.device)
+        z = torch.ops.vae_kernels.reparameterize_philox(mu, logvar, seed, num_samples or 1)
+    else:
+        samples = eps if num_samples is not None else eps.unsqueeze(0)
+        z = torch.ops.vae_kernels.reparameterize(mu, logvar, samples)
+    return z if num_samples is not None else z.squeeze(0)
+
+
+def gaussian_kl(
+    mu: Tensor,
+    logvar: Tensor,
+    prior_mu: Optional[Tensor],
+    prior_logvar: Optional[Tensor],
+    reduction: str,
+) -> Tensor:
+    mode, divisor = reduction_args(reduction, mu)
+    if prior_mu is None and prior_logvar is None:
+        priors: list[Optional[Tensor]] = [None, None]
+    else:
+        # A prior broadcast against mu: expand (a view); autograd sums its gradient back.
+        priors = [
+            (mu.new_zeros(()) if p is None else p).expand_as(mu) for p in (prior_mu, prior_logvar)
+        ]
+    mask = [_needs_grad(t) for t in (mu, logvar, prior_mu, prior_logvar)]
+    return torch.ops.vae_kernels.gaussian_kl(mu, logvar, *priors, mode, divisor, mask)[0]
+
+
+def bernoulli_nll(input: Tensor, target: Tensor, logits: bool, reduction: str) -> Tensor:
+    mode, divisor = reduction_args(reduction, input)
+    mask = [_needs_grad(input), _needs_grad(target)]
+    return torch.ops.vae_kernels.bernoulli_nll(input, target, logits, mode, divisor, mask)[0]
+
+
+def gaussian_nll(
+    input: Tensor, target: Tensor, logvar: Union[float, Tensor], reduction: str
+) -> Tensor:
+    mode, divisor = reduction_args(reduction, input)
+    if isinstance(logvar, Tensor):
+        logvar_tensor: Optional[Tensor] = logvar.expand_as(input)
+        logvar_value = 0.0
+    else:
+        logvar_tensor, logvar_value = None, float(logvar)
+    mask = [_needs_grad(input), _needs_grad(target), _needs_grad(logvar_tensor)]
+    return torch.ops.vae_kernels.gaussian_nll(
+        input, target, logvar_tensor, logvar_value, mode, divisor, mask
+    )[0]
+
+
+def mse_loss(input: Tensor, target: Tensor, reduction: str) -> Tensor:
+    mode, divisor = reduction_args(reduction, input)
+    mask = [_needs_grad(input), _needs_grad(target)]
+    return torch.ops.vae_kernels.squared_error(input, target, mode, divisor, mask)[0]
+
+
+def elbo_loss(
+    recon: Tensor,
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    likelihood: str,
+    beta: float,
+    reduction: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    mode, divisor = reduction_args(reduction, recon)
+    mask = [_needs_grad(t) for t in (recon, x, mu, logvar)]
+    loss, recon_nll, kl, *_ = torch.ops.vae_kernels.elbo(
+        recon, x, mu, logvar, LIKELIHOOD_CODES[likelihood], beta, mode, divisor, mask
+    )
+    return loss, recon_nll, kl
+
+
+# ---------------------------------------------------------------- registrations
+
+
+def _reduced_like(t: Tensor, reduction: int) -> Tensor:
+    if reduction == REDUCTION_NONE:
+        return t.new_empty(t.shape)
+    if reduction == REDUCTION_PER_SAMPLE:
+        return t.new_empty((t.shape[0] if t.dim() > 0 else 1,))
+    return t.new_empty(())
+
+
+def _local_grad_like(t: Optional[Tensor], needed: bool) -> Tensor:
+    # The ops return an empty tensor for each local gradient they were not asked for.
+    return t.new_empty(t.shape) if (needed and t is not None) else _empty_of(t)
+
+
+def _empty_of(t: Optional[Tensor]) -> Tensor:
+    return t.new_empty((0,)) if t is not None else torch.empty(0)
+
+
+def _chain(
+    ctx, needs_grad: Sequence[bool], local_grads: Sequence[Tensor], upstream: Optional[Tensor]
+) -> list[Optional[Tensor]]:
+    """The input gradients: loss_backward of each needed local gradient, else None."""
+    grads: list[Optional[Tensor]] = []
+    for needed, local, numel in zip(needs_grad, local_grads, ctx.input_numels):
+        if not needed or upstream is None:
+            grads.append(None)
+            continue
+        if local.numel() != numel:
+            raise RuntimeError(
+                "vae_kernels: an input needs a gradient that the forward pass was not asked "
+                "to compute (grad_mask); call the public vae_kernels functions, not the raw op"
+            )
+        grads.append(
+            torch.ops.vae_kernels.loss_backward(local, upstream, ctx.reduction, ctx.divisor)
+        )
+    return grads
+
+
+def _save_loss_context(ctx, inputs, local_grads, reduction_index: int, n_inputs: int) -> None:
+    """Keep what a loss op's backward needs: its local gradients and reduction."""
+    ctx.set_materialize_grads(False)  # unused outputs get None, not a tensor of zeros
+    ctx.mark_non_differentiable(*local_grads)
+    ctx.reduction = inputs[reduction_index]
+    ctx.divisor = inputs[reduction_index + 1]
+    ctx.input_numels = [t.numel() if isinstance(t, Tensor) else 0 for t in inputs[:n_inputs]]
+    ctx.save_for_backward(*local_grads)
+
+
+def _register() -> None:
+    lib = "vae_kernels::"
+
+    # -- reparameterize (caller noise)
+    @torch.library.register_fake(lib + "reparameterize")
+    def _(mu, logvar, eps):
+        return eps.new_empty(eps.shape)
+
+    @torch.library.register_fake(lib + "reparameterize_backward")
+    def _(grad_z, logvar, eps):
+        return logvar.new_empty(logvar.shape), logvar.new_empty(logvar.shape)
+
+    def reparameterize_setup(ctx, inputs, output):
+        _, logvar, eps = inputs
+        ctx.save_for_backward(logvar, eps)
+
+    def reparameterize_backward(ctx, grad_z):
+        logvar, eps = ctx.saved_tensors
+        grad_mu, grad_logvar = torch.ops.vae_kernels.reparameterize_backward(grad_z, logvar, eps)
+        # Noise that itself requires grad (rare): dz/deps = std.
+        grad_eps = grad_z * torch.exp(0.5 * logvar) if ctx.needs_input_grad[2] else None
+        return grad_mu, grad_logvar, grad_eps
+
+    torch.library.register_autograd(
+        lib + "reparameterize", reparameterize_backward, setup_context=reparameterize_setup
+    )
+
+    # -- reparameterize (in-kernel Philox noise, regenerated in backward)
+    @torch.library.register_fake(lib + "reparameterize_philox")
+    def _(mu, logvar, seed, num_samples):
+        return mu.new_empty((num_samples, *mu.shape))
+
+    @torch.library.register_fake(lib + "reparameterize_philox_backward")
+    def _(grad_z, logvar, seed):
+        return logvar.new_empty(logvar.shape), logvar.new_empty(logvar.shape)
+
+    def philox_setup(ctx, inputs, output):
+        _, logvar, seed, _ = inputs
+        ctx.save_for_backward(logvar, seed)
+
+    def philox_backward(ctx, grad_z):
+        logvar, seed = ctx.saved_tensors
+        grad_mu, grad_logvar = torch.ops.vae_kernels.reparameterize_philox_backward(
+            grad_z, logvar, seed
+        )
+        return grad_mu, grad_logvar, None, None
+
+    torch.library.register_autograd(
+        lib + "reparameterize_philox", philox_backward, setup_context=philox_setup
+    )
+
+    # -- loss_backward: the backward of every loss op
+    @torch.library.register_fake(lib + "loss_backward")
+    def _(local_grad, grad_output, reduction, divisor):
+        return local_grad.new_empty(local_grad.shape)
+
+    # -- gaussian_kl
+    @torch.library.register_fake(lib + "gaussian_kl")
+    def _(mu, logvar, prior_mu, prior_logvar, reduction, divisor, grad_mask):
+        tensors = (mu, logvar, prior_mu, prior_logvar)
+        return (
+            _reduced_like(mu, reduction),
+            *(_local_grad_like(t, m) if t is not None else mu.new_empty((0,))
+              for t, m in zip(tensors, grad_mask)),
+        )
+
+    def kl_setup(ctx, inputs, output):
+        _save_loss_context(ctx, inputs, output[1:], reduction_index=4, n_inputs=4)
+
+    def kl_backward(ctx, grad_kl, *_):
+        return (*_chain(ctx, ctx.needs_input_grad, ctx.saved_tensors, grad_kl), None, None, None)
+
+    torch.library.register_autograd(lib + "gaussian_kl", kl_backward, setup_context=kl_setup)
+
+    # -- bernoulli_nll
+    @torch.library.register_fake(lib + "bernoulli_nll")
+    def _(input, target, logits, reduction, divisor, grad_mask):
+        return (
+            _reduced_like(input, reduction),
+            _local_grad_like(input, grad_mask[0]),
+            _local_grad_like(target, grad_mask[1]),
+        )
+
+    def bernoulli_setup(ctx, inputs, output):
+        _save_loss_context(ctx, inputs, output[1:], reduction_index=3, n_inputs=2)
+
+    def bernoulli_backward(ctx, grad_loss, *_):
+        return (*_chain(ctx, ctx.needs_input_grad, ctx.saved_tensors, grad_loss), None, None, None, None)
+
+    torch.library.register_autograd(
+        lib + "bernoulli_nll", bernoulli_backward, setup_context=bernoulli_setup
+    )
+
+    # -- gaussian_nll
+    @torch.library.register_fake(lib + "gaussian_nll")
+    def _(input, target, logvar, logvar_value, reduction, divisor, grad_mask):
+        return (
+            _reduced_like(input, reduction),
+            _local_grad_like(input, grad_mask[0]),
+            _local_grad_like(target, grad_mask[1]),
+            _local_grad_like(logvar, grad_mask[2]) if logvar is not None else input.new_empty((0,)),
+        )
+
+    def gaussian_setup(ctx, inputs, output):
+        _save_loss_context(ctx, inputs, output[1:], reduction_index=4, n_inputs=3)
+
+    def gaussian_backward(ctx, grad_loss, *_):
+        return (*_chain(ctx, ctx.needs_input_grad, ctx.saved_tensors, grad_loss), None, None, None, None)
+
+    torch.library.register_autograd(
+        lib + "gaussian_nll", gaussian_backward, setup_context=gaussian_setup
+    )
+
+    # -- squared_error
+    @torch.library.register_fake(lib + "squared_error")
+    def _(input, target, reduction, divisor, grad_mask):
+        return (
+            _reduced_like(input, reduction),
+            _local_grad_like(input, grad_mask[0]),
+            _local_grad_like(target, grad_mask[1]),
+        )
+
+    def squared_error_setup(ctx, inputs, output):
+        _save_loss_context(ctx, inputs, output[1:], reduction_index=2, n_inputs=2)
+
+    def squared_error_backward(ctx, grad_loss, *_):
+        return (*_chain(ctx, ctx.needs_input_grad, ctx.saved_tensors, grad_loss), None, None, None)
+
+    torch.library.register_autograd(
+        lib + "squared_error", squared_error_backward, setup_context=squared_error_setup
+    )
+
+    # -- elbo: loss = recon_nll + beta * kl, each term reduced the same way
+    @torch.library.register_fake(lib + "elbo")
+    def _(recon, x, mu, logvar, likelihood, beta, reduction, divisor, grad_mask):
+        return (
+            _reduced_like(recon, reduction),
+            _reduced_like(recon, reduction),
+            _reduced_like(recon, reduction),
+            *(_local_grad_like(t, m) for t, m in zip((recon, x, mu, logvar), grad_mask)),
+        )
+
+    def elbo_setup(ctx, inputs, output):
+        _save_loss_context(ctx, inputs, output[3:], reduction_index=6, n_inputs=4)
+        ctx.beta = inputs[5]
+
+    def elbo_backward(ctx, grad_loss, grad_recon_nll, grad_kl, *_):
+        def combine(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+            return b if a is None else (a if b is None else a + b)
+
+        recon_upstream = combine(grad_loss, grad_recon_nll)
+        kl_upstream = combine(None if grad_loss is None else grad_loss * ctx.beta, grad_kl)
+        # The recon term's gradients scale with recon_upstream, the KL term's with kl_upstream.
+        needs = ctx.needs_input_grad
+        recon_grads = _chain(ctx, (*needs[:2], False, False), ctx.saved_tensors, recon_upstream)
+        kl_grads = _chain(ctx, (False, False, *needs[2:4]), ctx.saved_tensors, kl_upstream)
+        return (*recon_grads[:2], *kl_grads[2:], None, None, None, None, None)
+
+    torch.library.register_autograd(lib + "elbo", elbo_backward, setup_context=elbo_setup)
+
+
+if LIBRARY_ERROR is None:
+    _register()
