@@ -1,29 +1,33 @@
 """Which implementation runs a call: the ``backend=`` argument of the public API.
 
-Every backend is a module exposing the same six functions (``reparameterize``,
+Every backend is an object (a module or an ``ops.OpsBackend``) exposing the same six functions (``reparameterize``,
 ``gaussian_kl``, ``bernoulli_nll``, ``gaussian_nll``, ``mse_loss``, ``elbo_loss``)
 with already-validated arguments:
 
 - ``"torch"``: ``vae_kernels.reference``, eager PyTorch (also the test oracle).
-- ``"cpu"``: ``vae_kernels.ops``, the C++ kernels registered as torch custom ops.
+- ``"cpu"``: ``vae_kernels.ops.cpu``, the C++ kernels registered as torch custom ops.
 - ``"auto"``: ``"cpu"`` for CPU tensors when the extension is built, else ``"torch"``.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import reference
 
+if TYPE_CHECKING:
+    from . import ops
+
 BACKENDS = ("auto", "cpu", "torch", "triton", "cuda")
 
 
-def _native_ops() -> ModuleType | None:
+def _native_ops() -> "ops.OpsBackend | None":
     from . import ops  # imported lazily: it loads the compiled library
 
-    return ops if ops.LIBRARY_ERROR is None else None
+    return ops.cpu if ops.LIBRARY_ERROR is None else None
 
 
 def available_backends() -> list[str]:
@@ -34,7 +38,7 @@ def available_backends() -> list[str]:
     return names
 
 
-def resolve(backend: str, device: torch.device) -> ModuleType:
+def resolve(backend: str, device: torch.device) -> "ModuleType | ops.OpsBackend":
     """The backend module for ``backend`` and tensors on ``device``, or a clear error."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

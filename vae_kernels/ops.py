@@ -75,83 +75,100 @@ def _draw_seed(generator: Optional[torch.Generator], device: torch.device) -> Te
 # ---------------------------------------------------------------- backend interface
 
 
-def reparameterize(
-    mu: Tensor,
-    logvar: Tensor,
-    eps: Optional[Tensor],
-    num_samples: Optional[int],
-    generator: Optional[torch.Generator],
-) -> Tensor:
-    if eps is None:
-        seed = _draw_seed(generator, mu.device)
-        z = torch.ops.vae_kernels.reparameterize_philox(mu, logvar, seed, num_samples or 1)
-    else:
-        samples = eps if num_samples is not None else eps.unsqueeze(0)
-        z = torch.ops.vae_kernels.reparameterize(mu, logvar, samples)
-    return z if num_samples is not None else z.squeeze(0)
+class OpsBackend:
+    """The backend interface over the ops of one namespace.
+
+    ``OpsBackend("vae_kernels")`` runs the C++ ops (CPU kernels, and CUDA kernels where
+    built); a Triton backend defines the same ops, with the same arguments, in its own
+    namespace and reuses this class and ``register_autograd``.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    @property
+    def ops(self):
+        return getattr(torch.ops, self.namespace)
+
+    def reparameterize(
+        self,
+        mu: Tensor,
+        logvar: Tensor,
+        eps: Optional[Tensor],
+        num_samples: Optional[int],
+        generator: Optional[torch.Generator],
+    ) -> Tensor:
+        if eps is None:
+            seed = _draw_seed(generator, mu.device)
+            z = self.ops.reparameterize_philox(mu, logvar, seed, num_samples or 1)
+        else:
+            samples = eps if num_samples is not None else eps.unsqueeze(0)
+            z = self.ops.reparameterize(mu, logvar, samples)
+        return z if num_samples is not None else z.squeeze(0)
+
+    def gaussian_kl(
+        self,
+        mu: Tensor,
+        logvar: Tensor,
+        prior_mu: Optional[Tensor],
+        prior_logvar: Optional[Tensor],
+        reduction: str,
+    ) -> Tensor:
+        mode, divisor = reduction_args(reduction, mu)
+        if prior_mu is None and prior_logvar is None:
+            priors: list[Optional[Tensor]] = [None, None]
+        else:
+            # A prior broadcast against mu: expand (a view); autograd sums its gradient back.
+            priors = [
+                (mu.new_zeros(()) if p is None else p).expand_as(mu)
+                for p in (prior_mu, prior_logvar)
+            ]
+        mask = [_needs_grad(t) for t in (mu, logvar, prior_mu, prior_logvar)]
+        return self.ops.gaussian_kl(mu, logvar, *priors, mode, divisor, mask)[0]
+
+    def bernoulli_nll(self, input: Tensor, target: Tensor, logits: bool, reduction: str) -> Tensor:
+        mode, divisor = reduction_args(reduction, input)
+        mask = [_needs_grad(input), _needs_grad(target)]
+        return self.ops.bernoulli_nll(input, target, logits, mode, divisor, mask)[0]
+
+    def gaussian_nll(
+        self, input: Tensor, target: Tensor, logvar: Union[float, Tensor], reduction: str
+    ) -> Tensor:
+        mode, divisor = reduction_args(reduction, input)
+        if isinstance(logvar, Tensor):
+            logvar_tensor: Optional[Tensor] = logvar.expand_as(input)
+            logvar_value = 0.0
+        else:
+            logvar_tensor, logvar_value = None, float(logvar)
+        mask = [_needs_grad(input), _needs_grad(target), _needs_grad(logvar_tensor)]
+        return self.ops.gaussian_nll(
+            input, target, logvar_tensor, logvar_value, mode, divisor, mask
+        )[0]
+
+    def mse_loss(self, input: Tensor, target: Tensor, reduction: str) -> Tensor:
+        mode, divisor = reduction_args(reduction, input)
+        mask = [_needs_grad(input), _needs_grad(target)]
+        return self.ops.squared_error(input, target, mode, divisor, mask)[0]
+
+    def elbo_loss(
+        self,
+        recon: Tensor,
+        x: Tensor,
+        mu: Tensor,
+        logvar: Tensor,
+        likelihood: str,
+        beta: float,
+        reduction: str,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        mode, divisor = reduction_args(reduction, recon)
+        mask = [_needs_grad(t) for t in (recon, x, mu, logvar)]
+        loss, recon_nll, kl, *_ = self.ops.elbo(
+            recon, x, mu, logvar, LIKELIHOOD_CODES[likelihood], beta, mode, divisor, mask
+        )
+        return loss, recon_nll, kl
 
 
-def gaussian_kl(
-    mu: Tensor,
-    logvar: Tensor,
-    prior_mu: Optional[Tensor],
-    prior_logvar: Optional[Tensor],
-    reduction: str,
-) -> Tensor:
-    mode, divisor = reduction_args(reduction, mu)
-    if prior_mu is None and prior_logvar is None:
-        priors: list[Optional[Tensor]] = [None, None]
-    else:
-        # A prior broadcast against mu: expand (a view); autograd sums its gradient back.
-        priors = [
-            (mu.new_zeros(()) if p is None else p).expand_as(mu) for p in (prior_mu, prior_logvar)
-        ]
-    mask = [_needs_grad(t) for t in (mu, logvar, prior_mu, prior_logvar)]
-    return torch.ops.vae_kernels.gaussian_kl(mu, logvar, *priors, mode, divisor, mask)[0]
-
-
-def bernoulli_nll(input: Tensor, target: Tensor, logits: bool, reduction: str) -> Tensor:
-    mode, divisor = reduction_args(reduction, input)
-    mask = [_needs_grad(input), _needs_grad(target)]
-    return torch.ops.vae_kernels.bernoulli_nll(input, target, logits, mode, divisor, mask)[0]
-
-
-def gaussian_nll(
-    input: Tensor, target: Tensor, logvar: Union[float, Tensor], reduction: str
-) -> Tensor:
-    mode, divisor = reduction_args(reduction, input)
-    if isinstance(logvar, Tensor):
-        logvar_tensor: Optional[Tensor] = logvar.expand_as(input)
-        logvar_value = 0.0
-    else:
-        logvar_tensor, logvar_value = None, float(logvar)
-    mask = [_needs_grad(input), _needs_grad(target), _needs_grad(logvar_tensor)]
-    return torch.ops.vae_kernels.gaussian_nll(
-        input, target, logvar_tensor, logvar_value, mode, divisor, mask
-    )[0]
-
-
-def mse_loss(input: Tensor, target: Tensor, reduction: str) -> Tensor:
-    mode, divisor = reduction_args(reduction, input)
-    mask = [_needs_grad(input), _needs_grad(target)]
-    return torch.ops.vae_kernels.squared_error(input, target, mode, divisor, mask)[0]
-
-
-def elbo_loss(
-    recon: Tensor,
-    x: Tensor,
-    mu: Tensor,
-    logvar: Tensor,
-    likelihood: str,
-    beta: float,
-    reduction: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    mode, divisor = reduction_args(reduction, recon)
-    mask = [_needs_grad(t) for t in (recon, x, mu, logvar)]
-    loss, recon_nll, kl, *_ = torch.ops.vae_kernels.elbo(
-        recon, x, mu, logvar, LIKELIHOOD_CODES[likelihood], beta, mode, divisor, mask
-    )
-    return loss, recon_nll, kl
+cpu = OpsBackend("vae_kernels")
 
 
 # ---------------------------------------------------------------- registrations
@@ -163,15 +180,6 @@ def _reduced_like(t: Tensor, reduction: int) -> Tensor:
     if reduction == REDUCTION_PER_SAMPLE:
         return t.new_empty((t.shape[0] if t.dim() > 0 else 1,))
     return t.new_empty(())
-
-
-def _local_grad_like(t: Optional[Tensor], needed: bool) -> Tensor:
-    # The ops return an empty tensor for each local gradient they were not asked for.
-    return t.new_empty(t.shape) if (needed and t is not None) else _empty_of(t)
-
-
-def _empty_of(t: Optional[Tensor]) -> Tensor:
-    return t.new_empty((0,)) if t is not None else torch.empty(0)
 
 
 def _chain(
@@ -189,13 +197,14 @@ def _chain(
                 "to compute (grad_mask); call the public vae_kernels functions, not the raw op"
             )
         grads.append(
-            torch.ops.vae_kernels.loss_backward(local, upstream, ctx.reduction, ctx.divisor)
+            ctx.ops.loss_backward(local, upstream, ctx.reduction, ctx.divisor)
         )
     return grads
 
 
-def _save_loss_context(ctx, inputs, local_grads, reduction_index: int, n_inputs: int) -> None:
+def _save_loss_context(ctx, ops, inputs, local_grads, reduction_index: int, n_inputs: int) -> None:
     """Keep what a loss op's backward needs: its local gradients and reduction."""
+    ctx.ops = ops
     ctx.set_materialize_grads(False)  # unused outputs get None, not a tensor of zeros
     ctx.mark_non_differentiable(*local_grads)
     ctx.reduction = inputs[reduction_index]
@@ -204,25 +213,69 @@ def _save_loss_context(ctx, inputs, local_grads, reduction_index: int, n_inputs:
     ctx.save_for_backward(*local_grads)
 
 
-def _register() -> None:
+def _register_fakes() -> None:
+    """Output shapes of the C++ ops, for torch.compile (triton_op ops trace themselves)."""
     lib = "vae_kernels::"
+    same = lambda t: t.new_empty(t.shape)  # noqa: E731
 
-    # -- reparameterize (caller noise)
-    @torch.library.register_fake(lib + "reparameterize")
-    def _(mu, logvar, eps):
-        return eps.new_empty(eps.shape)
+    torch.library.register_fake(lib + "reparameterize")(lambda mu, logvar, eps: same(eps))
+    torch.library.register_fake(lib + "reparameterize_backward")(
+        lambda grad_z, logvar, eps: (same(logvar), same(logvar))
+    )
+    torch.library.register_fake(lib + "reparameterize_philox")(
+        lambda mu, logvar, seed, num_samples: mu.new_empty((num_samples, *mu.shape))
+    )
+    torch.library.register_fake(lib + "reparameterize_philox_backward")(
+        lambda grad_z, logvar, seed: (same(logvar), same(logvar))
+    )
+    torch.library.register_fake(lib + "loss_backward")(
+        lambda local_grad, grad_output, reduction, divisor: same(local_grad)
+    )
 
-    @torch.library.register_fake(lib + "reparameterize_backward")
-    def _(grad_z, logvar, eps):
-        return logvar.new_empty(logvar.shape), logvar.new_empty(logvar.shape)
+    def local_grads(tensors, grad_mask, like):
+        return tuple(
+            same(t) if (t is not None and needed) else like.new_empty((0,))
+            for t, needed in zip(tensors, grad_mask)
+        )
 
+    @torch.library.register_fake(lib + "gaussian_kl")
+    def _(mu, logvar, prior_mu, prior_logvar, reduction, divisor, grad_mask):
+        tensors = (mu, logvar, prior_mu, prior_logvar)
+        return _reduced_like(mu, reduction), *local_grads(tensors, grad_mask, mu)
+
+    @torch.library.register_fake(lib + "bernoulli_nll")
+    def _(input, target, logits, reduction, divisor, grad_mask):
+        return _reduced_like(input, reduction), *local_grads((input, target), grad_mask, input)
+
+    @torch.library.register_fake(lib + "gaussian_nll")
+    def _(input, target, logvar, logvar_value, reduction, divisor, grad_mask):
+        tensors = (input, target, logvar)
+        return _reduced_like(input, reduction), *local_grads(tensors, grad_mask, input)
+
+    @torch.library.register_fake(lib + "squared_error")
+    def _(input, target, reduction, divisor, grad_mask):
+        return _reduced_like(input, reduction), *local_grads((input, target), grad_mask, input)
+
+    @torch.library.register_fake(lib + "elbo")
+    def _(recon, x, mu, logvar, likelihood, beta, reduction, divisor, grad_mask):
+        reduced = _reduced_like(recon, reduction)
+        tensors = (recon, x, mu, logvar)
+        return reduced, same(reduced), same(reduced), *local_grads(tensors, grad_mask, recon)
+
+
+def register_autograd(namespace: str) -> None:
+    """Register the autograd formulas of the ops of ``namespace`` (see the module doc)."""
+    lib = namespace + "::"
+    ops = getattr(torch.ops, namespace)
+
+    # -- sampling: backward ops of their own
     def reparameterize_setup(ctx, inputs, output):
         _, logvar, eps = inputs
         ctx.save_for_backward(logvar, eps)
 
     def reparameterize_backward(ctx, grad_z):
         logvar, eps = ctx.saved_tensors
-        grad_mu, grad_logvar = torch.ops.vae_kernels.reparameterize_backward(grad_z, logvar, eps)
+        grad_mu, grad_logvar = ops.reparameterize_backward(grad_z, logvar, eps)
         # Noise that itself requires grad (rare): dz/deps = std.
         grad_eps = grad_z * torch.exp(0.5 * logvar) if ctx.needs_input_grad[2] else None
         return grad_mu, grad_logvar, grad_eps
@@ -231,132 +284,47 @@ def _register() -> None:
         lib + "reparameterize", reparameterize_backward, setup_context=reparameterize_setup
     )
 
-    # -- reparameterize (in-kernel Philox noise, regenerated in backward)
-    @torch.library.register_fake(lib + "reparameterize_philox")
-    def _(mu, logvar, seed, num_samples):
-        return mu.new_empty((num_samples, *mu.shape))
-
-    @torch.library.register_fake(lib + "reparameterize_philox_backward")
-    def _(grad_z, logvar, seed):
-        return logvar.new_empty(logvar.shape), logvar.new_empty(logvar.shape)
-
     def philox_setup(ctx, inputs, output):
         _, logvar, seed, _ = inputs
         ctx.save_for_backward(logvar, seed)
 
     def philox_backward(ctx, grad_z):
         logvar, seed = ctx.saved_tensors
-        grad_mu, grad_logvar = torch.ops.vae_kernels.reparameterize_philox_backward(
-            grad_z, logvar, seed
-        )
+        grad_mu, grad_logvar = ops.reparameterize_philox_backward(grad_z, logvar, seed)
         return grad_mu, grad_logvar, None, None
 
     torch.library.register_autograd(
         lib + "reparameterize_philox", philox_backward, setup_context=philox_setup
     )
 
-    # -- loss_backward: the backward of every loss op
-    @torch.library.register_fake(lib + "loss_backward")
-    def _(local_grad, grad_output, reduction, divisor):
-        return local_grad.new_empty(local_grad.shape)
+    # -- losses: outputs are (loss, local gradients...); backward = loss_backward
+    def register_loss(name: str, reduction_index: int, n_inputs: int, n_args: int) -> None:
+        def setup(ctx, inputs, output):
+            _save_loss_context(ctx, ops, inputs, output[1:], reduction_index, n_inputs)
 
-    # -- gaussian_kl
-    @torch.library.register_fake(lib + "gaussian_kl")
-    def _(mu, logvar, prior_mu, prior_logvar, reduction, divisor, grad_mask):
-        tensors = (mu, logvar, prior_mu, prior_logvar)
-        return (
-            _reduced_like(mu, reduction),
-            *(_local_grad_like(t, m) if t is not None else mu.new_empty((0,))
-              for t, m in zip(tensors, grad_mask)),
-        )
+        def backward(ctx, grad_loss, *_):
+            grads = _chain(ctx, ctx.needs_input_grad, ctx.saved_tensors, grad_loss)
+            return (*grads, *([None] * (n_args - n_inputs)))
 
-    def kl_setup(ctx, inputs, output):
-        _save_loss_context(ctx, inputs, output[1:], reduction_index=4, n_inputs=4)
+        torch.library.register_autograd(lib + name, backward, setup_context=setup)
 
-    def kl_backward(ctx, grad_kl, *_):
-        return (*_chain(ctx, ctx.needs_input_grad, ctx.saved_tensors, grad_kl), None, None, None)
+    register_loss("gaussian_kl", reduction_index=4, n_inputs=4, n_args=7)
+    register_loss("bernoulli_nll", reduction_index=3, n_inputs=2, n_args=6)
+    register_loss("gaussian_nll", reduction_index=4, n_inputs=3, n_args=7)
+    register_loss("squared_error", reduction_index=2, n_inputs=2, n_args=5)
 
-    torch.library.register_autograd(lib + "gaussian_kl", kl_backward, setup_context=kl_setup)
-
-    # -- bernoulli_nll
-    @torch.library.register_fake(lib + "bernoulli_nll")
-    def _(input, target, logits, reduction, divisor, grad_mask):
-        return (
-            _reduced_like(input, reduction),
-            _local_grad_like(input, grad_mask[0]),
-            _local_grad_like(target, grad_mask[1]),
-        )
-
-    def bernoulli_setup(ctx, inputs, output):
-        _save_loss_context(ctx, inputs, output[1:], reduction_index=3, n_inputs=2)
-
-    def bernoulli_backward(ctx, grad_loss, *_):
-        return (*_chain(ctx, ctx.needs_input_grad, ctx.saved_tensors, grad_loss), None, None, None, None)
-
-    torch.library.register_autograd(
-        lib + "bernoulli_nll", bernoulli_backward, setup_context=bernoulli_setup
-    )
-
-    # -- gaussian_nll
-    @torch.library.register_fake(lib + "gaussian_nll")
-    def _(input, target, logvar, logvar_value, reduction, divisor, grad_mask):
-        return (
-            _reduced_like(input, reduction),
-            _local_grad_like(input, grad_mask[0]),
-            _local_grad_like(target, grad_mask[1]),
-            _local_grad_like(logvar, grad_mask[2]) if logvar is not None else input.new_empty((0,)),
-        )
-
-    def gaussian_setup(ctx, inputs, output):
-        _save_loss_context(ctx, inputs, output[1:], reduction_index=4, n_inputs=3)
-
-    def gaussian_backward(ctx, grad_loss, *_):
-        return (*_chain(ctx, ctx.needs_input_grad, ctx.saved_tensors, grad_loss), None, None, None, None)
-
-    torch.library.register_autograd(
-        lib + "gaussian_nll", gaussian_backward, setup_context=gaussian_setup
-    )
-
-    # -- squared_error
-    @torch.library.register_fake(lib + "squared_error")
-    def _(input, target, reduction, divisor, grad_mask):
-        return (
-            _reduced_like(input, reduction),
-            _local_grad_like(input, grad_mask[0]),
-            _local_grad_like(target, grad_mask[1]),
-        )
-
-    def squared_error_setup(ctx, inputs, output):
-        _save_loss_context(ctx, inputs, output[1:], reduction_index=2, n_inputs=2)
-
-    def squared_error_backward(ctx, grad_loss, *_):
-        return (*_chain(ctx, ctx.needs_input_grad, ctx.saved_tensors, grad_loss), None, None, None)
-
-    torch.library.register_autograd(
-        lib + "squared_error", squared_error_backward, setup_context=squared_error_setup
-    )
-
-    # -- elbo: loss = recon_nll + beta * kl, each term reduced the same way
-    @torch.library.register_fake(lib + "elbo")
-    def _(recon, x, mu, logvar, likelihood, beta, reduction, divisor, grad_mask):
-        return (
-            _reduced_like(recon, reduction),
-            _reduced_like(recon, reduction),
-            _reduced_like(recon, reduction),
-            *(_local_grad_like(t, m) for t, m in zip((recon, x, mu, logvar), grad_mask)),
-        )
-
+    # -- elbo: loss = recon_nll + beta * kl, each reduced the same way
     def elbo_setup(ctx, inputs, output):
-        _save_loss_context(ctx, inputs, output[3:], reduction_index=6, n_inputs=4)
+        _save_loss_context(ctx, ops, inputs, output[3:], reduction_index=6, n_inputs=4)
         ctx.beta = inputs[5]
 
     def elbo_backward(ctx, grad_loss, grad_recon_nll, grad_kl, *_):
-        def combine(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+        def add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
             return b if a is None else (a if b is None else a + b)
 
-        recon_upstream = combine(grad_loss, grad_recon_nll)
-        kl_upstream = combine(None if grad_loss is None else grad_loss * ctx.beta, grad_kl)
         # The recon term's gradients scale with recon_upstream, the KL term's with kl_upstream.
+        recon_upstream = add(grad_loss, grad_recon_nll)
+        kl_upstream = add(None if grad_loss is None else grad_loss * ctx.beta, grad_kl)
         needs = ctx.needs_input_grad
         recon_grads = _chain(ctx, (*needs[:2], False, False), ctx.saved_tensors, recon_upstream)
         kl_grads = _chain(ctx, (False, False, *needs[2:4]), ctx.saved_tensors, kl_upstream)
@@ -366,4 +334,5 @@ def _register() -> None:
 
 
 if LIBRARY_ERROR is None:
-    _register()
+    _register_fakes()
+    register_autograd("vae_kernels")
