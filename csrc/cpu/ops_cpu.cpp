@@ -10,6 +10,10 @@
 #include <array>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "kernels.h"
 
 namespace vae_kernels::cpu {
@@ -44,6 +48,25 @@ void check_floating(const char* op, const char* name, const Tensor& t) {
                     " must be a CPU tensor, got one on ", t.device());
 }
 
+// A new CPU tensor for a kernel to fill. Large ones are backed by transparent huge
+// pages where the OS offers them on request: the first touch of fresh 4 KiB pages
+// (a fault and a zeroing per page) otherwise costs several times the kernel itself.
+// torch's allocator does the same when THP_MEM_ALLOC_ENABLE=1 is set.
+Tensor empty_output(const Tensor& like) {
+  Tensor out = at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+  const size_t bytes = out.nbytes();
+  if (bytes >= 4 * kHugePage) {
+    const auto begin = reinterpret_cast<uintptr_t>(out.data_ptr());
+    const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
+    const uintptr_t last = (begin + bytes) & ~(kHugePage - 1);
+    madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // advice only
+  }
+#endif
+  return out;
+}
+
 int64_t batch_rows(const Tensor& t) { return t.dim() == 0 ? 1 : t.size(0); }
 int64_t row_length(const Tensor& t) {
   const int64_t rows = batch_rows(t);
@@ -68,12 +91,12 @@ struct LossCall {
     buffers.row_sums = row_sums.data();
     for (size_t k = 0; k < inputs.size(); ++k) buffers.inputs[k] = inputs[k].const_data_ptr();
     if (reduction == kNone) {
-      elementwise = at::empty_like(inputs.front());
+      elementwise = empty_output(inputs.front());
       buffers.elementwise_loss = elementwise.data_ptr();
     }
     for (size_t k = 0; k < grad_mask.size(); ++k) {
       if (grad_mask[k]) {
-        grads.push_back(at::empty_like(inputs[k]));
+        grads.push_back(empty_output(inputs[k]));
         buffers.grads[k] = grads.back().data_ptr();
       } else {
         grads.push_back(at::empty({0}, first.options()));
@@ -131,7 +154,7 @@ Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& eps)
                     "vae_kernels.reparameterize: eps must have shape (num_samples, *mu.shape) = "
                     "(K, ", mu.sizes(), "), got ", eps.sizes());
   const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous(), eps_c = eps.contiguous();
-  Tensor z = at::empty_like(eps_c);
+  Tensor z = empty_output(eps_c);
   kernels().reparameterize(mu.scalar_type(), mu_c.const_data_ptr(), logvar_c.const_data_ptr(),
                            eps_c.const_data_ptr(), z.data_ptr(), mu.numel(), eps.size(0));
   return z;
@@ -333,7 +356,7 @@ Tensor loss_backward(const Tensor& local_grad, const Tensor& grad_output, int64_
                       grad_output.sizes());
   }
   const Tensor local_c = local_grad.contiguous(), upstream_c = grad_output.contiguous();
-  Tensor out = at::empty_like(local_c);
+  Tensor out = empty_output(local_c);
   kernels().loss_backward(local_grad.scalar_type(), local_c.const_data_ptr(),
                           upstream_c.const_data_ptr(), stride_elem, stride_row,
                           1.0 / static_cast<double>(divisor), out.data_ptr(), rows, row_len);

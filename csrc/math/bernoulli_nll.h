@@ -2,7 +2,7 @@
 //
 // From logits l:        nll = max(l, 0) - l*x + log1p(exp(-|l|))
 //                       d l = sigmoid(l) - x,  d x = -l
-//   One exp(-|l|) serves both the loss and the sigmoid.
+//   One exp(-|l|) in (0, 1] serves both the loss and the sigmoid.
 // From probabilities p: nll = -(x * max(log p, -100) + (1 - x) * max(log(1 - p), -100))
 //                       d p = (p - x) / max(p * (1 - p), 1e-12)
 //                       d x = max(log(1 - p), -100) - max(log p, -100)
@@ -20,7 +20,7 @@ constexpr double kBceGradEpsilon = 1e-12;
 template <typename V>
 VK_INLINE V bernoulli_logits_nll(V logits, V target) {
   const V e = Math<V>::exp(V(0) - Math<V>::abs(logits));
-  return Math<V>::maximum(logits, V(0)) - logits * target + Math<V>::log1p(e);
+  return Math<V>::maximum(logits, V(0)) - logits * target + Math<V>::log1p_unit(e);
 }
 
 template <typename V>
@@ -30,7 +30,7 @@ VK_INLINE V bernoulli_logits_nll_and_grad(V logits, V target, V& d_logits, V& d_
   const V sigmoid = Math<V>::where_nonneg(logits, inv, e * inv);
   d_logits = sigmoid - target;
   d_target = V(0) - logits;
-  return Math<V>::maximum(logits, V(0)) - logits * target + Math<V>::log1p(e);
+  return Math<V>::maximum(logits, V(0)) - logits * target + Math<V>::log1p_unit(e);
 }
 
 template <typename V>
