@@ -237,10 +237,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
   mask.resize(inputs.size());
   LossCall call(inputs, reduction, mask);
   kernels().gaussian_kl(mu.scalar_type(), with_prior, call.buffers);
-  Tensor empty = at::empty({0}, mu.options());
+  // Each output its own tensor: outputs must never alias one another.
   return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, mu.options()),
-          call.grads[0], call.grads[1], with_prior ? call.grads[2] : empty,
-          with_prior ? call.grads[3] : empty};
+          call.grads[0], call.grads[1],
+          with_prior ? call.grads[2] : at::empty({0}, mu.options()),
+          with_prior ? call.grads[3] : at::empty({0}, mu.options())};
 }
 
 std::tuple<Tensor, Tensor, Tensor> bernoulli_nll(const Tensor& input, const Tensor& target,

@@ -1,0 +1,262 @@
+"""The loss ops (KL, Bernoulli NLL, Gaussian NLL, squared error) of the C++ CPU backend
+against the float64 oracle (vae_kernels.reference), in value and gradient, for every
+dtype, reduction and option; gradcheck in float64; torch's own losses as a second oracle."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vae_kernels as vk
+from vae_kernels import reference
+
+from conftest import (
+    ALL_DTYPES,
+    REDUCTIONS,
+    TOLERANCES,
+    assert_close_to_oracle,
+    requires_cpu_backend,
+    upstream_weights,
+)
+
+pytestmark = requires_cpu_backend
+
+SHAPES = [(1,), (7, 13), (41, 401, 3), (5, 4, 3, 2), (3, 5000)]  # (3, 5000) spans two chunks
+
+
+def make_case(op: str, shape, dtype, option, seed=0):
+    """Inputs (as float64 leaves and in ``dtype``) and the call for one loss op."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda: torch.rand(shape, generator=g, dtype=torch.float64)  # noqa: E731
+    randn = lambda: torch.randn(shape, generator=g, dtype=torch.float64)  # noqa: E731
+    if op == "gaussian_kl":
+        tensors = {"mu": randn(), "logvar": randn() * 0.7}
+        if option == "prior":
+            tensors["prior_mu"] = randn() * 0.5
+            tensors["prior_logvar"] = randn() * 0.5
+        elif option == "broadcast_prior":  # a learned prior of shape (last dim,)
+            tensors["prior_mu"] = torch.randn(shape[-1:], generator=g, dtype=torch.float64)
+            tensors["prior_logvar"] = torch.randn(shape[-1:], generator=g, dtype=torch.float64) * 0.3
+        call = lambda t, **kw: vk.gaussian_kl(  # noqa: E731
+            t["mu"], t["logvar"], t.get("prior_mu"), t.get("prior_logvar"), **kw)
+    elif op == "bernoulli_nll":
+        if option == "logits":
+            tensors = {"input": randn() * 3, "target": rand()}
+        else:  # probabilities, away from 0 and 1 so float16 keeps them inside (0, 1)
+            tensors = {"input": rand() * 0.9 + 0.05, "target": rand().round()}
+        logits = option == "logits"
+        call = lambda t, **kw: vk.bernoulli_nll(t["input"], t["target"], logits=logits, **kw)  # noqa: E731
+    elif op == "gaussian_nll":
+        tensors = {"input": randn(), "target": randn()}
+        if option == "learned":
+            tensors["logvar"] = randn() * 0.5
+        elif option == "broadcast_learned":
+            tensors["logvar"] = torch.randn(shape[-1:], generator=g, dtype=torch.float64) * 0.5
+        fixed = -0.3 if option == "fixed" else None
+        call = lambda t, **kw: vk.gaussian_nll(  # noqa: E731
+            t["input"], t["target"], t.get("logvar", fixed), **kw)
+    elif op == "mse_loss":
+        tensors = {"input": randn(), "target": randn()}
+        call = lambda t, **kw: vk.mse_loss(t["input"], t["target"], **kw)  # noqa: E731
+    else:
+        raise AssertionError(op)
+    return tensors, call
+
+
+CASES = [
+    ("gaussian_kl", "std_normal"),
+    ("gaussian_kl", "prior"),
+    ("gaussian_kl", "broadcast_prior"),
+    ("bernoulli_nll", "logits"),
+    ("bernoulli_nll", "probs"),
+    ("gaussian_nll", "fixed"),
+    ("gaussian_nll", "learned"),
+    ("gaussian_nll", "broadcast_learned"),
+    ("mse_loss", "plain"),
+]
+CASE_IDS = [f"{op}-{opt}" for op, opt in CASES]
+
+
+def _value_and_grads(call, tensors, dtype, reduction, backend, grad_names):
+    """Loss and gradients (w.r.t. grad_names) with a non-uniform upstream gradient."""
+    leaves = {k: v.detach().to(dtype).requires_grad_(k in grad_names) for k, v in tensors.items()}
+    out = call(leaves, reduction=reduction, backend=backend)
+    weights = upstream_weights(out)
+    grads = torch.autograd.grad((out * weights).sum(), [leaves[k] for k in grad_names])
+    return out, grads, leaves
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("op,option", CASES, ids=CASE_IDS)
+def test_matches_float64_oracle(op, option, dtype, reduction):
+    shape = (41, 401, 3)
+    tensors, call = make_case(op, shape, dtype, option)
+    grad_names = [k for k in tensors if not (op == "bernoulli_nll" and k == "target")]
+    out, grads, leaves = _value_and_grads(call, tensors, dtype, reduction, "cpu", grad_names)
+    # The oracle sees the same rounded inputs, in float64.
+    rounded = {k: v.detach().double() for k, v in leaves.items()}
+    out64, grads64, _ = _value_and_grads(call, rounded, torch.float64, reduction, "torch", grad_names)
+    assert out.dtype == dtype and out.shape == out64.shape
+    n_summed = 1 if reduction == "none" else math.prod(shape) / (shape[0] if reduction == "per_sample" else 1)
+    assert_close_to_oracle(out, out64, dtype, scale=n_summed if reduction in ("sum", "per_sample") else 1)
+    for name, grad, grad64 in zip(grad_names, grads, grads64):
+        assert grad.dtype == dtype and grad.shape == leaves[name].shape, name
+        assert_close_to_oracle(grad, grad64, dtype, scale=max(1, grad64.abs().max().item()))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("op,option", CASES, ids=CASE_IDS)
+def test_odd_shapes(op, option, shape):
+    tensors, call = make_case(op, shape, torch.float32, option, seed=1)
+    for reduction in ("none", "per_sample", "batchmean"):
+        out = call({k: v.float() for k, v in tensors.items()}, reduction=reduction, backend="cpu")
+        expected = call(tensors, reduction=reduction, backend="torch")
+        assert_close_to_oracle(out, expected, torch.float32, scale=100)
+
+
+@pytest.mark.parametrize("op,option", CASES, ids=CASE_IDS)
+def test_non_contiguous_inputs(op, option):
+    tensors, call = make_case(op, (13, 21), torch.float64, option, seed=2)
+    # Each 2-D input as the transpose of a contiguous leaf: same values, strided layout.
+    leaves = {k: (v.t().contiguous() if v.dim() == 2 else v.clone()).requires_grad_()
+              for k, v in tensors.items()}
+    strided = {k: v.t() if v.dim() == 2 else v for k, v in leaves.items()}
+    assert not any(v.is_contiguous() for v in strided.values() if v.dim() == 2)
+    out = call(strided, reduction="per_sample", backend="cpu")
+    oracle_leaves = {k: v.clone().requires_grad_() for k, v in tensors.items()}
+    expected = call(oracle_leaves, reduction="per_sample", backend="torch")
+    torch.testing.assert_close(out, expected)
+    weights = upstream_weights(out)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    for k, v in leaves.items():
+        oracle_grad = oracle_leaves[k].grad
+        torch.testing.assert_close(v.grad, oracle_grad.t() if v.dim() == 2 else oracle_grad)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("op,option", CASES, ids=CASE_IDS)
+def test_gradcheck(op, option, reduction):
+    tensors, call = make_case(op, (3, 5), torch.float64, option, seed=3)
+    names = list(tensors)
+    leaves = [tensors[k].clone().requires_grad_() for k in names]
+    weights = None
+
+    def fn(*values):
+        nonlocal weights
+        out = call(dict(zip(names, values)), reduction=reduction, backend="cpu")
+        if weights is None:
+            weights = upstream_weights(out, seed=4)
+        return out * weights  # a non-uniform upstream gradient reaches the op
+
+    if op == "bernoulli_nll" and option == "probs":
+        # Targets as soft labels away from 0/1 so the finite differences stay inside [0, 1].
+        leaves[1] = (leaves[1].detach() * 0.8 + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(fn, leaves)
+
+
+def test_bernoulli_probs_equals_torch_binary_cross_entropy():
+    g = torch.Generator().manual_seed(5)
+    p = torch.rand(64, 784, generator=g).clamp(1e-6, 1 - 1e-6)
+    p[0, :5] = torch.tensor([0.0, 1.0, 0.0, 1.0, 1e-30])  # exercises the -100 clamp
+    x = torch.rand(64, 784, generator=g).round()
+    for reduction in ("none", "sum", "mean"):
+        a = p.clone().requires_grad_()
+        b = p.clone().requires_grad_()
+        ours = vk.bernoulli_nll(a, x, logits=False, reduction=reduction)
+        theirs = F.binary_cross_entropy(b, x, reduction=reduction)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        ours.sum().backward()
+        theirs.sum().backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_bernoulli_logits_equals_torch_bce_with_logits():
+    g = torch.Generator().manual_seed(6)
+    l = torch.randn(32, 100, generator=g) * 20
+    x = torch.rand(32, 100, generator=g)
+    for reduction in ("none", "sum", "mean"):
+        ours = vk.bernoulli_nll(l, x, reduction=reduction)
+        theirs = F.binary_cross_entropy_with_logits(l, x, reduction=reduction)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_mse_loss_equals_torch_mse_loss():
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.randn(2, 16, 33, generator=g)
+    for reduction in ("none", "sum", "mean"):
+        torch.testing.assert_close(vk.mse_loss(a, b, reduction=reduction),
+                                   F.mse_loss(a, b, reduction=reduction))
+
+
+def test_gaussian_nll_equals_torch_distributions():
+    g = torch.Generator().manual_seed(8)
+    m, x = torch.randn(2, 10, 7, generator=g, dtype=torch.float64)
+    logvar = torch.randn(7, generator=g, dtype=torch.float64)
+    expected = -torch.distributions.Normal(m, torch.exp(0.5 * logvar)).log_prob(x)
+    torch.testing.assert_close(vk.gaussian_nll(m, x, logvar, reduction="none"), expected)
+    expected_fixed = -torch.distributions.Normal(m, math.exp(0.5 * 1.5)).log_prob(x)
+    torch.testing.assert_close(vk.gaussian_nll(m, x, 1.5, reduction="none"), expected_fixed)
+
+
+def test_gaussian_kl_equals_torch_distributions():
+    g = torch.Generator().manual_seed(9)
+    mu, lv, pm, plv = torch.randn(4, 6, 5, generator=g, dtype=torch.float64)
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * lv))
+    p = torch.distributions.Normal(pm, torch.exp(0.5 * plv))
+    torch.testing.assert_close(vk.gaussian_kl(mu, lv, pm, plv, reduction="none"),
+                               torch.distributions.kl_divergence(q, p))
+    std = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    torch.testing.assert_close(vk.gaussian_kl(mu, lv, reduction="per_sample"),
+                               torch.distributions.kl_divergence(q, std).sum(1))
+    # Only one prior argument: the other one means 0.
+    torch.testing.assert_close(vk.gaussian_kl(mu, lv, prior_mu=pm, reduction="none"),
+                               reference.gaussian_kl_elementwise(mu, lv, pm, torch.zeros_like(mu)))
+
+
+def test_target_gradients():
+    """Targets that require grad get their true gradient (d/dx), for every loss."""
+    g = torch.Generator().manual_seed(10)
+    for op, option in CASES[3:]:
+        tensors, call = make_case(op, (4, 6), torch.float64, option, seed=11)
+        for k, v in tensors.items():
+            v.requires_grad_(k == "target")
+        if op == "bernoulli_nll":
+            tensors["target"] = (tensors["target"].detach() * 0.8 + 0.1).requires_grad_()
+        assert torch.autograd.gradcheck(
+            lambda t: call({**tensors, "target": t}, reduction="sum", backend="cpu"),
+            (tensors["target"],)), (op, option)
+    del g
+
+
+def test_empty_batch_follows_torch():
+    empty = torch.empty(0, 5)
+    assert vk.mse_loss(empty, empty, reduction="sum").item() == 0.0
+    assert vk.mse_loss(empty, empty, reduction="per_sample").shape == (0,)
+    assert math.isnan(vk.mse_loss(empty, empty, reduction="mean").item())
+    assert math.isnan(F.mse_loss(empty, empty, reduction="mean").item())
+
+
+def test_float32_sum_accuracy_over_large_tensor():
+    """Fixed-order chunked sums stay float64-accurate where a naive float32 sum drifts."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(64, 200_000, generator=g)
+    ours = vk.mse_loss(x, torch.zeros_like(x), reduction="sum")
+    exact = (x.double() ** 2).sum()
+    assert abs(ours.double() - exact) / exact < 1e-6
+
+
+def test_reductions_are_consistent():
+    g = torch.Generator().manual_seed(13)
+    l = torch.randn(9, 3, 11, generator=g, dtype=torch.float64)
+    x = torch.rand(9, 3, 11, generator=g, dtype=torch.float64)
+    none = vk.bernoulli_nll(l, x, reduction="none")
+    torch.testing.assert_close(vk.bernoulli_nll(l, x, reduction="sum"), none.sum())
+    torch.testing.assert_close(vk.bernoulli_nll(l, x, reduction="mean"), none.mean())
+    torch.testing.assert_close(vk.bernoulli_nll(l, x, reduction="batchmean"), none.sum() / 9)
+    torch.testing.assert_close(vk.bernoulli_nll(l, x, reduction="per_sample"), none.sum((1, 2)))
+    assert TOLERANCES  # the tolerance table is shared with the oracle tests
