@@ -6,13 +6,19 @@ with already-validated arguments:
 
 - ``"torch"``: ``vae_kernels.reference``, eager PyTorch (also the test oracle).
 - ``"cpu"``: ``vae_kernels.ops.cpu``, the C++ kernels registered as torch custom ops.
-- ``"auto"``: ``"cpu"`` for CPU tensors when the extension is built, else ``"torch"``.
+- ``"triton"``: ``vae_kernels.triton.backend``, the Triton kernels: CUDA tensors, or
+  CPU tensors through the Triton interpreter (``TRITON_INTERPRET=1`` set before triton
+  is imported; an error otherwise).
+- ``"auto"``: ``"cpu"`` for CPU tensors when the extension is built, ``"triton"`` for
+  CUDA tensors when triton is installed, else ``"torch"``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -23,6 +29,9 @@ if TYPE_CHECKING:
 
 BACKENDS = ("auto", "cpu", "torch", "triton", "cuda")
 
+# Whether triton can be imported (found without importing it: see _triton_unavailable_reason).
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
 
 def _native_ops() -> "ops.OpsBackend | None":
     from . import ops  # imported lazily: it loads the compiled library
@@ -30,11 +39,39 @@ def _native_ops() -> "ops.OpsBackend | None":
     return ops.cpu if ops.LIBRARY_ERROR is None else None
 
 
+def _triton_unavailable_reason(device: torch.device) -> Optional[str]:
+    """Why ``backend="triton"`` cannot run on ``device``, or None if it can."""
+    if not _TRITON_INSTALLED:
+        return "triton is not installed"
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        # Checked before importing vae_kernels.triton: importing it imports triton,
+        # after which setting TRITON_INTERPRET=1 comes too late.
+        return (
+            "on CPU tensors the Triton kernels run only through the Triton interpreter: "
+            "set the environment variable TRITON_INTERPRET=1 before triton is imported"
+        )
+    from . import triton as triton_backend
+
+    return triton_backend.unavailable_reason(device)
+
+
+def _triton_ops(device: torch.device) -> "ops.OpsBackend":
+    reason = _triton_unavailable_reason(device)
+    if reason is not None:
+        raise RuntimeError(f"backend='triton' cannot run on {device} tensors: {reason}")
+    from . import triton as triton_backend
+
+    return triton_backend.backend
+
+
 def available_backends() -> list[str]:
     """The backends that can run on this machine (``"auto"`` excluded)."""
     names = ["torch"]
     if _native_ops() is not None:
         names.insert(0, "cpu")
+    triton_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if _triton_unavailable_reason(triton_device) is None:
+        names.insert(-1, "triton")
     return names
 
 
@@ -48,7 +85,11 @@ def resolve(backend: str, device: torch.device) -> "ModuleType | ops.OpsBackend"
         native = _native_ops()
         if device.type == "cpu" and native is not None:
             return native
+        if device.type == "cuda" and _triton_unavailable_reason(device) is None:
+            return _triton_ops(device)
         return reference
+    if backend == "triton":
+        return _triton_ops(device)
     if backend == "cpu":
         native = _native_ops()
         if native is None:

@@ -1,0 +1,164 @@
+"""The per-element math of every Triton kernel, as ``@triton.jit`` helpers.
+
+A port of ``csrc/math/*.h`` (the C++ kernels' formulas): same formulas, same clamps,
+same order of operations where it matters. Every kernel in this package calls these
+helpers, so each formula is written once on the Triton side too.
+
+Rules that let every kernel also run in the Triton interpreter (TRITON_INTERPRET=1):
+
+- Only ``tl.exp`` / ``tl.log`` / arithmetic: no ``libdevice`` / extern calls.
+- Arguments are float32 or float64 (kernels cast float16 / bfloat16 loads to float32
+  first); Python float constants take the argument's dtype, so float64 stays float64.
+"""
+
+import triton
+import triton.language as tl
+
+# Schema constants (csrc/math/*.h); tl.constexpr, as Triton requires of globals.
+LOG_2PI = tl.constexpr(1.8378770664093453)  # log(2*pi)
+BCE_LOG_CLAMP = tl.constexpr(-100.0)  # PyTorch's binary_cross_entropy clamps each log at -100
+BCE_GRAD_EPSILON = tl.constexpr(1e-12)  # ... and floors p*(1-p) at 1e-12 in its gradient
+
+
+@triton.jit
+def maximum(a, b):
+    """NaN-propagating maximum, like torch.maximum and the C++ kernels' Math<V>::maximum."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def to_compute_dtype(x):
+    """float64 stays float64; float32 / float16 / bfloat16 compute in float32."""
+    if x.dtype != tl.float64:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def log1p(u):
+    """log(1 + u) without libdevice, accurate for small |u| (Goldberg's trick).
+
+    ``w = 1 + u`` rounds; ``w - 1`` is exactly the u that was added, so
+    ``log(w) * u / (w - 1)`` corrects the rounding error of w to first order
+    (relative error a few ulp). When ``w == 1`` (|u| below half an ulp of 1),
+    log1p(u) = u to working precision. u = -1 gives -inf, as log1p does.
+    """
+    w = 1.0 + u
+    w_minus_one = w - 1.0
+    tiny = w_minus_one == 0.0
+    # The where() inside keeps the unselected lane free of 0/0.
+    return tl.where(tiny, u, tl.log(w) * (u / tl.where(tiny, 1.0, w_minus_one)))
+
+
+# ------------------------------------------------------------------ sampling
+
+
+@triton.jit
+def posterior_std(logvar):
+    return tl.exp(0.5 * logvar)
+
+
+@triton.jit
+def reparameterize_forward(mu, std, eps):
+    return mu + std * eps
+
+
+@triton.jit
+def reparameterize_logvar_backward(std, sum_grad_eps):
+    """d logvar = 0.5 * std * sum_k g_k * eps_k (d mu is the plain sum of g_k)."""
+    return 0.5 * std * sum_grad_eps
+
+
+# ------------------------------------------------------------------ Gaussian KL
+
+
+@triton.jit
+def gaussian_kl_std_normal_and_grad(mu, logvar):
+    """KL(N(mu, e^lv) || N(0, 1)) = 0.5 (mu^2 + e^lv - 1 - lv); returns (kl, d mu, d lv)."""
+    var = tl.exp(logvar)
+    d_mu = mu
+    d_logvar = 0.5 * (var - 1.0)
+    kl = 0.5 * (mu * mu + var - 1.0 - logvar)
+    return kl, d_mu, d_logvar
+
+
+@triton.jit
+def gaussian_kl_and_grad(mu, logvar, prior_mu, prior_logvar):
+    """KL(N(mu, e^lv) || N(pm, e^plv)); returns (kl, d mu, d lv, d pm, d plv)."""
+    diff = mu - prior_mu
+    inv_prior_var = tl.exp(0.0 - prior_logvar)
+    ratio = tl.exp(logvar - prior_logvar)
+    scaled_sq = diff * diff * inv_prior_var
+    d_mu = diff * inv_prior_var
+    d_prior_mu = 0.0 - d_mu
+    d_logvar = 0.5 * (ratio - 1.0)
+    d_prior_logvar = 0.5 * (1.0 - ratio - scaled_sq)
+    kl = 0.5 * (prior_logvar - logvar + ratio + scaled_sq - 1.0)
+    return kl, d_mu, d_logvar, d_prior_mu, d_prior_logvar
+
+
+# ------------------------------------------------------------------ Bernoulli NLL
+
+
+@triton.jit
+def bernoulli_logits_nll_and_grad(logits, target):
+    """max(l, 0) - l x + log1p(exp(-|l|)); returns (nll, d l = sigmoid(l) - x, d x = -l).
+
+    One exp(-|l|) in (0, 1] serves both the loss and the sigmoid.
+    """
+    e = tl.exp(0.0 - tl.abs(logits))
+    inv = 1.0 / (1.0 + e)
+    sigmoid = tl.where(logits >= 0.0, inv, e * inv)
+    d_logits = sigmoid - target
+    d_target = 0.0 - logits
+    nll = maximum(logits, 0.0) - logits * target + log1p(e)
+    return nll, d_logits, d_target
+
+
+@triton.jit
+def bernoulli_probs_nll_and_grad(probs, target):
+    """-(x max(log p, -100) + (1 - x) max(log(1 - p), -100)), as F.binary_cross_entropy.
+
+    Returns (nll, d p = (p - x) / max(p (1 - p), 1e-12), d x = log(1-p) - log p, clamped).
+    """
+    log_p = maximum(tl.log(probs), BCE_LOG_CLAMP)
+    log_1mp = maximum(log1p(0.0 - probs), BCE_LOG_CLAMP)
+    d_probs = (probs - target) / maximum((1.0 - probs) * probs, BCE_GRAD_EPSILON)
+    d_target = log_1mp - log_p
+    nll = 0.0 - (target * log_p + (1.0 - target) * log_1mp)
+    return nll, d_probs, d_target
+
+
+# ------------------------------------------------------------------ Gaussian NLL
+
+
+@triton.jit
+def gaussian_nll_fixed_var_and_grad(mean, target, inv_var, half_log_norm):
+    """0.5 (m - x)^2 / var + 0.5 (lv + log 2 pi), lv fixed; returns (nll, d m, d x)."""
+    diff = mean - target
+    d_mean = diff * inv_var
+    d_target = 0.0 - d_mean
+    nll = 0.5 * diff * diff * inv_var + half_log_norm
+    return nll, d_mean, d_target
+
+
+@triton.jit
+def gaussian_nll_and_grad(mean, target, logvar):
+    """0.5 ((m - x)^2 e^-lv + lv + log 2 pi); returns (nll, d m, d x, d lv)."""
+    diff = mean - target
+    inv_var = tl.exp(0.0 - logvar)
+    scaled_sq = diff * diff * inv_var
+    d_mean = diff * inv_var
+    d_target = 0.0 - d_mean
+    d_logvar = 0.5 * (1.0 - scaled_sq)
+    nll = 0.5 * (scaled_sq + logvar + LOG_2PI)
+    return nll, d_mean, d_target, d_logvar
+
+
+@triton.jit
+def squared_error_and_grad(input, target):
+    """(m - x)^2; returns (se, d m = 2 (m - x), d x = -d m)."""
+    diff = input - target
+    d_input = 2.0 * diff
+    d_target = 0.0 - d_input
+    return diff * diff, d_input, d_target

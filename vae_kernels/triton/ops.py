@@ -1,0 +1,346 @@
+"""The vae_kernels ops implemented with Triton, in the namespace ``vae_kernels_triton``.
+
+Same op names, argument names and order, and outputs as the C++ schemas
+(``csrc/schemas.cpp``: reductions, divisors and grad_mask conventions included). They
+are defined with ``torch.library.triton_op`` and launch their kernels through
+``torch.library.wrap_triton``, so torch.compile traces into the kernels, and the
+fake (shape) implementation is the op body itself. The autograd formulas and the
+backend object are the shared ones of ``vae_kernels.ops``.
+
+``triton_op`` infers each schema from the Python annotations, so the Python ``int``
+arguments appear as ``SymInt`` and ``bool[N]`` as ``bool[]``; names, order and
+outputs are those of the C++ schemas.
+"""
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.library import triton_op
+
+from .. import ops as shared_ops
+from . import losses, sampling
+from .device import unavailable_reason
+from .layout import batch_rows
+
+NAMESPACE = "vae_kernels_triton"
+
+
+# ------------------------------------------------------------------ argument checks
+
+
+def _check_device(op: str, name: str, t: Tensor) -> None:
+    reason = unavailable_reason(t.device)
+    if reason is not None:
+        raise RuntimeError(f"{NAMESPACE}.{op}: {name} is on {t.device}: {reason}")
+
+
+def _check_floating(op: str, name: str, t: Tensor) -> None:
+    if not t.is_floating_point():
+        raise TypeError(f"{NAMESPACE}.{op}: {name} must be a floating-point tensor, got {t.dtype}")
+    _check_device(op, name, t)
+
+
+def _check_like(
+    op: str, name: str, t: Tensor, ref_name: str, ref: Tensor, same_shape: bool = True
+) -> None:
+    """``t`` must have ``ref``'s device and dtype (and shape, if asked)."""
+    if t.device != ref.device:
+        raise ValueError(
+            f"{NAMESPACE}.{op}: {name} must be on the device of {ref_name} ({ref.device}), "
+            f"got {t.device}"
+        )
+    if t.dtype != ref.dtype:
+        raise TypeError(
+            f"{NAMESPACE}.{op}: {name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}"
+        )
+    if same_shape and t.shape != ref.shape:
+        raise ValueError(
+            f"{NAMESPACE}.{op}: {name} must have the shape of {ref_name} {tuple(ref.shape)}, "
+            f"got {tuple(t.shape)}"
+        )
+
+
+def _check_reduction(op: str, reduction: int, allowed=(0, 1, 2)) -> None:
+    if reduction not in allowed:
+        names = {0: "0 (none)", 1: "1 (per_sample)", 2: "2 (sum)"}
+        raise ValueError(
+            f"{NAMESPACE}.{op}: reduction must be one of "
+            f"{', '.join(names[r] for r in allowed)}, got {reduction}"
+        )
+
+
+def _check_samples(op: str, name: str, t: Tensor, like_name: str, like: Tensor) -> None:
+    if t.dim() != like.dim() + 1 or t.shape[1:] != like.shape:
+        raise ValueError(
+            f"{NAMESPACE}.{op}: {name} must have shape (num_samples, *{like_name}.shape) = "
+            f"(K, {', '.join(str(s) for s in like.shape)}), got {tuple(t.shape)}"
+        )
+
+
+def _check_seed(op: str, seed: Tensor, like: Tensor) -> None:
+    if seed.numel() != 1 or seed.dtype != torch.int64:
+        raise ValueError(
+            f"{NAMESPACE}.{op}: seed must be an int64 tensor with one element, got "
+            f"{seed.dtype} of shape {tuple(seed.shape)}"
+        )
+    if seed.device != like.device:
+        raise ValueError(
+            f"{NAMESPACE}.{op}: seed must be on the device of the other tensors ({like.device}), "
+            f"got {seed.device}"
+        )
+
+
+def _check_grad_mask(op: str, grad_mask: Sequence[bool], length: int) -> None:
+    if len(grad_mask) != length:
+        raise ValueError(f"{NAMESPACE}.{op}: grad_mask must have {length} entries, got {len(grad_mask)}")
+
+
+def _raise_if_outside_unit_interval(op: str, loss_pass: losses.LossPass, names) -> None:
+    """Raise if an input that must lie in [0, 1] does not (flags written by the kernel).
+
+    Reading the flags is a host sync, so it happens in eager mode only: under
+    torch.compile or another tracer the flags are not inspected (as for the reference
+    backend's check).
+    """
+    flags = loss_pass.out_of_range
+    if flags is None or torch.compiler.is_compiling() or type(flags) is not torch.Tensor:
+        return
+    outside = flags.amax(dim=0).tolist()
+    for name, is_outside in zip(names, outside):
+        if name is not None and is_outside:
+            raise ValueError(
+                f"{NAMESPACE}.{op}: {name} must lie in [0, 1], but some values are outside it"
+            )
+
+
+# ------------------------------------------------------------------ sampling
+
+
+@triton_op(f"{NAMESPACE}::reparameterize", mutates_args=())
+def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+    _check_floating("reparameterize", "mu", mu)
+    _check_like("reparameterize", "logvar", logvar, "mu", mu)
+    _check_like("reparameterize", "eps", eps, "mu", mu, same_shape=False)
+    _check_samples("reparameterize", "eps", eps, "mu", mu)
+    return sampling.reparameterize(mu, logvar, eps)
+
+
+@triton_op(f"{NAMESPACE}::reparameterize_backward", mutates_args=())
+def reparameterize_backward(grad_z: Tensor, logvar: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    _check_floating("reparameterize_backward", "logvar", logvar)
+    _check_like("reparameterize_backward", "eps", eps, "logvar", logvar, same_shape=False)
+    _check_samples("reparameterize_backward", "eps", eps, "logvar", logvar)
+    _check_like("reparameterize_backward", "grad_z", grad_z, "eps", eps)
+    return sampling.reparameterize_backward(grad_z, logvar, eps, None)
+
+
+@triton_op(f"{NAMESPACE}::reparameterize_philox", mutates_args=())
+def reparameterize_philox(mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int) -> Tensor:
+    _check_floating("reparameterize_philox", "mu", mu)
+    _check_like("reparameterize_philox", "logvar", logvar, "mu", mu)
+    _check_seed("reparameterize_philox", seed, mu)
+    if num_samples < 1:
+        raise ValueError(
+            f"{NAMESPACE}.reparameterize_philox: num_samples must be >= 1, got {num_samples}"
+        )
+    return sampling.reparameterize_philox(mu, logvar, seed, num_samples)
+
+
+@triton_op(f"{NAMESPACE}::reparameterize_philox_backward", mutates_args=())
+def reparameterize_philox_backward(
+    grad_z: Tensor, logvar: Tensor, seed: Tensor
+) -> tuple[Tensor, Tensor]:
+    _check_floating("reparameterize_philox_backward", "logvar", logvar)
+    _check_like("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar, False)
+    _check_samples("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar)
+    _check_seed("reparameterize_philox_backward", seed, logvar)
+    return sampling.reparameterize_backward(grad_z, logvar, None, seed)
+
+
+# ------------------------------------------------------------------ losses
+
+
+@triton_op(f"{NAMESPACE}::gaussian_kl", mutates_args=())
+def gaussian_kl(
+    mu: Tensor,
+    logvar: Tensor,
+    prior_mu: Optional[Tensor],
+    prior_logvar: Optional[Tensor],
+    reduction: int,
+    divisor: int,
+    grad_mask: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    op = "gaussian_kl"
+    _check_floating(op, "mu", mu)
+    _check_like(op, "logvar", logvar, "mu", mu)
+    _check_reduction(op, reduction)
+    _check_grad_mask(op, grad_mask, 4)
+    if (prior_mu is None) != (prior_logvar is None):
+        raise ValueError(f"{NAMESPACE}.{op}: pass both prior_mu and prior_logvar or neither")
+    if prior_mu is not None and prior_logvar is not None:
+        _check_like(op, "prior_mu", prior_mu, "mu", mu)
+        _check_like(op, "prior_logvar", prior_logvar, "mu", mu)
+        loss_pass = losses.elementwise_loss(
+            losses.KL_PRIOR, [mu, logvar, prior_mu, prior_logvar], grad_mask, reduction
+        )
+        grads = loss_pass.grads
+    else:
+        loss_pass = losses.elementwise_loss(
+            losses.KL_STD_NORMAL, [mu, logvar], grad_mask[:2], reduction
+        )
+        grads = [*loss_pass.grads, mu.new_empty((0,)), mu.new_empty((0,))]
+    loss, _, _ = losses.reduce_loss(loss_pass, reduction, divisor, mu)
+    return loss, grads[0], grads[1], grads[2], grads[3]
+
+
+@triton_op(f"{NAMESPACE}::bernoulli_nll", mutates_args=())
+def bernoulli_nll(
+    input: Tensor,
+    target: Tensor,
+    logits: bool,
+    reduction: int,
+    divisor: int,
+    grad_mask: list[bool],
+) -> tuple[Tensor, Tensor, Tensor]:
+    op = "bernoulli_nll"
+    _check_floating(op, "input", input)
+    _check_like(op, "target", target, "input", input)
+    _check_reduction(op, reduction)
+    _check_grad_mask(op, grad_mask, 2)
+    kind = losses.BERNOULLI_LOGITS if logits else losses.BERNOULLI_PROBS
+    loss_pass = losses.elementwise_loss(
+        kind, [input, target], grad_mask, reduction, check_range=(not logits, True)
+    )
+    _raise_if_outside_unit_interval(
+        op, loss_pass, (None if logits else "input (probabilities, logits=False)", "target")
+    )
+    loss, _, _ = losses.reduce_loss(loss_pass, reduction, divisor, input)
+    return loss, loss_pass.grads[0], loss_pass.grads[1]
+
+
+@triton_op(f"{NAMESPACE}::gaussian_nll", mutates_args=())
+def gaussian_nll(
+    input: Tensor,
+    target: Tensor,
+    logvar: Optional[Tensor],
+    logvar_value: float,
+    reduction: int,
+    divisor: int,
+    grad_mask: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    op = "gaussian_nll"
+    _check_floating(op, "input", input)
+    _check_like(op, "target", target, "input", input)
+    _check_reduction(op, reduction)
+    _check_grad_mask(op, grad_mask, 3)
+    if logvar is not None:
+        _check_like(op, "logvar", logvar, "input", input)
+        loss_pass = losses.elementwise_loss(
+            losses.GAUSSIAN_LEARNED_VAR, [input, target, logvar], grad_mask, reduction
+        )
+        grads = loss_pass.grads
+    else:
+        loss_pass = losses.elementwise_loss(
+            losses.GAUSSIAN_FIXED_VAR,
+            [input, target],
+            grad_mask[:2],
+            reduction,
+            fixed_logvar=logvar_value,
+        )
+        grads = [*loss_pass.grads, input.new_empty((0,))]
+    loss, _, _ = losses.reduce_loss(loss_pass, reduction, divisor, input)
+    return loss, grads[0], grads[1], grads[2]
+
+
+@triton_op(f"{NAMESPACE}::squared_error", mutates_args=())
+def squared_error(
+    input: Tensor,
+    target: Tensor,
+    reduction: int,
+    divisor: int,
+    grad_mask: list[bool],
+) -> tuple[Tensor, Tensor, Tensor]:
+    op = "squared_error"
+    _check_floating(op, "input", input)
+    _check_like(op, "target", target, "input", input)
+    _check_reduction(op, reduction)
+    _check_grad_mask(op, grad_mask, 2)
+    loss_pass = losses.elementwise_loss(losses.SQUARED_ERROR, [input, target], grad_mask, reduction)
+    loss, _, _ = losses.reduce_loss(loss_pass, reduction, divisor, input)
+    return loss, loss_pass.grads[0], loss_pass.grads[1]
+
+
+@triton_op(f"{NAMESPACE}::elbo", mutates_args=())
+def elbo(
+    recon: Tensor,
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    likelihood: int,
+    beta: float,
+    reduction: int,
+    divisor: int,
+    grad_mask: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    op = "elbo"
+    _check_floating(op, "recon", recon)
+    _check_like(op, "x", x, "recon", recon)
+    _check_like(op, "mu", mu, "recon", recon, same_shape=False)
+    _check_like(op, "logvar", logvar, "mu", mu)
+    _check_reduction(op, reduction, allowed=(1, 2))
+    _check_grad_mask(op, grad_mask, 4)
+    if likelihood not in losses.LIKELIHOOD_KINDS:
+        raise ValueError(f"{NAMESPACE}.{op}: likelihood must be 0..3, got {likelihood}")
+    if recon.dim() == 0 or mu.dim() == 0 or recon.shape[0] != mu.shape[0]:
+        raise ValueError(
+            f"{NAMESPACE}.{op}: recon {tuple(recon.shape)} and mu {tuple(mu.shape)} must share "
+            "their first (batch) dimension"
+        )
+    codes = shared_ops.LIKELIHOOD_CODES
+    is_probs = likelihood == codes["bernoulli_probs"]
+    is_bernoulli = is_probs or likelihood == codes["bernoulli"]
+    recon_pass = losses.elementwise_loss(
+        losses.LIKELIHOOD_KINDS[likelihood],  # "gaussian": unit variance (log-variance 0)
+        [recon, x],
+        grad_mask[:2],
+        reduction,
+        check_range=(is_probs, is_bernoulli),
+    )
+    _raise_if_outside_unit_interval(
+        "elbo_loss", recon_pass, ("recon (probabilities)" if is_probs else None, "x")
+    )
+    kl_pass = losses.elementwise_loss(losses.KL_STD_NORMAL, [mu, logvar], grad_mask[2:], reduction)
+    loss, recon_nll, kl = losses.reduce_loss(
+        recon_pass, reduction, divisor, recon, second=kl_pass, second_weight=beta
+    )
+    return loss, recon_nll, kl, *recon_pass.grads, *kl_pass.grads
+
+
+@triton_op(f"{NAMESPACE}::loss_backward", mutates_args=())
+def loss_backward(local_grad: Tensor, grad_output: Tensor, reduction: int, divisor: int) -> Tensor:
+    op = "loss_backward"
+    _check_floating(op, "local_grad", local_grad)
+    _check_like(op, "grad_output", grad_output, "local_grad", local_grad, same_shape=False)
+    _check_reduction(op, reduction)
+    rows = batch_rows(local_grad)
+    if reduction == losses.REDUCTION_NONE and grad_output.shape != local_grad.shape:
+        raise ValueError(
+            f"{NAMESPACE}.{op}: grad_output must have shape {tuple(local_grad.shape)}, "
+            f"got {tuple(grad_output.shape)}"
+        )
+    if reduction == losses.REDUCTION_PER_SAMPLE and grad_output.numel() != rows:
+        raise ValueError(
+            f"{NAMESPACE}.{op}: grad_output must have {rows} elements (one per row), "
+            f"got shape {tuple(grad_output.shape)}"
+        )
+    if reduction == losses.REDUCTION_SUM and grad_output.numel() != 1:
+        raise ValueError(
+            f"{NAMESPACE}.{op}: grad_output must be a scalar, got shape {tuple(grad_output.shape)}"
+        )
+    return losses.loss_backward(local_grad, grad_output, reduction, divisor)
+
+
+shared_ops.register_autograd(NAMESPACE)
+
+backend = shared_ops.OpsBackend(NAMESPACE)
