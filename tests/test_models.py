@@ -1,0 +1,134 @@
+"""The reference VAE models: shapes, the likelihood's output mapping, sampling, rebuilding."""
+
+import pytest
+import torch
+
+import vae_kernels as vk
+from vae_kernels.models import ConvVAE, MLPVAE, build_model
+
+
+@pytest.fixture(params=["mlp", "conv"])
+def model_name(request):
+    return request.param
+
+
+def make(name, **kwargs):
+    return MLPVAE(**kwargs) if name == "mlp" else ConvVAE(**kwargs)
+
+
+def test_mlp_has_the_pytorch_examples_architecture():
+    model = MLPVAE()
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    # pytorch/examples vae/main.py: fc1 784->400, fc21/fc22 400->20, fc3 20->400, fc4 400->784.
+    assert shapes == {
+        "fc1.weight": (400, 784), "fc1.bias": (400,),
+        "fc21.weight": (20, 400), "fc21.bias": (20,),
+        "fc22.weight": (20, 400), "fc22.bias": (20,),
+        "fc3.weight": (400, 20), "fc3.bias": (400,),
+        "fc4.weight": (784, 400), "fc4.bias": (784,),
+    }
+
+
+def test_shapes_for_both_models_and_input_layouts(model_name):
+    torch.manual_seed(0)
+    model = make(model_name, latent_dim=7)
+    for x in (torch.rand(5, 784), torch.rand(5, 1, 28, 28)):
+        recon, mu, logvar = model(x)
+        assert mu.shape == logvar.shape == (5, 7)
+        assert recon.shape == model.recon_shape(5)
+        assert recon.numel() == x.numel()
+        assert torch.isfinite(recon).all()
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "bernoulli_probs", "gaussian", "mse"])
+def test_decoder_output_matches_the_likelihood(model_name, likelihood):
+    torch.manual_seed(0)
+    model = make(model_name, likelihood=likelihood)
+    z = torch.randn(4, 20) * 3
+    logits = model.decode_logits(z)
+    out = model.decode(z)
+    if likelihood == "bernoulli":
+        torch.testing.assert_close(out, logits)  # logits go straight to the fused loss
+        torch.testing.assert_close(model.mean_image(out), torch.sigmoid(logits))
+    else:
+        torch.testing.assert_close(out, torch.sigmoid(logits))
+        torch.testing.assert_close(model.mean_image(out), out)
+
+
+def test_forward_with_eps_is_the_reparameterized_sample(model_name):
+    torch.manual_seed(0)
+    model = make(model_name)
+    x = torch.rand(6, 1, 28, 28)
+    eps = torch.randn(6, 20)
+    recon, mu, logvar = model(x, eps)
+    expected = model.decode(mu + torch.exp(0.5 * logvar) * eps)
+    torch.testing.assert_close(recon, expected)
+
+
+def test_in_kernel_noise_is_seeded_and_fresh():
+    torch.manual_seed(0)
+    model = MLPVAE(backend="cpu")
+    x = torch.rand(8, 784)
+    torch.manual_seed(1)
+    first, _, _ = model(x)
+    torch.manual_seed(1)
+    again, _, _ = model(x)
+    second, _, _ = model(x)
+    torch.testing.assert_close(first, again)  # reproducible under torch.manual_seed
+    assert not torch.allclose(first, second)  # and a new draw on the next call
+
+
+def test_noise_has_the_posterior_spread():
+    # z ~ N(mu, exp(logvar)): with the in-kernel sampler, check mean and variance.
+    model = MLPVAE(backend="cpu")
+    mu = torch.full((20000, 2), 1.5)
+    logvar = torch.full((20000, 2), 2.0 * torch.log(torch.tensor(0.5)).item())
+    z = model.sample_latent(mu, logvar)
+    assert abs(z.mean().item() - 1.5) < 0.02
+    assert abs(z.std().item() - 0.5) < 0.02
+
+
+def test_backend_attribute_selects_the_kernels(monkeypatch):
+    calls = []
+    original = vk.reparameterize
+
+    def spy(*args, backend="auto", **kwargs):
+        calls.append(backend)
+        return original(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(vk, "reparameterize", spy)
+    model = MLPVAE(backend="torch")
+    model(torch.rand(2, 784))
+    model.backend = "cpu"
+    model(torch.rand(2, 784))
+    assert calls == ["torch", "cpu"]
+
+
+def test_build_model_round_trip(model_name):
+    torch.manual_seed(0)
+    model = make(model_name, latent_dim=5, likelihood="gaussian")
+    rebuilt = build_model(model.config())
+    assert type(rebuilt) is type(model)
+    rebuilt.load_state_dict(model.state_dict())
+    z = torch.randn(3, 5)
+    torch.testing.assert_close(rebuilt.decode(z), model.decode(z))
+    assert rebuilt.likelihood == "gaussian" and rebuilt.latent_dim == 5
+
+
+def test_conv_model_on_other_image_shapes():
+    model = ConvVAE(image_shape=(3, 16, 8), latent_dim=4)
+    recon, mu, _ = model(torch.rand(2, 3, 16, 8))
+    assert recon.shape == (2, 3, 16, 8) and mu.shape == (2, 4)
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        MLPVAE(likelihood="poisson")
+    with pytest.raises(ValueError, match="latent_dim must be a positive int, got 0"):
+        MLPVAE(latent_dim=0)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        ConvVAE(image_shape=(1, 30, 30))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 784\).*got \(2, 100\)"):
+        MLPVAE()(torch.rand(2, 100))
+    with pytest.raises(ValueError, match="config\\['model'\\] must be one of"):
+        build_model({"model": "transformer"})

@@ -1,0 +1,214 @@
+"""Training: fused and eager backends agree step for step; objectives; loss falls; resume."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vae_kernels.data import binarize, load_mnist_5k
+from vae_kernels.models import ConvVAE, MLPVAE
+from vae_kernels.train import (
+    TrainConfig,
+    TrainingObjective,
+    epoch_batches,
+    kl_weight,
+    negative_elbo_terms,
+    negative_iwae_terms,
+    run_epoch,
+    train,
+    train_step,
+)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_mnist_5k()
+
+
+@pytest.fixture(scope="module")
+def binary_batch(mnist):
+    return binarize(mnist.train_images[:64], torch.Generator().manual_seed(0))
+
+
+def step_with_backend(backend, model_cls, x, eps, objective="elbo", k=1, free_bits=0.0, beta=1.0,
+                      dtype=torch.float64):
+    torch.manual_seed(0)  # the same initial weights for both backends
+    model = model_cls(backend=backend).to(dtype)
+    # SGD: the step is proportional to the gradient (Adam's first step is ~lr*sign(g),
+    # which would amplify rounding differences of near-zero gradients).
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    objective_module = TrainingObjective(model, objective, k, free_bits)
+    terms = train_step(objective_module, optimizer, x.to(dtype), beta, eps.to(dtype))
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    return terms, grads, params
+
+
+STEP_CASES = [
+    (MLPVAE, "elbo", 1, 0.0, 1.0),
+    (MLPVAE, "elbo", 1, 0.05, 0.5),
+    (MLPVAE, "iwae", 5, 0.0, 1.0),
+    (ConvVAE, "elbo", 1, 0.0, 1.0),
+]
+
+
+def case_inputs(binary_batch, objective, k):
+    x = binary_batch[:32]
+    eps_shape = (32, 20) if objective == "elbo" else (k, 32, 20)
+    return x, torch.randn(eps_shape, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("model_cls, objective, k, free_bits, beta", STEP_CASES)
+def test_fused_and_torch_backends_give_the_same_step(binary_batch, model_cls, objective, k, free_bits, beta):
+    # float64: the kernels compute in float64 then, so the two backends must agree to
+    # rounding; any difference is a wrong formula or a wrong gradient.
+    x, eps = case_inputs(binary_batch, objective, k)
+    fused = step_with_backend("cpu", model_cls, x, eps, objective, k, free_bits, beta)
+    eager = step_with_backend("torch", model_cls, x, eps, objective, k, free_bits, beta)
+    for name in ("objective", "neg_elbo", "recon", "kl"):
+        torch.testing.assert_close(fused[0][name], eager[0][name], rtol=1e-10, atol=1e-9)
+    for name in fused[1]:
+        torch.testing.assert_close(fused[1][name], eager[1][name], rtol=1e-8, atol=1e-10, msg=name)
+        torch.testing.assert_close(fused[2][name], eager[2][name], rtol=1e-8, atol=1e-10, msg=name)
+    # A sanity floor on the values themselves: an untrained model on binary MNIST.
+    assert 400 < float(fused[0]["neg_elbo"]) < 700
+
+
+@pytest.mark.parametrize("model_cls, objective, k, free_bits, beta", STEP_CASES)
+def test_float32_fused_step_matches_the_float64_reference(binary_batch, model_cls, objective, k, free_bits, beta):
+    x, eps = case_inputs(binary_batch, objective, k)
+    fused = step_with_backend("cpu", model_cls, x, eps, objective, k, free_bits, beta, dtype=torch.float32)
+    oracle = step_with_backend("torch", model_cls, x, eps, objective, k, free_bits, beta)
+    for name in ("objective", "neg_elbo", "recon", "kl"):
+        torch.testing.assert_close(fused[0][name].double(), oracle[0][name], rtol=1e-5, atol=1e-4)
+    for name in fused[1]:
+        scale = float(oracle[1][name].abs().max())
+        torch.testing.assert_close(fused[1][name].double(), oracle[1][name], rtol=1e-4,
+                                   atol=1e-4 * scale, msg=name)
+
+
+def test_elbo_matches_the_pytorch_examples_loss_function(binary_batch):
+    # pytorch/examples vae/main.py: BCE(sigmoid decoder, sum) + KLD, summed over the batch.
+    torch.manual_seed(0)
+    model = MLPVAE(likelihood="bernoulli_probs", backend="cpu")
+    x = binary_batch[:16]
+    eps = torch.randn(16, 20)
+    terms = negative_elbo_terms(model, x, eps=eps)
+    recon, mu, logvar = model(x, eps)
+    bce = F.binary_cross_entropy(recon, x.view(-1, 784), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    torch.testing.assert_close(terms["objective"] * 16, bce + kld, rtol=1e-5, atol=1e-3)
+
+
+def test_free_bits_clamps_the_batch_averaged_kl_per_dimension(binary_batch):
+    torch.manual_seed(0)
+    model = MLPVAE(backend="cpu")
+    x = binary_batch[:32]
+    eps = torch.randn(32, 20)
+    recon, mu, logvar = model(x, eps)
+    kl_elementwise = 0.5 * (mu**2 + logvar.exp() - 1 - logvar)
+    kl_per_dim = kl_elementwise.mean(0)
+    free_bits = float(kl_per_dim.detach().median())  # half the dimensions fall under lambda
+    beta = 0.7
+    terms = negative_elbo_terms(model, x, beta=beta, free_bits=free_bits, eps=eps)
+    recon_nll = F.binary_cross_entropy_with_logits(recon, x.view(32, -1), reduction="sum") / 32
+    expected = recon_nll + beta * kl_per_dim.clamp_min(free_bits).sum()
+    torch.testing.assert_close(terms["objective"], expected, rtol=1e-5, atol=1e-4)
+    # Clamping per sample instead of after the batch average would give another number.
+    per_sample = recon_nll + beta * kl_elementwise.clamp_min(free_bits).sum(1).mean()
+    assert abs(float((per_sample - expected).detach())) > 1e-3
+    # The reported ELBO is the true one, whatever the objective.
+    torch.testing.assert_close(terms["neg_elbo"], (recon_nll + kl_elementwise.sum(1).mean()).detach(),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_free_bits_above_every_kl_leaves_only_reconstruction_gradients(binary_batch):
+    torch.manual_seed(0)
+    model = MLPVAE(backend="cpu")
+    x, eps = binary_batch[:16], torch.randn(16, 20)
+    negative_elbo_terms(model, x, free_bits=100.0, eps=eps)["objective"].backward()
+    with_free_bits = model.fc21.weight.grad.clone()
+    model.zero_grad()
+    recon, _, _ = model(x, eps)
+    F.binary_cross_entropy_with_logits(recon, x.view(16, -1), reduction="sum").div(16).backward()
+    torch.testing.assert_close(with_free_bits, model.fc21.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_iwae_bound_is_between_elbo_and_zero_and_k1_is_the_elbo_estimator(binary_batch):
+    torch.manual_seed(0)
+    model = MLPVAE(backend="cpu")
+    x = binary_batch[:8]
+    eps = torch.randn(1, 8, 20)
+    one = negative_iwae_terms(model, x, 1, eps)
+    torch.testing.assert_close(one["objective"], one["neg_elbo"])  # K=1: the ELBO estimator
+    eps = torch.randn(50, 8, 20)
+    many = negative_iwae_terms(model, x, 50, eps)
+    # -IWAE_K <= -(mean of log-weights) (Jensen), on the same samples.
+    assert float(many["objective"].detach()) < float(many["neg_elbo"])
+
+
+def test_kl_warmup_is_linear_in_steps():
+    config = TrainConfig(beta=2.0, kl_warmup=2.0)
+    weights = [kl_weight(config, step, steps_per_epoch=10) for step in range(25)]
+    assert weights[0] == pytest.approx(0.1)
+    assert weights[9] == pytest.approx(1.0)
+    assert weights[19] == pytest.approx(2.0) and weights[24] == pytest.approx(2.0)
+    assert all(b > a for a, b in zip(weights[:19], weights[1:20]))
+    assert kl_weight(TrainConfig(beta=0.5), 0, 10) == 0.5
+
+
+def test_short_training_run_lowers_the_loss(mnist):
+    torch.manual_seed(0)
+    images = mnist.train_images[:640]
+    config = TrainConfig(batch_size=64)
+    model = MLPVAE(backend="cpu")
+    objective = TrainingObjective(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sampler = torch.utils.data.DistributedSampler(range(640), num_replicas=1, rank=0, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    per_epoch = []
+    for epoch in range(4):
+        sums = run_epoch(objective, optimizer, images, epoch_batches(sampler, epoch, 64), config,
+                         torch.device("cpu"), binarize_generator=generator)
+        assert int(sums[4]) == 640
+        per_epoch.append(float(sums[1] / sums[4]))
+    assert per_epoch[0] > per_epoch[-1] + 50, per_epoch
+    assert all(math.isfinite(v) for v in per_epoch)
+
+
+@pytest.fixture
+def small_npz(mnist, tmp_path):
+    path = tmp_path / "small.npz"
+    np.savez(path, x_train=(mnist.train_images[:256, 0] * 255).byte().numpy(),
+             x_test=(mnist.test_images[:64, 0] * 255).byte().numpy())
+    return str(path)
+
+
+def test_resume_continues_exactly(small_npz, tmp_path):
+    base = TrainConfig(epochs=2, batch_size=64, data=small_npz, quiet=True, kl_warmup=1.5)
+    straight = train(dataclasses.replace(base, output_dir=str(tmp_path / "straight")))
+    train(dataclasses.replace(base, epochs=1, output_dir=str(tmp_path / "resumed")))
+    resumed = train(dataclasses.replace(base, output_dir=str(tmp_path / "resumed"), resume="auto"))
+    assert [row["epoch"] for row in resumed["history"]] == [1, 2]
+    for key in ("train_neg_elbo", "beta"):
+        assert resumed["history"][1][key] == pytest.approx(straight["history"][1][key], rel=1e-6)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["model_state"]
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["model_state"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_config_errors_name_the_option():
+    with pytest.raises(ValueError, match="objective='iwae'.*free_bits=0.5"):
+        TrainConfig(objective="iwae", free_bits=0.5).validate()
+    with pytest.raises(ValueError, match="likelihood='mse' is a squared error"):
+        TrainConfig(objective="iwae", likelihood="mse").validate()
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        TrainConfig(batch_size=0).validate()
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0, got -1"):
+        TrainConfig(beta=-1.0).validate()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        TrainConfig(backend="cuda-ish").validate()
