@@ -15,6 +15,7 @@ therefore the reduced results are bitwise reproducible run to run).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy
 import torch
@@ -43,7 +44,17 @@ class Rows:
 
 
 def as_rows(t: Tensor) -> Rows:
+    """``t`` as (rows, row_len): a view where the strides allow, else a contiguous copy."""
     view = t.reshape(batch_rows(t), row_length(t))
+    return Rows(view, view.stride(0), view.stride(1))
+
+
+def rows_view(t: Tensor) -> Optional[Rows]:
+    """``t`` as (rows, row_len) sharing its memory (for in-place writes), or None."""
+    try:
+        view = t.view(batch_rows(t), row_length(t))
+    except RuntimeError:  # the strides admit no such view
+        return None
     return Rows(view, view.stride(0), view.stride(1))
 
 

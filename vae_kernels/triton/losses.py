@@ -14,7 +14,7 @@ reduction of its partial sums, and the shared backward pass.
   upstream gradient per element, per row or a scalar.
 
 The launchers take and return torch tensors and launch through
-``torch.library.wrap_triton``, so torch.compile sees the kernels.
+``torch.library.wrap_triton`` (see ``launch.py``), so torch.compile sees the kernels.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
+from .launch import wrap_triton
 
 from .layout import (
     Rows,
     as_rows,
     batch_rows,
+    rows_view,
     compute_dtype,
     row_length,
     split_float,
@@ -243,7 +244,7 @@ UPSTREAM_SCALAR = tl.constexpr(2)  # reduction sum
 def loss_backward_kernel(
     local_ptr, local_stride_row, local_stride_col,
     upstream_ptr, upstream_stride_row, upstream_stride_col,
-    out_ptr,  # contiguous (rows, row_len)
+    out_ptr, out_stride_row, out_stride_col,  # may be local_ptr itself (in place)
     rows, row_len, col_blocks, divisor,
     UPSTREAM: tl.constexpr,
     BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
@@ -260,7 +261,8 @@ def loss_backward_kernel(
     # Dividing the upstream value promotes the divisor to the compute dtype (a float
     # reciprocal would be a float32 kernel argument, too coarse for float64).
     grad = local * (upstream / divisor)
-    tl.store(out_ptr + row[:, None] * row_len + col[None, :], grad.to(out_ptr.dtype.element_ty), mask=mask)
+    out = row[:, None] * out_stride_row + col[None, :] * out_stride_col
+    tl.store(out_ptr + out, grad.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ------------------------------------------------------------------ launchers
@@ -403,14 +405,25 @@ def reduce_loss(
     return total, first_out, second_out
 
 
-def loss_backward(local_grad: Tensor, grad_output: Tensor, reduction: int, divisor: int) -> Tensor:
-    """local_grad * grad_output (per element, per row or scalar) / divisor."""
+def launch_loss_backward(
+    local_grad: Tensor, grad_output: Tensor, reduction: int, divisor: int, in_place: bool = False
+) -> Tensor:
+    """local_grad * grad_output (per element, per row or scalar) / divisor, written to a
+    new contiguous tensor, or into ``local_grad`` itself with ``in_place``."""
     rows, row_len = batch_rows(local_grad), row_length(local_grad)
-    out = torch.empty(local_grad.shape, dtype=local_grad.dtype, device=local_grad.device)
-    tile = tile_shape(rows, row_len)
     if local_grad.numel() == 0:
-        return out
+        return local_grad if in_place else torch.empty_like(local_grad)
+    tile = tile_shape(rows, row_len)
     local = as_rows(local_grad)
+    if in_place:
+        out = rows_view(local_grad)
+        if out is None:
+            # No (rows, row_len) view of local_grad exists: compute out of place, then
+            # copy into it.
+            return local_grad.copy_(launch_loss_backward(local_grad, grad_output, reduction, divisor))
+    else:
+        result = torch.empty(local_grad.shape, dtype=local_grad.dtype, device=local_grad.device)
+        out = Rows(result, row_len, 1)  # contiguous: (row, col) is at row * row_len + col
     if reduction == REDUCTION_NONE:
         upstream = as_rows(grad_output)
         upstream_kind, stride_row, stride_col = UPSTREAM_PER_ELEMENT, upstream.stride_row, upstream.stride_col
@@ -424,11 +437,11 @@ def loss_backward(local_grad: Tensor, grad_output: Tensor, reduction: int, divis
     wrap_triton(loss_backward_kernel)[(tile.programs,)](
         local.data, local.stride_row, local.stride_col,
         upstream_data, stride_row, stride_col,
-        out,
+        out.data, out.stride_row, out.stride_col,
         rows, row_len, tile.col_blocks, divisor,
         UPSTREAM=upstream_kind.value,
         BLOCK_ROWS=tile.block_rows,
         BLOCK_COLS=tile.block_cols,
         num_warps=tile.num_warps,
     )  # fmt: skip
-    return out
+    return local_grad if in_place else result

@@ -18,10 +18,19 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
+from torch._subclasses.functional_tensor import FunctionalTensorMode
+
 from .. import ops as shared_ops
-from . import losses, sampling
+from . import losses
 from .device import unavailable_reason
+from .launch import is_interpreted
 from .layout import batch_rows
+from .losses import elementwise_loss, launch_loss_backward, reduce_loss
+from .sampling import (
+    launch_reparameterize,
+    launch_reparameterize_backward,
+    launch_reparameterize_philox,
+)
 
 NAMESPACE = "vae_kernels_triton"
 
@@ -123,7 +132,7 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
     _check_like("reparameterize", "logvar", logvar, "mu", mu)
     _check_like("reparameterize", "eps", eps, "mu", mu, same_shape=False)
     _check_samples("reparameterize", "eps", eps, "mu", mu)
-    return sampling.reparameterize(mu, logvar, eps)
+    return launch_reparameterize(mu, logvar, eps)
 
 
 @triton_op(f"{NAMESPACE}::reparameterize_backward", mutates_args=())
@@ -132,7 +141,7 @@ def reparameterize_backward(grad_z: Tensor, logvar: Tensor, eps: Tensor) -> tupl
     _check_like("reparameterize_backward", "eps", eps, "logvar", logvar, same_shape=False)
     _check_samples("reparameterize_backward", "eps", eps, "logvar", logvar)
     _check_like("reparameterize_backward", "grad_z", grad_z, "eps", eps)
-    return sampling.reparameterize_backward(grad_z, logvar, eps, None)
+    return launch_reparameterize_backward(grad_z, logvar, eps, None)
 
 
 @triton_op(f"{NAMESPACE}::reparameterize_philox", mutates_args=())
@@ -144,7 +153,7 @@ def reparameterize_philox(mu: Tensor, logvar: Tensor, seed: Tensor, num_samples:
         raise ValueError(
             f"{NAMESPACE}.reparameterize_philox: num_samples must be >= 1, got {num_samples}"
         )
-    return sampling.reparameterize_philox(mu, logvar, seed, num_samples)
+    return launch_reparameterize_philox(mu, logvar, seed, num_samples)
 
 
 @triton_op(f"{NAMESPACE}::reparameterize_philox_backward", mutates_args=())
@@ -155,7 +164,7 @@ def reparameterize_philox_backward(
     _check_like("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar, False)
     _check_samples("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar)
     _check_seed("reparameterize_philox_backward", seed, logvar)
-    return sampling.reparameterize_backward(grad_z, logvar, None, seed)
+    return launch_reparameterize_backward(grad_z, logvar, None, seed)
 
 
 # ------------------------------------------------------------------ losses
@@ -181,16 +190,16 @@ def gaussian_kl(
     if prior_mu is not None and prior_logvar is not None:
         _check_like(op, "prior_mu", prior_mu, "mu", mu)
         _check_like(op, "prior_logvar", prior_logvar, "mu", mu)
-        loss_pass = losses.elementwise_loss(
+        loss_pass = elementwise_loss(
             losses.KL_PRIOR, [mu, logvar, prior_mu, prior_logvar], grad_mask, reduction
         )
         grads = loss_pass.grads
     else:
-        loss_pass = losses.elementwise_loss(
+        loss_pass = elementwise_loss(
             losses.KL_STD_NORMAL, [mu, logvar], grad_mask[:2], reduction
         )
         grads = [*loss_pass.grads, mu.new_empty((0,)), mu.new_empty((0,))]
-    loss, _, _ = losses.reduce_loss(loss_pass, reduction, divisor, mu)
+    loss, _, _ = reduce_loss(loss_pass, reduction, divisor, mu)
     return loss, grads[0], grads[1], grads[2], grads[3]
 
 
@@ -209,13 +218,13 @@ def bernoulli_nll(
     _check_reduction(op, reduction)
     _check_grad_mask(op, grad_mask, 2)
     kind = losses.BERNOULLI_LOGITS if logits else losses.BERNOULLI_PROBS
-    loss_pass = losses.elementwise_loss(
+    loss_pass = elementwise_loss(
         kind, [input, target], grad_mask, reduction, check_range=(not logits, True)
     )
     _raise_if_outside_unit_interval(
         op, loss_pass, (None if logits else "input (probabilities, logits=False)", "target")
     )
-    loss, _, _ = losses.reduce_loss(loss_pass, reduction, divisor, input)
+    loss, _, _ = reduce_loss(loss_pass, reduction, divisor, input)
     return loss, loss_pass.grads[0], loss_pass.grads[1]
 
 
@@ -236,12 +245,12 @@ def gaussian_nll(
     _check_grad_mask(op, grad_mask, 3)
     if logvar is not None:
         _check_like(op, "logvar", logvar, "input", input)
-        loss_pass = losses.elementwise_loss(
+        loss_pass = elementwise_loss(
             losses.GAUSSIAN_LEARNED_VAR, [input, target, logvar], grad_mask, reduction
         )
         grads = loss_pass.grads
     else:
-        loss_pass = losses.elementwise_loss(
+        loss_pass = elementwise_loss(
             losses.GAUSSIAN_FIXED_VAR,
             [input, target],
             grad_mask[:2],
@@ -249,7 +258,7 @@ def gaussian_nll(
             fixed_logvar=logvar_value,
         )
         grads = [*loss_pass.grads, input.new_empty((0,))]
-    loss, _, _ = losses.reduce_loss(loss_pass, reduction, divisor, input)
+    loss, _, _ = reduce_loss(loss_pass, reduction, divisor, input)
     return loss, grads[0], grads[1], grads[2]
 
 
@@ -266,8 +275,8 @@ def squared_error(
     _check_like(op, "target", target, "input", input)
     _check_reduction(op, reduction)
     _check_grad_mask(op, grad_mask, 2)
-    loss_pass = losses.elementwise_loss(losses.SQUARED_ERROR, [input, target], grad_mask, reduction)
-    loss, _, _ = losses.reduce_loss(loss_pass, reduction, divisor, input)
+    loss_pass = elementwise_loss(losses.SQUARED_ERROR, [input, target], grad_mask, reduction)
+    loss, _, _ = reduce_loss(loss_pass, reduction, divisor, input)
     return loss, loss_pass.grads[0], loss_pass.grads[1]
 
 
@@ -300,7 +309,7 @@ def elbo(
     codes = shared_ops.LIKELIHOOD_CODES
     is_probs = likelihood == codes["bernoulli_probs"]
     is_bernoulli = is_probs or likelihood == codes["bernoulli"]
-    recon_pass = losses.elementwise_loss(
+    recon_pass = elementwise_loss(
         losses.LIKELIHOOD_KINDS[likelihood],  # "gaussian": unit variance (log-variance 0)
         [recon, x],
         grad_mask[:2],
@@ -310,16 +319,14 @@ def elbo(
     _raise_if_outside_unit_interval(
         "elbo_loss", recon_pass, ("recon (probabilities)" if is_probs else None, "x")
     )
-    kl_pass = losses.elementwise_loss(losses.KL_STD_NORMAL, [mu, logvar], grad_mask[2:], reduction)
-    loss, recon_nll, kl = losses.reduce_loss(
+    kl_pass = elementwise_loss(losses.KL_STD_NORMAL, [mu, logvar], grad_mask[2:], reduction)
+    loss, recon_nll, kl = reduce_loss(
         recon_pass, reduction, divisor, recon, second=kl_pass, second_weight=beta
     )
     return loss, recon_nll, kl, *recon_pass.grads, *kl_pass.grads
 
 
-@triton_op(f"{NAMESPACE}::loss_backward", mutates_args=())
-def loss_backward(local_grad: Tensor, grad_output: Tensor, reduction: int, divisor: int) -> Tensor:
-    op = "loss_backward"
+def _check_loss_backward_args(op: str, local_grad: Tensor, grad_output: Tensor, reduction: int):
     _check_floating(op, "local_grad", local_grad)
     _check_like(op, "grad_output", grad_output, "local_grad", local_grad, same_shape=False)
     _check_reduction(op, reduction)
@@ -338,8 +345,45 @@ def loss_backward(local_grad: Tensor, grad_output: Tensor, reduction: int, divis
         raise ValueError(
             f"{NAMESPACE}.{op}: grad_output must be a scalar, got shape {tuple(grad_output.shape)}"
         )
-    return losses.loss_backward(local_grad, grad_output, reduction, divisor)
 
+
+@triton_op(f"{NAMESPACE}::loss_backward", mutates_args=())
+def loss_backward(local_grad: Tensor, grad_output: Tensor, reduction: int, divisor: int) -> Tensor:
+    _check_loss_backward_args("loss_backward", local_grad, grad_output, reduction)
+    return launch_loss_backward(local_grad, grad_output, reduction, divisor)
+
+
+@triton_op(f"{NAMESPACE}::loss_backward_", mutates_args={"local_grad"})
+def loss_backward_(local_grad: Tensor, grad_output: Tensor, reduction: int, divisor: int) -> None:
+    """loss_backward written in place into ``local_grad`` (the forward's buffer)."""
+    _check_loss_backward_args("loss_backward_", local_grad, grad_output, reduction)
+    launch_loss_backward(local_grad, grad_output, reduction, divisor, in_place=True)
+
+
+def _keep_opaque(mode, op, types, args, kwargs):
+    # What triton_op's own rule does for torch.export: run the op as one opaque op.
+    return mode.__torch_dispatch__(op, types, args, kwargs)
+
+
+ALL_OPS = (
+    reparameterize,
+    reparameterize_backward,
+    reparameterize_philox,
+    reparameterize_philox_backward,
+    gaussian_kl,
+    bernoulli_nll,
+    gaussian_nll,
+    squared_error,
+    elbo,
+    loss_backward,
+    loss_backward_,
+)
+
+if is_interpreted(losses.elementwise_loss_kernel):
+    # Interpreted kernels cannot be traced (see launch.py): torch.compile keeps each op
+    # as one opaque call instead of decomposing it into its kernels, as on a GPU.
+    for _op in ALL_OPS:
+        _op.register_torch_dispatch(FunctionalTensorMode, _keep_opaque)
 
 shared_ops.register_autograd(NAMESPACE)
 

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
+from .launch import wrap_triton
 
 from .layout import as_rows, as_sample_rows, batch_rows, row_length, tile_indices, tile_shape
 from .math import (
@@ -145,7 +145,7 @@ def _contiguous_empty(t: Tensor, shape=None) -> Tensor:
     return torch.empty(t.shape if shape is None else shape, dtype=t.dtype, device=t.device)
 
 
-def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+def launch_reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
     rows, row_len = batch_rows(mu), row_length(mu)
     z = _contiguous_empty(eps)
     if z.numel() == 0:
@@ -163,7 +163,7 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
     return z
 
 
-def reparameterize_backward(
+def launch_reparameterize_backward(
     grad_z: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Optional[Tensor]
 ) -> tuple[Tensor, Tensor]:
     """(d mu, d logvar) from the caller's ``eps``, or from Philox noise of ``seed``."""
@@ -195,7 +195,9 @@ def reparameterize_backward(
     return grad_mu, grad_logvar
 
 
-def reparameterize_philox(mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int) -> Tensor:
+def launch_reparameterize_philox(
+    mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int
+) -> Tensor:
     rows, row_len = batch_rows(mu), row_length(mu)
     z = _contiguous_empty(mu, (num_samples, *mu.shape))
     if z.numel() == 0:
