@@ -9,7 +9,7 @@
 // - Loss ops return the loss first, then the local gradients d loss_i / d input_i of
 //   their differentiable inputs, computed in the same pass when `grad_mask` asks for
 //   them (an empty tensor otherwise). `loss_backward` turns a local gradient and the
-//   upstream gradient into the input's gradient.
+//   upstream gradient into the input's gradient (`loss_backward_` in place).
 #include <torch/library.h>
 
 TORCH_LIBRARY(vae_kernels, m) {
@@ -39,4 +39,9 @@ TORCH_LIBRARY(vae_kernels, m) {
   m.def(
       "loss_backward(Tensor local_grad, Tensor grad_output, int reduction, SymInt divisor) "
       "-> Tensor");
+  // In place: the forward's local-gradient buffer becomes the input's gradient, which
+  // saves an allocation and a pass. Eager autograd uses it once per forward.
+  m.def(
+      "loss_backward_(Tensor(a!) local_grad, Tensor grad_output, int reduction, "
+      "SymInt divisor) -> ()");
 }

@@ -8,13 +8,17 @@ registered there too. This module adds what torch needs around them:
 - ``register_autograd``: each loss op returns, next to the loss, the local gradient
   of each input that requires grad (computed in the same pass as the loss); its
   backward is ``loss_backward`` = local gradient * upstream gradient / divisor.
-  Sampling ops have their own backward ops. Backward passes run custom ops without
+  In eager mode that product is written in place into the local-gradient buffer
+  (``loss_backward_``), which saves a tensor allocation and a pass; a repeated backward
+  recomputes the local gradients. Sampling ops have their own backward ops.
+  Backward passes run custom ops without
   autograd formulas of their own, so a double backward raises instead of returning
   a silently wrong second derivative.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -60,6 +64,21 @@ def reduction_args(reduction: str, t: Tensor) -> tuple[int, Union[int, torch.Sym
     if reduction == "batchmean":
         return REDUCTION_SUM, t.shape[0]
     raise ValueError(f"unknown reduction {reduction!r}")
+
+
+_consumable = threading.local()
+
+
+def _call_discarding_local_grads(op, *args) -> Tensor:
+    """Run a loss op for its loss values only, letting its backward reuse the buffers of
+    the local-gradient outputs (which no caller sees) for the input gradients."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    _consumable.active = True
+    try:
+        return op(*args)
+    finally:
+        _consumable.active = False
 
 
 def _needs_grad(t: Optional[Tensor]) -> bool:
@@ -124,12 +143,16 @@ class OpsBackend:
                 for p in (prior_mu, prior_logvar)
             ]
         mask = [_needs_grad(t) for t in (mu, logvar, prior_mu, prior_logvar)]
-        return self.ops.gaussian_kl(mu, logvar, *priors, mode, divisor, mask)[0]
+        return _call_discarding_local_grads(
+            self.ops.gaussian_kl, mu, logvar, *priors, mode, divisor, mask
+        )[0]
 
     def bernoulli_nll(self, input: Tensor, target: Tensor, logits: bool, reduction: str) -> Tensor:
         mode, divisor = reduction_args(reduction, input)
         mask = [_needs_grad(input), _needs_grad(target)]
-        return self.ops.bernoulli_nll(input, target, logits, mode, divisor, mask)[0]
+        return _call_discarding_local_grads(
+            self.ops.bernoulli_nll, input, target, logits, mode, divisor, mask
+        )[0]
 
     def gaussian_nll(
         self, input: Tensor, target: Tensor, logvar: Union[float, Tensor], reduction: str
@@ -141,14 +164,16 @@ class OpsBackend:
         else:
             logvar_tensor, logvar_value = None, float(logvar)
         mask = [_needs_grad(input), _needs_grad(target), _needs_grad(logvar_tensor)]
-        return self.ops.gaussian_nll(
-            input, target, logvar_tensor, logvar_value, mode, divisor, mask
+        return _call_discarding_local_grads(
+            self.ops.gaussian_nll, input, target, logvar_tensor, logvar_value, mode, divisor, mask
         )[0]
 
     def mse_loss(self, input: Tensor, target: Tensor, reduction: str) -> Tensor:
         mode, divisor = reduction_args(reduction, input)
         mask = [_needs_grad(input), _needs_grad(target)]
-        return self.ops.squared_error(input, target, mode, divisor, mask)[0]
+        return _call_discarding_local_grads(
+            self.ops.squared_error, input, target, mode, divisor, mask
+        )[0]
 
     def elbo_loss(
         self,
@@ -162,8 +187,9 @@ class OpsBackend:
     ) -> tuple[Tensor, Tensor, Tensor]:
         mode, divisor = reduction_args(reduction, recon)
         mask = [_needs_grad(t) for t in (recon, x, mu, logvar)]
-        loss, recon_nll, kl, *_ = self.ops.elbo(
-            recon, x, mu, logvar, LIKELIHOOD_CODES[likelihood], beta, mode, divisor, mask
+        loss, recon_nll, kl, *_ = _call_discarding_local_grads(
+            self.ops.elbo, recon, x, mu, logvar, LIKELIHOOD_CODES[likelihood], beta, mode,
+            divisor, mask,
         )
         return loss, recon_nll, kl
 
@@ -182,35 +208,71 @@ def _reduced_like(t: Tensor, reduction: int) -> Tensor:
     return t.new_empty(())
 
 
+def _save_loss_context(ctx, op, inputs, output, n_reduced: int, reduction_index: int) -> None:
+    """Keep what a loss op's backward needs.
+
+    The local gradients (the outputs after the ``n_reduced`` loss values) are ordinary
+    saved tensors, except in eager calls from the public API, which discard them: there
+    they are kept as attributes instead, because backward consumes them: it writes the input gradient into the same
+    buffer (``loss_backward_``). A repeated eager backward (``retain_graph=True``) finds
+    them consumed and recomputes them from the saved inputs.
+    """
+    ctx.set_materialize_grads(False)  # unused outputs get None, not a tensor of zeros
+    local_grads = output[n_reduced:]
+    ctx.mark_non_differentiable(*local_grads)
+    ctx.reduction, ctx.divisor = inputs[reduction_index], inputs[reduction_index + 1]
+    # Only when the caller discards the local-gradient outputs (the public API does), and
+    # never while tracing (torch.compile, AOTAutograd), which runs on tensor subclasses.
+    ctx.consumes_local_grads = getattr(_consumable, "active", False) and all(
+        type(t) is Tensor for t in output
+    )
+    if not ctx.consumes_local_grads:
+        ctx.save_for_backward(*local_grads)
+        return
+    ctx.local_grads = list(local_grads)
+    ctx.op, ctx.n_reduced = op, n_reduced
+    ctx.tensor_positions = [i for i, a in enumerate(inputs) if isinstance(a, Tensor)]
+    ctx.other_args = [None if isinstance(a, Tensor) else a for a in inputs]
+    ctx.save_for_backward(*(inputs[i] for i in ctx.tensor_positions))
+
+
+def _take_local_grads(ctx) -> tuple[list[Tensor], bool]:
+    """The local gradients for this backward, and whether it may overwrite them."""
+    if not ctx.consumes_local_grads:
+        return list(ctx.saved_tensors), False  # traced graphs stay functional
+    local_grads, ctx.local_grads = ctx.local_grads, None
+    if local_grads is None:  # a repeated backward: recompute what the first one consumed
+        args = list(ctx.other_args)
+        for position, tensor in zip(ctx.tensor_positions, ctx.saved_tensors):
+            args[position] = tensor
+        with torch.no_grad():
+            local_grads = list(ctx.op(*args)[ctx.n_reduced:])
+    return local_grads, True
+
+
 def _chain(
-    ctx, needs_grad: Sequence[bool], local_grads: Sequence[Tensor], upstream: Optional[Tensor]
+    ctx,
+    needs_grad: Sequence[bool],
+    local_grads: Sequence[Tensor],
+    upstream: Optional[Tensor],
+    in_place: bool,
 ) -> list[Optional[Tensor]]:
-    """The input gradients: loss_backward of each needed local gradient, else None."""
+    """The input gradients: local gradient * upstream / divisor where needed, else None."""
     grads: list[Optional[Tensor]] = []
-    for needed, local, numel in zip(needs_grad, local_grads, ctx.input_numels):
+    for needed, local in zip(needs_grad, local_grads):
         if not needed or upstream is None:
             grads.append(None)
-            continue
-        if local.numel() != numel:
+        elif local.numel() == 0 and local.shape != upstream.shape:
             raise RuntimeError(
                 "vae_kernels: an input needs a gradient that the forward pass was not asked "
                 "to compute (grad_mask); call the public vae_kernels functions, not the raw op"
             )
-        grads.append(
-            ctx.ops.loss_backward(local, upstream, ctx.reduction, ctx.divisor)
-        )
+        elif in_place:
+            ctx.ops.loss_backward_(local, upstream, ctx.reduction, ctx.divisor)
+            grads.append(local)
+        else:
+            grads.append(ctx.ops.loss_backward(local, upstream, ctx.reduction, ctx.divisor))
     return grads
-
-
-def _save_loss_context(ctx, ops, inputs, local_grads, reduction_index: int, n_inputs: int) -> None:
-    """Keep what a loss op's backward needs: its local gradients and reduction."""
-    ctx.ops = ops
-    ctx.set_materialize_grads(False)  # unused outputs get None, not a tensor of zeros
-    ctx.mark_non_differentiable(*local_grads)
-    ctx.reduction = inputs[reduction_index]
-    ctx.divisor = inputs[reduction_index + 1]
-    ctx.input_numels = [t.numel() if isinstance(t, Tensor) else 0 for t in inputs[:n_inputs]]
-    ctx.save_for_backward(*local_grads)
 
 
 def _register_fakes() -> None:
@@ -230,6 +292,9 @@ def _register_fakes() -> None:
     )
     torch.library.register_fake(lib + "loss_backward")(
         lambda local_grad, grad_output, reduction, divisor: same(local_grad)
+    )
+    torch.library.register_fake(lib + "loss_backward_")(
+        lambda local_grad, grad_output, reduction, divisor: None
     )
 
     def local_grads(tensors, grad_mask, like):
@@ -300,10 +365,14 @@ def register_autograd(namespace: str) -> None:
     # -- losses: outputs are (loss, local gradients...); backward = loss_backward
     def register_loss(name: str, reduction_index: int, n_inputs: int, n_args: int) -> None:
         def setup(ctx, inputs, output):
-            _save_loss_context(ctx, ops, inputs, output[1:], reduction_index, n_inputs)
+            ctx.ops = ops
+            _save_loss_context(ctx, getattr(ops, name), inputs, output, 1, reduction_index)
 
         def backward(ctx, grad_loss, *_):
-            grads = _chain(ctx, ctx.needs_input_grad, ctx.saved_tensors, grad_loss)
+            if grad_loss is None:
+                return (None,) * n_args
+            local_grads, in_place = _take_local_grads(ctx)
+            grads = _chain(ctx, ctx.needs_input_grad[:n_inputs], local_grads, grad_loss, in_place)
             return (*grads, *([None] * (n_args - n_inputs)))
 
         torch.library.register_autograd(lib + name, backward, setup_context=setup)
@@ -315,7 +384,8 @@ def register_autograd(namespace: str) -> None:
 
     # -- elbo: loss = recon_nll + beta * kl, each reduced the same way
     def elbo_setup(ctx, inputs, output):
-        _save_loss_context(ctx, ops, inputs, output[3:], reduction_index=6, n_inputs=4)
+        ctx.ops = ops
+        _save_loss_context(ctx, ops.elbo, inputs, output, 3, reduction_index=6)
         ctx.beta = inputs[5]
 
     def elbo_backward(ctx, grad_loss, grad_recon_nll, grad_kl, *_):
@@ -325,10 +395,13 @@ def register_autograd(namespace: str) -> None:
         # The recon term's gradients scale with recon_upstream, the KL term's with kl_upstream.
         recon_upstream = add(grad_loss, grad_recon_nll)
         kl_upstream = add(None if grad_loss is None else grad_loss * ctx.beta, grad_kl)
+        if recon_upstream is None and kl_upstream is None:
+            return (None,) * 9
+        local_grads, in_place = _take_local_grads(ctx)
         needs = ctx.needs_input_grad
-        recon_grads = _chain(ctx, (*needs[:2], False, False), ctx.saved_tensors, recon_upstream)
-        kl_grads = _chain(ctx, (False, False, *needs[2:4]), ctx.saved_tensors, kl_upstream)
-        return (*recon_grads[:2], *kl_grads[2:], None, None, None, None, None)
+        recon_grads = _chain(ctx, needs[:2], local_grads[:2], recon_upstream, in_place)
+        kl_grads = _chain(ctx, needs[2:4], local_grads[2:], kl_upstream, in_place)
+        return (*recon_grads, *kl_grads, None, None, None, None, None)
 
     torch.library.register_autograd(lib + "elbo", elbo_backward, setup_context=elbo_setup)
 

@@ -333,11 +333,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
           recon_call.grads[0], recon_call.grads[1], kl_call.grads[0], kl_call.grads[1]};
 }
 
-Tensor loss_backward(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
-                     int64_t divisor) {
+// out = local_grad * grad_output (per element, per row or one value) / divisor; `out`
+// may be `local_grad` itself.
+void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
+                        int64_t divisor, Tensor& out) {
   check_floating("loss_backward", "local_grad", local_grad);
   check_like("loss_backward", "grad_output", grad_output, "local_grad", local_grad, false);
   check_reduction(reduction);
+  TORCH_CHECK_VALUE(local_grad.is_contiguous() && out.is_contiguous(),
+                    "vae_kernels.loss_backward: local_grad must be contiguous");
   const int64_t rows = batch_rows(local_grad), row_len = row_length(local_grad);
   int64_t stride_elem = 0, stride_row = 0;
   if (reduction == kNone) {
@@ -356,12 +360,23 @@ Tensor loss_backward(const Tensor& local_grad, const Tensor& grad_output, int64_
                       "vae_kernels.loss_backward: grad_output must be a scalar, got ",
                       grad_output.sizes());
   }
-  const Tensor local_c = local_grad.contiguous(), upstream_c = grad_output.contiguous();
-  Tensor out = empty_output(local_c);
-  kernels().loss_backward(local_grad.scalar_type(), local_c.const_data_ptr(),
+  const Tensor upstream_c = grad_output.contiguous();
+  kernels().loss_backward(local_grad.scalar_type(), local_grad.const_data_ptr(),
                           upstream_c.const_data_ptr(), stride_elem, stride_row,
                           1.0 / static_cast<double>(divisor), out.data_ptr(), rows, row_len);
+}
+
+Tensor loss_backward(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
+                     int64_t divisor) {
+  const Tensor local_c = local_grad.contiguous();
+  Tensor out = empty_output(local_c);
+  loss_backward_into(local_c, grad_output, reduction, divisor, out);
   return out;
+}
+
+void loss_backward_inplace(Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
+                           int64_t divisor) {
+  loss_backward_into(local_grad, grad_output, reduction, divisor, local_grad);
 }
 
 std::string cpu_kernel_isa() { return kernels().name; }
@@ -379,6 +394,7 @@ TORCH_LIBRARY_IMPL(vae_kernels, CPU, m) {
   m.impl("squared_error", &squared_error);
   m.impl("elbo", &elbo);
   m.impl("loss_backward", &loss_backward);
+  m.impl("loss_backward_", &loss_backward_inplace);
 }
 
 // Which instruction set the CPU kernels run with (informational; no tensors involved).
