@@ -1,0 +1,434 @@
+"""The one definition of the benchmark cases, shared by ``test_bench_ops.py``
+(pytest-benchmark) and ``run.py`` (the report command).
+
+A case is (op, size, dtype, mode). For each case every provider runs the same step
+on the same inputs:
+
+- ``eager``: the pytorch/examples ``vae/main.py`` formulas in eager PyTorch,
+- ``compile``: ``torch.compile`` of exactly those eager functions,
+- every vae_kernels backend available for the device (``vk.available_backends()``
+  minus ``"torch"``, which is the eager reference implementation of the library).
+
+Modes (inputs always require grad, as in training):
+
+- ``forward``: the call alone. Note that the ``cpu`` backend's losses compute their
+  local gradients in this pass when inputs require grad, so its forward includes
+  that work and its backward is a cheap scaling pass.
+- ``backward``: ``torch.autograd.grad`` of the output; the forward runs before the
+  timer starts.
+- ``forward_backward``: both, timed together (one training step of the op).
+
+The bytes floor of each (op, mode) is the fewest bytes the step must read and write
+(see ``Op.floor_elements``); achieved bandwidth is measured against it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+import vae_kernels as vk
+
+MODES = ("forward", "backward", "forward_backward")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+# ----------------------------------------------------------------------- sizes
+
+
+@dataclass(frozen=True)
+class Size:
+    """Batch B, data dimension D (pixels per datapoint) and latent dimension J."""
+
+    name: str
+    batch: int
+    data_dim: int
+    latent_dim: int
+
+
+MNIST = Size("mnist", batch=128, data_dim=784, latent_dim=20)
+CIFAR = Size("cifar32", batch=256, data_dim=3 * 32 * 32, latent_dim=128)
+CPU_LARGE = Size("celeba64", batch=1024, data_dim=3 * 64 * 64, latent_dim=256)
+CPU_LARGE_J512 = Size("celeba64_j512", batch=1024, data_dim=3 * 64 * 64, latent_dim=512)
+GPU_LARGE = Size("celeba64_b4096", batch=4096, data_dim=3 * 64 * 64, latent_dim=256)
+GPU_LARGE_J512 = Size("celeba64_b4096_j512", batch=4096, data_dim=3 * 64 * 64, latent_dim=512)
+
+SIZES = {
+    "cpu": (MNIST, CIFAR, CPU_LARGE, CPU_LARGE_J512),
+    "cuda": (MNIST, CIFAR, GPU_LARGE, GPU_LARGE_J512),
+}
+QUICK_SIZES = (MNIST,)
+QUICK_DTYPES = ("float32",)
+
+# The case the core issue (issue 2) sets a target for; reported on its own.
+HEADLINE = dict(op="elbo_bernoulli", size="celeba64", dtype="float32", mode="forward_backward")
+
+
+# ------------------------------------------------------------------------- ops
+
+
+@dataclass
+class CaseInputs:
+    """The tensors of one case: ``args`` for the op, the ones needing grad, and the
+    upstream gradient the backward starts from."""
+
+    args: tuple
+    grad_inputs: tuple[torch.Tensor, ...]
+    grad_output: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: one object per op
+class Op:
+    """One benchmarked op: its eager formula, our call, its inputs and its bytes floor.
+
+    ``floor_elements[mode]`` = (elements of (B, D) tensors, elements of (B, J)
+    tensors) the step must move at the least; bytes = that * itemsize. Scalars
+    (the loss, its upstream gradient) are left out. ``backward`` is counted as what
+    a forward+backward step must move beyond its forward, which is at least the
+    gradients it writes.
+    """
+
+    name: str
+    description: str
+    uses_data: bool  # has (B, D) tensors
+    uses_latent: bool  # has (B, J) tensors
+    eager: Callable
+    ours: Callable  # ours(backend) -> function of the same args as eager
+    make_args: Callable  # make_args(size, dtype, device, generator) -> CaseInputs
+    floor_elements: dict
+    deterministic: bool = True  # False: draws its own noise, so values are not compared
+
+    def relevant_dims(self, size: Size) -> tuple[int, ...]:
+        dims = (size.batch,)
+        if self.uses_data:
+            dims += (size.data_dim,)
+        if self.uses_latent:
+            dims += (size.latent_dim,)
+        return dims
+
+    def shape_label(self, size: Size) -> str:
+        label = f"B={size.batch}"
+        if self.uses_data:
+            label += f" D={size.data_dim}"
+        if self.uses_latent:
+            label += f" J={size.latent_dim}"
+        return label
+
+    def floor_bytes(self, size: Size, dtype: torch.dtype, mode: str) -> int:
+        data_tensors, latent_tensors = self.floor_elements[mode]
+        n_data = size.batch * size.data_dim
+        n_latent = size.batch * size.latent_dim
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return (data_tensors * n_data + latent_tensors * n_latent) * itemsize
+
+
+# -- eager formulas (pytorch/examples vae/main.py; losses divided by B = batchmean,
+#    the vk default)
+
+
+def eager_reparameterize_eps(mu, logvar, eps):
+    std = torch.exp(0.5 * logvar)
+    return mu + eps * std
+
+
+def eager_reparameterize_noise(mu, logvar):
+    std = torch.exp(0.5 * logvar)
+    eps = torch.randn_like(std)
+    return mu + eps * std
+
+
+def eager_gaussian_kl(mu, logvar):
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / mu.shape[0]
+
+
+def eager_bernoulli_logits(logits, x):
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / logits.shape[0]
+
+
+def eager_bernoulli_probs(probs, x):
+    return F.binary_cross_entropy(probs, x, reduction="sum") / probs.shape[0]
+
+
+def eager_gaussian_nll(mean, x, logvar):
+    # Learned per-pixel variance (a decoder with a mean and a log-variance head).
+    nll = 0.5 * ((x - mean).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI)
+    return nll.sum() / mean.shape[0]
+
+
+def eager_squared_error(recon, x):
+    return F.mse_loss(recon, x, reduction="sum") / recon.shape[0]
+
+
+def eager_elbo_bernoulli(recon_logits, x, mu, logvar):
+    bce = F.binary_cross_entropy_with_logits(recon_logits, x, reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return (bce + kld) / recon_logits.shape[0]
+
+
+# -- inputs
+
+
+def _leaf(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype).requires_grad_()
+
+
+def _latent(size, dtype, device, generator):
+    shape = (size.batch, size.latent_dim)
+    mu = torch.randn(shape, generator=generator, device=device)
+    logvar = 0.5 * torch.randn(shape, generator=generator, device=device)
+    return _leaf(mu, dtype), _leaf(logvar, dtype)
+
+
+def _data(size, dtype, device, generator, kind):
+    shape = (size.batch, size.data_dim)
+    if kind == "logits":
+        recon = torch.randn(shape, generator=generator, device=device)
+    elif kind == "probs":
+        recon = torch.sigmoid(torch.randn(shape, generator=generator, device=device))
+    else:  # a mean
+        recon = torch.rand(shape, generator=generator, device=device)
+    x = torch.rand(shape, generator=generator, device=device).to(dtype)  # pixels in [0, 1]
+    return _leaf(recon, dtype), x
+
+
+def _scalar_grad(dtype, device):
+    return torch.ones((), dtype=dtype, device=device)
+
+
+def args_reparameterize_eps(size, dtype, device, generator):
+    mu, logvar = _latent(size, dtype, device, generator)
+    eps = torch.randn(mu.shape, generator=generator, device=device).to(dtype)
+    grad_z = torch.randn(mu.shape, generator=generator, device=device).to(dtype)
+    return CaseInputs((mu, logvar, eps), (mu, logvar), grad_z)
+
+
+def args_reparameterize_noise(size, dtype, device, generator):
+    mu, logvar = _latent(size, dtype, device, generator)
+    grad_z = torch.randn(mu.shape, generator=generator, device=device).to(dtype)
+    return CaseInputs((mu, logvar), (mu, logvar), grad_z)
+
+
+def args_gaussian_kl(size, dtype, device, generator):
+    mu, logvar = _latent(size, dtype, device, generator)
+    return CaseInputs((mu, logvar), (mu, logvar), _scalar_grad(dtype, device))
+
+
+def args_bernoulli_logits(size, dtype, device, generator):
+    logits, x = _data(size, dtype, device, generator, "logits")
+    return CaseInputs((logits, x), (logits,), _scalar_grad(dtype, device))
+
+
+def args_bernoulli_probs(size, dtype, device, generator):
+    probs, x = _data(size, dtype, device, generator, "probs")
+    return CaseInputs((probs, x), (probs,), _scalar_grad(dtype, device))
+
+
+def args_gaussian_nll(size, dtype, device, generator):
+    mean, x = _data(size, dtype, device, generator, "mean")
+    logvar = 0.5 * torch.randn(mean.shape, generator=generator, device=device)
+    logvar = _leaf(logvar, dtype)
+    return CaseInputs((mean, x, logvar), (mean, logvar), _scalar_grad(dtype, device))
+
+
+def args_squared_error(size, dtype, device, generator):
+    recon, x = _data(size, dtype, device, generator, "mean")
+    return CaseInputs((recon, x), (recon,), _scalar_grad(dtype, device))
+
+
+def args_elbo_bernoulli(size, dtype, device, generator):
+    recon, x = _data(size, dtype, device, generator, "logits")
+    mu, logvar = _latent(size, dtype, device, generator)
+    return CaseInputs((recon, x, mu, logvar), (recon, mu, logvar), _scalar_grad(dtype, device))
+
+
+OPS = (
+    Op(
+        "reparameterize_eps",
+        "z = mu + exp(0.5*logvar)*eps, eps from the caller",
+        uses_data=False,
+        uses_latent=True,
+        eager=eager_reparameterize_eps,
+        ours=lambda b: lambda mu, logvar, eps: vk.reparameterize(mu, logvar, eps, backend=b),
+        make_args=args_reparameterize_eps,
+        # fwd: read mu, logvar, eps, write z. bwd: read grad_z, logvar, eps, write
+        # grad_logvar (grad_mu is grad_z itself).
+        floor_elements={"forward": (0, 4), "backward": (0, 4), "forward_backward": (0, 8)},
+    ),
+    Op(
+        "reparameterize_noise",
+        "z = mu + exp(0.5*logvar)*eps, eps drawn inside the op (eager: randn_like)",
+        uses_data=False,
+        uses_latent=True,
+        eager=eager_reparameterize_noise,
+        ours=lambda b: lambda mu, logvar: vk.reparameterize(mu, logvar, backend=b),
+        make_args=args_reparameterize_noise,
+        # eps is generated, never stored: fwd reads mu, logvar, writes z; bwd reads
+        # grad_z, logvar, writes grad_logvar.
+        floor_elements={"forward": (0, 3), "backward": (0, 3), "forward_backward": (0, 6)},
+        deterministic=False,
+    ),
+    Op(
+        "gaussian_kl",
+        "KL(N(mu, exp(logvar)) || N(0, I)), batchmean",
+        uses_data=False,
+        uses_latent=True,
+        eager=eager_gaussian_kl,
+        ours=lambda b: lambda mu, logvar: vk.gaussian_kl(mu, logvar, backend=b),
+        make_args=args_gaussian_kl,
+        # read mu, logvar; fwd+bwd also writes grad_mu, grad_logvar.
+        floor_elements={"forward": (0, 2), "backward": (0, 2), "forward_backward": (0, 4)},
+    ),
+    Op(
+        "bernoulli_logits",
+        "binary cross-entropy with logits, batchmean",
+        uses_data=True,
+        uses_latent=False,
+        eager=eager_bernoulli_logits,
+        ours=lambda b: lambda logits, x: vk.bernoulli_nll(logits, x, backend=b),
+        make_args=args_bernoulli_logits,
+        # read logits, x; fwd+bwd also writes grad_logits.
+        floor_elements={"forward": (2, 0), "backward": (1, 0), "forward_backward": (3, 0)},
+    ),
+    Op(
+        "bernoulli_probs",
+        "binary cross-entropy with probabilities (logs clamped at -100), batchmean",
+        uses_data=True,
+        uses_latent=False,
+        eager=eager_bernoulli_probs,
+        ours=lambda b: lambda probs, x: vk.bernoulli_nll(probs, x, logits=False, backend=b),
+        make_args=args_bernoulli_probs,
+        floor_elements={"forward": (2, 0), "backward": (1, 0), "forward_backward": (3, 0)},
+    ),
+    Op(
+        "gaussian_nll",
+        "Gaussian NLL with a learned per-pixel log-variance, batchmean",
+        uses_data=True,
+        uses_latent=False,
+        eager=eager_gaussian_nll,
+        ours=lambda b: lambda mean, x, logvar: vk.gaussian_nll(mean, x, logvar, backend=b),
+        make_args=args_gaussian_nll,
+        # read mean, x, logvar; fwd+bwd also writes grad_mean, grad_logvar.
+        floor_elements={"forward": (3, 0), "backward": (2, 0), "forward_backward": (5, 0)},
+    ),
+    Op(
+        "squared_error",
+        "sum of squared errors (F.mse_loss sum), batchmean",
+        uses_data=True,
+        uses_latent=False,
+        eager=eager_squared_error,
+        ours=lambda b: lambda recon, x: vk.mse_loss(recon, x, backend=b),
+        make_args=args_squared_error,
+        floor_elements={"forward": (2, 0), "backward": (1, 0), "forward_backward": (3, 0)},
+    ),
+    Op(
+        "elbo_bernoulli",
+        "whole negative ELBO: BCE with logits + KL, batchmean (vk.elbo_loss)",
+        uses_data=True,
+        uses_latent=True,
+        eager=eager_elbo_bernoulli,
+        ours=lambda b: lambda recon, x, mu, logvar: vk.elbo_loss(recon, x, mu, logvar, backend=b),
+        make_args=args_elbo_bernoulli,
+        floor_elements={"forward": (2, 2), "backward": (1, 2), "forward_backward": (3, 4)},
+    ),
+)
+OPS_BY_NAME = {op.name: op for op in OPS}
+
+
+# ------------------------------------------------------------------- providers
+
+# The device each vae_kernels backend runs on; a backend not listed here (added
+# after this file) is tried on every device.
+BACKEND_DEVICE = {"cpu": "cpu", "triton": "cuda", "cuda": "cuda"}
+
+
+def providers_for(device: str) -> list[str]:
+    """``eager``, ``compile`` and each vae_kernels backend that runs on ``device``."""
+    backends = [
+        name
+        for name in vk.available_backends()
+        if name != "torch" and BACKEND_DEVICE.get(name, device) == device
+    ]
+    return ["eager", "compile", *backends]
+
+
+def provider_function(provider: str, op: Op) -> Callable:
+    """The uncompiled function a provider runs (``compile`` wraps ``op.eager``)."""
+    if provider in ("eager", "compile"):
+        return op.eager
+    return op.ours(provider)
+
+
+# ------------------------------------------------------------------------ cases
+
+
+@dataclass(frozen=True)
+class Case:
+    op: Op
+    size: Size
+    dtype_name: str
+    mode: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype_name]
+
+    @property
+    def id(self) -> str:
+        return f"{self.op.name}-{self.size.name}-{self.dtype_name}-{self.mode}"
+
+    @property
+    def is_headline(self) -> bool:
+        return (self.op.name, self.size.name, self.dtype_name, self.mode) == (
+            HEADLINE["op"],
+            HEADLINE["size"],
+            HEADLINE["dtype"],
+            HEADLINE["mode"],
+        )
+
+    def floor_bytes(self) -> int:
+        return self.op.floor_bytes(self.size, self.dtype, self.mode)
+
+
+def sizes_for(op: Op, device: str, quick: bool) -> list[Size]:
+    """The sizes of ``op``, dropping sizes that differ only in dims the op does not use
+    (e.g. the J=512 size for a reconstruction loss)."""
+    sizes, seen = [], set()
+    for size in QUICK_SIZES if quick else SIZES[device]:
+        dims = op.relevant_dims(size)
+        if dims not in seen:
+            seen.add(dims)
+            sizes.append(size)
+    return sizes
+
+
+def all_cases(device: str = "cpu", quick: bool = False, ops: Optional[list[str]] = None):
+    """Every case, grouped so a group (op, size, dtype) shares inputs and compiled code."""
+    cases = []
+    for op in OPS:
+        if ops is not None and op.name not in ops:
+            continue
+        for dtype_name in QUICK_DTYPES if quick else tuple(DTYPES):
+            for size in sizes_for(op, device, quick):
+                for mode in MODES:
+                    cases.append(Case(op, size, dtype_name, mode))
+    return cases
+
+
+# --------------------------------------------------------------------- steps
+
+
+def make_step(fn: Callable, inputs: CaseInputs, mode: str) -> tuple[Callable, Callable]:
+    """(prepare, run) for one step: ``run(prepare())`` is the timed part."""
+    args, wrt, grad_output = inputs.args, inputs.grad_inputs, inputs.grad_output
+    if mode == "forward":
+        return (lambda: None), (lambda _: fn(*args))
+    if mode == "backward":
+        return (lambda: fn(*args)), (lambda out: torch.autograd.grad(out, wrt, grad_output))
+    if mode == "forward_backward":
+        return (lambda: None), (lambda _: torch.autograd.grad(fn(*args), wrt, grad_output))
+    raise ValueError(f"unknown mode {mode!r}")

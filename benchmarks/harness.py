@@ -1,0 +1,418 @@
+"""Measurement: build each provider's step, check it computes the same thing, time it,
+and account its memory and op count. Used by ``run.py`` (and, for building steps, by
+``test_bench_ops.py``).
+
+CPU timing: ``time.perf_counter_ns`` around each step, providers interleaved round by
+round so that noise from other work on the machine hits all of them alike; median and
+20/80 percentiles over the rounds.
+GPU timing: ``triton.testing.do_bench`` (device events) over rotating input sets whose
+total size exceeds the L2 cache.
+CPU memory: torch.profiler allocator events (``profile_memory=True``), summed in time
+order inside the step; the peak of that running sum is the step's peak extra memory.
+GPU memory: ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import math
+import platform
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+import vae_kernels as vk
+from cases import Case, CaseInputs, Op, Size, make_step, provider_function
+
+STEP_MARK = "vk_bench_step"
+OP_PREFIXES = ("aten::", "vae_kernels::")
+# Rotating GPU input sets are made at least this large in total (H100 L2: 50 MB).
+GPU_ROTATION_BYTES = 256 * 2**20
+
+
+# ------------------------------------------------------------------ environment
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return cpu_model_name()
+
+
+def device_slug(device: str) -> str:
+    """A folder name for the device's results, e.g. ``cpu-amd-epyc``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+    prefix = "gpu" if device == "cuda" else "cpu"
+    return f"{prefix}-{slug}"
+
+
+def triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return ""
+    return triton.__version__
+
+
+def environment(device: str) -> dict:
+    """What every row records about where and when it was measured."""
+    from vae_kernels import ops
+
+    return {
+        "device": device,
+        "device_name": device_name(device),
+        "cpu_kernel_isa": ops.cpu_kernel_isa() if ops.LIBRARY_ERROR is None else "",
+        "num_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "triton_version": triton_version(),
+        "vae_kernels_version": vk.__version__,
+        "python_version": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def quantile(samples: list[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default)."""
+    ordered = sorted(samples)
+    position = q * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    repeats: int
+
+
+def summarize(samples_ms: list[float]) -> Timing:
+    return Timing(
+        statistics.median(samples_ms),
+        quantile(samples_ms, 0.2),
+        quantile(samples_ms, 0.8),
+        len(samples_ms),
+    )
+
+
+# ------------------------------------------------------------- copy bandwidth
+
+
+class CopyProbe:
+    """``dst.copy_(src)`` of 64 MiB buffers (twice this machine's 32 MiB L3, so it
+    measures memory, not cache): the bandwidth every case is compared with.
+
+    On CPU one copy is timed in every timing round, interleaved with the cases, so the
+    reference bandwidth is measured under the same conditions as the cases (other work
+    on the machine included); ``gbps`` is the median over the whole run.
+    """
+
+    def __init__(self, device: str, nbytes: int = 64 * 2**20) -> None:
+        self.device = device
+        self.nbytes = nbytes
+        self.src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+        self.dst = torch.empty_like(self.src)
+        self.dst.copy_(self.src)  # first touch of dst's pages
+        self.samples_ms: list[float] = []
+
+    def time_once(self) -> None:
+        start = time.perf_counter_ns()
+        self.dst.copy_(self.src)
+        self.samples_ms.append((time.perf_counter_ns() - start) * 1e-6)
+
+    def measure(self, repeats: int = 20) -> float:
+        """Bandwidth in GB/s (bytes read + bytes written) of ``repeats`` copies now."""
+        if self.device == "cuda":
+            from triton.testing import do_bench
+
+            ms = do_bench(lambda: self.dst.copy_(self.src), quantiles=[0.5])
+            ms = ms[0] if isinstance(ms, (list, tuple)) else ms
+            self.samples_ms.append(ms)
+            return self._gbps(ms)
+        before = len(self.samples_ms)
+        for _ in range(repeats):
+            self.time_once()
+        return self._gbps(statistics.median(self.samples_ms[before:]))
+
+    @property
+    def gbps(self) -> float:
+        """Median bandwidth over every copy timed so far."""
+        return self._gbps(statistics.median(self.samples_ms))
+
+    def _gbps(self, ms: float) -> float:
+        return 2 * self.nbytes / (ms * 1e-3) / 1e9
+
+
+# ---------------------------------------------------------------- providers
+
+
+@dataclass
+class BuiltProvider:
+    """A provider's function for one (op, size, dtype) group, ready to time."""
+
+    name: str
+    function: Callable
+    compile_seconds: Optional[float] = None  # first call (compile + run), compile only
+    # Inductor kernels generated for the forward and the backward graph (compile only).
+    compiled_kernels: dict = field(default_factory=dict)
+
+
+def build_provider(provider: str, op: Op, inputs: CaseInputs) -> BuiltProvider:
+    """Make the provider's function and run it once forward+backward (the warm-up;
+    for ``compile`` this compiles both graphs, timed here, outside the measurements)."""
+    function = provider_function(provider, op)
+    built = BuiltProvider(provider, function)
+    if provider == "compile":
+        import torch._inductor.metrics as inductor_metrics
+
+        torch._dynamo.reset()
+        # dynamic=False: one static graph per shape, torch.compile's best case.
+        built.function = torch.compile(function, dynamic=False)
+        inductor_metrics.reset()
+        start = time.perf_counter()
+        output = built.function(*inputs.args)
+        synchronize(inputs.grad_output.device)
+        forward_kernels = inductor_metrics.generated_kernel_count
+        torch.autograd.grad(output, inputs.grad_inputs, inputs.grad_output)
+        synchronize(inputs.grad_output.device)
+        built.compile_seconds = time.perf_counter() - start
+        built.compiled_kernels = {
+            "forward": forward_kernels,
+            "backward": inductor_metrics.generated_kernel_count - forward_kernels,
+        }
+        built.compiled_kernels["forward_backward"] = sum(built.compiled_kernels.values())
+    else:
+        output = built.function(*inputs.args)
+        torch.autograd.grad(output, inputs.grad_inputs, inputs.grad_output)
+    return built
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------ checking
+
+
+def check_agreement(op: Op, inputs: CaseInputs, function: Callable, provider: str) -> None:
+    """Raise unless ``function`` gives the float64 eager value and gradients (within a
+    dtype tolerance): a benchmark must compare like with like."""
+    reference_args = [
+        a.detach().double().requires_grad_(a.requires_grad) if torch.is_tensor(a) else a
+        for a in inputs.args
+    ]
+    reference_wrt = [a for a in reference_args if torch.is_tensor(a) and a.requires_grad]
+    expected = op.eager(*reference_args)
+    expected_grads = torch.autograd.grad(expected, reference_wrt, inputs.grad_output.double())
+
+    output = function(*inputs.args)
+    grads = torch.autograd.grad(output, inputs.grad_inputs, inputs.grad_output)
+    tolerance = 1e-4 if inputs.grad_output.dtype == torch.float32 else 5e-2
+    pairs = [("output", output, expected)]
+    pairs += [(f"gradient {i}", g, e) for i, (g, e) in enumerate(zip(grads, expected_grads))]
+    for what, got, want in pairs:
+        if got.shape != want.shape:
+            raise AssertionError(f"{provider} {op.name}: {what} shape {got.shape} != {want.shape}")
+        if not torch.isfinite(got).all():
+            raise AssertionError(f"{provider} {op.name}: {what} is not finite")
+        if not op.deterministic:
+            continue  # each provider draws its own noise: values differ by design
+        error = (got.double() - want).abs().max().item()
+        scale = want.abs().max().item() + 1e-12
+        if error > tolerance * scale:
+            raise AssertionError(
+                f"{provider} {op.name} {inputs.grad_output.dtype}: {what} differs from the "
+                f"float64 eager formula by {error:.3g} (scale {scale:.3g}, tolerance "
+                f"{tolerance} relative)"
+            )
+
+
+# -------------------------------------------------------------------- timing
+
+
+def time_cpu(
+    steps: dict[str, tuple[Callable, Callable]],
+    min_rounds: int,
+    max_rounds: int,
+    budget_seconds: float,
+    copy_probe: Optional[CopyProbe] = None,
+    warmup_rounds: int = 2,
+) -> dict[str, list[float]]:
+    """Milliseconds per step of each provider, providers interleaved round by round
+    (and one copy of ``copy_probe`` per round).
+
+    Stops after ``max_rounds``, or after ``min_rounds`` once ``budget_seconds`` of
+    wall time is spent. Python's garbage collector is off while timing.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    gc.collect()
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        for round_index in range(warmup_rounds + max_rounds):
+            for name, (prepare, run) in steps.items():
+                state = prepare()
+                start = time.perf_counter_ns()
+                result = run(state)
+                elapsed_ms = (time.perf_counter_ns() - start) * 1e-6
+                del result, state  # freed outside the timed region
+                if round_index >= warmup_rounds:
+                    samples[name].append(elapsed_ms)
+            if copy_probe is not None and round_index >= warmup_rounds:
+                copy_probe.time_once()
+            timed_rounds = round_index + 1 - warmup_rounds
+            if timed_rounds >= min_rounds and time.perf_counter() - started > budget_seconds:
+                break
+    finally:
+        gc.enable()
+    return samples
+
+
+def time_gpu(
+    function: Callable, input_sets: list[CaseInputs], mode: str, quick: bool
+) -> Timing:
+    """do_bench quantiles of one provider's step, cycling through ``input_sets``."""
+    from triton.testing import do_bench
+
+    index = [0]
+
+    def next_set() -> int:
+        index[0] = (index[0] + 1) % len(input_sets)
+        return index[0]
+
+    if mode == "backward":
+        # Each set's forward runs once; its graph is kept for repeated backwards.
+        outputs = [function(*s.args) for s in input_sets]
+
+        def step():
+            i = next_set()
+            s = input_sets[i]
+            torch.autograd.grad(outputs[i], s.grad_inputs, s.grad_output, retain_graph=True)
+
+    else:
+        runs = [make_step(function, s, mode)[1] for s in input_sets]
+
+        def step():
+            runs[next_set()](None)
+
+    warmup, rep = (5, 20) if quick else (25, 200)
+    median, p20, p80 = do_bench(step, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8])
+    # do_bench does not say how many runs it made; estimate from its time budget.
+    return Timing(median, p20, p80, repeats=max(1, int(rep / max(median, 1e-3))))
+
+
+def gpu_input_sets(op: Op, size: Size, dtype: torch.dtype, first: CaseInputs) -> list[CaseInputs]:
+    """``first`` plus more independent input sets until together they exceed the L2."""
+    set_bytes = sum(t.numel() * t.element_size() for t in first.args if torch.is_tensor(t))
+    count = max(1, math.ceil(GPU_ROTATION_BYTES / max(set_bytes, 1)))
+    count = min(count, 64)
+    generator = torch.Generator(device="cuda").manual_seed(1)
+    return [first] + [op.make_args(size, dtype, "cuda", generator) for _ in range(count - 1)]
+
+
+# ------------------------------------------------------------ memory and ops
+
+
+@dataclass
+class StepAccounting:
+    peak_extra_bytes: int
+    memory_method: str
+    kernels: Optional[int]
+    kernels_counted_by: str
+
+
+def account_step_cpu(prepare: Callable, run: Callable) -> tuple[int, int]:
+    """(peak extra bytes, dispatcher ops) of one step, from a torch.profiler trace.
+
+    Peak extra bytes: the maximum of the running sum of CPU allocator events inside
+    the step. Dispatcher ops: the outermost ``aten::``/``vae_kernels::`` ops called
+    inside the step (views such as ``aten::expand`` included).
+    """
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as trace:
+        state = prepare()
+        with record_function(STEP_MARK):
+            result = run(state)
+        del result, state
+
+    events = trace.profiler.kineto_results.events()
+    mark = next(e for e in events if e.name() == STEP_MARK)
+    allocations = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in events
+        if e.name() == "[memory]" and mark.start_ns() <= e.start_ns() <= mark.end_ns()
+    )
+    running = peak = 0
+    for _, nbytes in allocations:
+        running += nbytes
+        peak = max(peak, running)
+
+    step_event = next(e for e in trace.events() if e.name == STEP_MARK)
+    op_count = 0
+    pending = list(step_event.cpu_children)
+    while pending:
+        event = pending.pop()
+        if event.name.startswith(OP_PREFIXES):
+            op_count += 1  # what it calls inside is its own business
+        else:
+            pending.extend(event.cpu_children)
+    return peak, op_count
+
+
+def account_step_gpu(prepare: Callable, run: Callable) -> tuple[int, int]:
+    """(peak extra bytes from max_memory_allocated, CUDA kernels launched) of one step."""
+    state = prepare()
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    result = run(state)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - baseline
+    del result, state
+
+    state = prepare()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as trace:
+        result = run(state)
+        torch.cuda.synchronize()
+    del result, state
+    kernels = sum(
+        1
+        for e in trace.profiler.kineto_results.events()
+        if e.device_type() == torch.autograd.DeviceType.CUDA and not e.name().startswith("Memcpy")
+        and not e.name().startswith("Memset")
+    )
+    return peak, kernels
+
+
+def account_step(built: BuiltProvider, prepare: Callable, run: Callable, mode: str, device: str):
+    if device == "cuda":
+        peak, kernels = account_step_gpu(prepare, run)
+        return StepAccounting(peak, "torch.cuda.max_memory_allocated", kernels, "CUDA kernels (profiler)")
+    peak, ops = account_step_cpu(prepare, run)
+    method = "CPU allocator events (torch.profiler profile_memory)"
+    if built.name == "compile":
+        # Inductor's C++ kernels are not dispatcher ops; count the kernels it generated.
+        return StepAccounting(peak, method, built.compiled_kernels.get(mode), "inductor kernels")
+    return StepAccounting(peak, method, ops, "dispatcher ops (profiler)")

@@ -1,0 +1,404 @@
+"""The benchmark report: every case of ``cases.py`` for every provider, written as
+CSV + JSON rows, a markdown summary and PNG plots.
+
+    python benchmarks/run.py                 # full run, results/<device-slug>/
+    python benchmarks/run.py --quick --out /tmp/bench   # < 1 minute on 2 cores (CI)
+
+Each torch.compile'd function is compiled in a fresh inductor cache directory (set
+below, before torch is imported) so the reported compile times are cold compiles and
+the generated kernels can be counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Compile in this process: a pool of compile workers would compete for the 2 cores
+# with the timed code.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+# Full runs compile in a fresh inductor cache directory, so the compile times are cold
+# compiles; --quick reuses the default one (C++ builds cached from an earlier run) to
+# stay within its minute. Set before torch is imported.
+if "--quick" not in sys.argv and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="vk_bench_inductor_")
+    COMPILE_CACHE = "cold (fresh TORCHINDUCTOR_CACHE_DIR)"
+else:
+    COMPILE_CACHE = "inductor cache dir " + os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default")
+
+import torch  # noqa: E402
+import torch._functorch.config  # noqa: E402
+import torch._inductor.config  # noqa: E402
+
+# No cached graphs: every compile lowers its graph, so inductor's kernel count is real.
+torch._inductor.config.fx_graph_cache = False
+torch._functorch.config.enable_autograd_cache = False
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cases as bench_cases  # noqa: E402
+import harness  # noqa: E402
+
+ROW_FIELDS = [
+    "op", "provider", "mode", "dtype", "size", "shape", "batch", "data_dim", "latent_dim",
+    "median_ms", "p20_ms", "p80_ms", "repeats",
+    "floor_bytes", "floor_ms", "gbps", "copy_gbps", "fraction_of_copy_bw",
+    "speedup_vs_eager", "speedup_vs_compile",
+    "peak_extra_bytes", "memory_method", "kernels_per_step", "kernels_counted_by",
+    "compile_seconds", "compile_cache", "headline",
+    "device", "device_name", "cpu_kernel_isa", "num_threads",
+    "torch_version", "triton_version", "vae_kernels_version", "python_version", "date", "quick",
+]  # fmt: skip
+
+# Timing effort: (min rounds, max rounds, seconds per case before stopping after min).
+EFFORT = {"quick": (3, 10, 0.02), "full": (10, 200, 1.0), "headline": (60, 400, 20.0)}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, float32, few repeats")
+    parser.add_argument("--out", type=Path, help="output folder (default results/<device>/)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    parser.add_argument("--ops", nargs="+", choices=[op.name for op in bench_cases.OPS])
+    parser.add_argument("--no-plots", action="store_true")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------- measuring
+
+
+def warm_up_compiler() -> float:
+    """Compile a trivial function once, so the per-case compile times do not include
+    torch.compile's one-time start-up (imports, C++ toolchain checks)."""
+    start = time.perf_counter()
+    torch.compile(lambda t: (t * 2).sum(), dynamic=False)(torch.ones(8, requires_grad=True))
+    torch._dynamo.reset()
+    return time.perf_counter() - start
+
+
+def measure_group(op, size, dtype_name, modes, device, quick, copy_probe, log) -> list[dict]:
+    """Rows for one (op, size, dtype): build every provider once, then each mode."""
+    dtype = bench_cases.DTYPES[dtype_name]
+    generator = torch.Generator(device=device).manual_seed(0)
+    inputs = op.make_args(size, dtype, device, generator)
+    built = {}
+    for provider in bench_cases.providers_for(device):
+        built[provider] = harness.build_provider(provider, op, inputs)
+        harness.check_agreement(op, inputs, built[provider].function, provider)
+    input_sets = None
+    if device == "cuda":
+        input_sets = harness.gpu_input_sets(op, size, dtype, inputs)
+
+    rows = []
+    for mode in modes:
+        case = bench_cases.Case(op, size, dtype_name, mode)
+        steps = {
+            name: bench_cases.make_step(b.function, inputs, mode) for name, b in built.items()
+        }
+        if device == "cuda":
+            timings = {
+                name: harness.time_gpu(b.function, input_sets, mode, quick)
+                for name, b in built.items()
+            }
+        else:
+            effort = "quick" if quick else ("headline" if case.is_headline else "full")
+            min_rounds, max_rounds, budget = EFFORT[effort]
+            samples = harness.time_cpu(steps, min_rounds, max_rounds, budget, copy_probe)
+            timings = {name: harness.summarize(s) for name, s in samples.items()}
+        for name, b in built.items():
+            accounting = harness.account_step(b, *steps[name], mode, device)
+            timing = timings[name]
+            rows.append(
+                {
+                    "op": op.name,
+                    "provider": name,
+                    "mode": mode,
+                    "dtype": dtype_name,
+                    "size": size.name,
+                    "shape": op.shape_label(size),
+                    "batch": size.batch,
+                    "data_dim": size.data_dim if op.uses_data else "",
+                    "latent_dim": size.latent_dim if op.uses_latent else "",
+                    "median_ms": timing.median_ms,
+                    "p20_ms": timing.p20_ms,
+                    "p80_ms": timing.p80_ms,
+                    "repeats": timing.repeats,
+                    "floor_bytes": case.floor_bytes(),
+                    "peak_extra_bytes": accounting.peak_extra_bytes,
+                    "memory_method": accounting.memory_method,
+                    "kernels_per_step": accounting.kernels,
+                    "kernels_counted_by": accounting.kernels_counted_by,
+                    "compile_seconds": b.compile_seconds,
+                    "headline": case.is_headline,
+                }
+            )
+        medians = ", ".join(f"{n} {t.median_ms:.3f}" for n, t in timings.items())
+        log(f"{case.id:55s} ms: {medians}")
+    return rows
+
+
+def add_derived(rows: list[dict], copy_gbps: float) -> None:
+    """Bandwidth against the floor, and speed-ups over eager and compile of the same case."""
+    by_case = {}
+    for row in rows:
+        by_case.setdefault((row["op"], row["size"], row["dtype"], row["mode"]), {})[
+            row["provider"]
+        ] = row
+    for row in rows:
+        seconds = row["median_ms"] * 1e-3
+        row["gbps"] = row["floor_bytes"] / seconds / 1e9
+        row["copy_gbps"] = copy_gbps
+        row["fraction_of_copy_bw"] = row["gbps"] / copy_gbps
+        row["floor_ms"] = row["floor_bytes"] / (copy_gbps * 1e9) * 1e3
+        peers = by_case[(row["op"], row["size"], row["dtype"], row["mode"])]
+        row["speedup_vs_eager"] = peers["eager"]["median_ms"] / row["median_ms"]
+        row["speedup_vs_compile"] = peers["compile"]["median_ms"] / row["median_ms"]
+
+
+# ----------------------------------------------------------------------- writing
+
+
+def write_rows(rows: list[dict], meta: dict, out: Path) -> None:
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ROW_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in ROW_FIELDS})
+    with open(out / "results.json", "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+
+
+def _csv_value(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _mb(nbytes) -> str:
+    return f"{nbytes / 2**20:.1f}"
+
+
+def summary_markdown(rows: list[dict], meta: dict) -> str:
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    ours = [p for p in providers if p not in ("eager", "compile")]
+    lines = [
+        f"# vae_kernels benchmarks: {meta['device_name']}",
+        "",
+        f"- {meta['date']}; torch {meta['torch_version']}, triton "
+        f"{meta['triton_version'] or '-'}, vae_kernels {meta['vae_kernels_version']}; "
+        f"CPU kernels ISA {meta['cpu_kernel_isa']}, {meta['num_threads']} threads",
+        f"- command: `{meta['command']}`",
+        f"- copy bandwidth (`dst.copy_(src)` of 64 MiB, bytes read + written), timed once "
+        f"per timing round through the run: median {meta['copy_gbps']:.1f} GB/s over "
+        f"{meta['copy_samples']} copies (start {meta['copy_gbps_start']:.1f}, end "
+        f"{meta['copy_gbps_end']:.1f}); the reference for the floor and %BW",
+        "- times: median [p20, p80] of wall time per step, providers interleaved round by "
+        "round; inputs require grad in every mode (training). The `cpu` backend computes "
+        "its losses' local gradients in `forward`, so its `backward` is a scaling pass",
+        "- floor: fewest bytes the step must move / copy bandwidth; `%BW` = floor bytes / "
+        "median time as a share of copy bandwidth",
+        f"- peak: {meta['memory_method']}, extra over the step's inputs; ops: "
+        "`aten::`/`vae_kernels::` dispatcher ops per step for eager and our backends, "
+        "inductor-generated kernels for compile",
+        f"- compile: torch.compile(dynamic=False) of the eager formulas; compile cache "
+        f"{meta['compile_cache']}; first-compile start-up {meta['compiler_startup_s']:.1f} s "
+        "(excluded from the per-case compile times below)",
+        "",
+    ]
+
+    headline = [r for r in rows if r["headline"]]
+    if headline:
+        floor = headline[0]
+        lines += [
+            "## Issue-2 case: `elbo_loss` forward+backward, Bernoulli logits, "
+            f"{floor['shape']}, float32",
+            "",
+            f"Bytes floor: {floor['floor_bytes'] / 1e6:.1f} MB -> {_ms(floor['floor_ms'])} ms "
+            "at copy bandwidth.",
+            "",
+            "| provider | median ms | p20 ms | p80 ms | runs | x eager | x compile | GB/s "
+            "| % copy BW | peak MB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in headline:
+            lines.append(
+                f"| {r['provider']} | {_ms(r['median_ms'])} | {_ms(r['p20_ms'])} | "
+                f"{_ms(r['p80_ms'])} | {r['repeats']} | {r['speedup_vs_eager']:.2f} | "
+                f"{r['speedup_vs_compile']:.2f} | {r['gbps']:.1f} | "
+                f"{100 * r['fraction_of_copy_bw']:.0f} | {_mb(r['peak_extra_bytes'])} |"
+            )
+        lines.append("")
+
+    by_case = {}
+    for r in rows:
+        by_case.setdefault((r["op"], r["mode"], r["dtype"], r["size"]), {})[r["provider"]] = r
+    header = ["op", "mode", "dtype", "shape", "floor ms"]
+    header += [f"{p} ms" for p in providers]
+    for p in ours:
+        header += [f"{p} x eager", f"{p} x compile"]
+    header += [f"{p} %BW" for p in providers]
+    header += ["peak MB " + "/".join(providers), "ops " + "/".join(providers)]
+    lines += [
+        "## All cases",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    slower = []
+    for (op, mode, dtype, _), peers in by_case.items():
+        first = next(iter(peers.values()))
+        cells = [op, mode, dtype, first["shape"], _ms(first["floor_ms"])]
+        cells += [_ms(peers[p]["median_ms"]) for p in providers]
+        for p in ours:
+            cells += [f"{peers[p]['speedup_vs_eager']:.2f}", f"{peers[p]['speedup_vs_compile']:.2f}"]
+            if peers[p]["speedup_vs_compile"] < 1.0:
+                slower.append((p, peers[p], peers["compile"]))
+        cells += [f"{100 * peers[p]['fraction_of_copy_bw']:.0f}" for p in providers]
+        cells.append("/".join(_mb(peers[p]["peak_extra_bytes"]) for p in providers))
+        cells.append("/".join(str(peers[p]["kernels_per_step"]) for p in providers))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+
+    lines += ["## Cases where a vae_kernels backend is not faster than torch.compile", ""]
+    if not slower:
+        lines.append("None.")
+    else:
+        lines += [
+            "| backend | op | mode | dtype | shape | ms | compile ms | x compile | %BW | compile %BW |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for p, r, c in slower:
+            lines.append(
+                f"| {p} | {r['op']} | {r['mode']} | {r['dtype']} | {r['shape']} | "
+                f"{_ms(r['median_ms'])} | {_ms(c['median_ms'])} | "
+                f"{r['speedup_vs_compile']:.2f} | {100 * r['fraction_of_copy_bw']:.0f} | "
+                f"{100 * c['fraction_of_copy_bw']:.0f} |"
+            )
+    lines.append("")
+
+    compile_rows = [r for r in rows if r["provider"] == "compile" and r["mode"] == "forward"]
+    lines += [
+        "## torch.compile compile time (first forward+backward, seconds)",
+        "",
+        "| op | dtype | shape | compile s |",
+        "|---|---|---|---|",
+    ]
+    for r in compile_rows:
+        lines.append(f"| {r['op']} | {r['dtype']} | {r['shape']} | {r['compile_seconds']:.1f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], out: Path) -> list[Path]:
+    """One PNG per op: time and % of copy bandwidth against elements, per mode;
+    one colour per provider, one line style per dtype."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    colours = {p: f"C{i}" for i, p in enumerate(providers)}
+    styles = {"float32": "-", "bfloat16": "--"}
+    for op in dict.fromkeys(r["op"] for r in rows):
+        figure, axes = plt.subplots(2, 3, figsize=(13, 6.5), squeeze=False)
+        for column, mode in enumerate(bench_cases.MODES):
+            for provider in providers:
+                for dtype in styles:
+                    line = [
+                        r for r in rows
+                        if (r["op"], r["mode"], r["provider"], r["dtype"]) == (op, mode, provider, dtype)
+                    ]  # fmt: skip
+                    if not line:
+                        continue
+                    elements = [r["floor_bytes"] for r in line]
+                    label = f"{provider} {dtype}"
+                    kwargs = dict(color=colours[provider], linestyle=styles[dtype], marker="o")
+                    axes[0][column].plot(elements, [r["median_ms"] for r in line], label=label, **kwargs)
+                    axes[0][column].fill_between(
+                        elements, [r["p20_ms"] for r in line], [r["p80_ms"] for r in line],
+                        color=colours[provider], alpha=0.15,
+                    )  # fmt: skip
+                    axes[1][column].plot(
+                        elements, [100 * r["fraction_of_copy_bw"] for r in line], label=label, **kwargs
+                    )
+            axes[0][column].set_title(f"{op}: {mode}")
+            axes[0][column].set_ylabel("median ms (p20-p80 band)")
+            axes[1][column].set_ylabel("% of copy bandwidth")
+            for row_axes in (axes[0][column], axes[1][column]):
+                row_axes.set_xscale("log")
+                row_axes.set_xlabel("bytes floor of the step")
+                row_axes.grid(True, alpha=0.3)
+            axes[0][column].set_yscale("log")
+        axes[0][0].legend(fontsize=7)
+        figure.suptitle(f"{op} on {rows[0]['device_name']}")
+        figure.tight_layout()
+        path = out / f"{op}.png"
+        figure.savefig(path, dpi=70)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+# -------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = args.out or Path(__file__).resolve().parent / "results" / harness.device_slug(device)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
+
+    meta = harness.environment(device)
+    meta["quick"] = args.quick
+    meta["command"] = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    meta["compile_cache"] = COMPILE_CACHE
+    meta["providers"] = bench_cases.providers_for(device)
+    copy_probe = harness.CopyProbe(device)
+    meta["copy_gbps_start"] = copy_probe.measure()
+    log(f"{meta['device_name']}, providers {meta['providers']}, copy {meta['copy_gbps_start']:.1f} GB/s")
+    meta["compiler_startup_s"] = warm_up_compiler()
+
+    cases = bench_cases.all_cases(device, quick=args.quick, ops=args.ops)
+    groups = list(dict.fromkeys((c.op, c.size, c.dtype_name) for c in cases))
+    rows = []
+    for op, size, dtype_name in groups:
+        modes = [c.mode for c in cases if (c.op, c.size, c.dtype_name) == (op, size, dtype_name)]
+        rows += measure_group(op, size, dtype_name, modes, device, args.quick, copy_probe, log)
+
+    meta["copy_gbps_end"] = copy_probe.measure()
+    meta["copy_gbps"] = copy_probe.gbps
+    meta["copy_samples"] = len(copy_probe.samples_ms)
+    meta["memory_method"] = rows[0]["memory_method"]
+    meta["wall_seconds"] = time.perf_counter() - started
+    add_derived(rows, meta["copy_gbps"])
+    for row in rows:
+        for key in ROW_FIELDS:
+            if key in meta and key not in row:
+                row[key] = meta[key]
+        row["compile_cache"] = COMPILE_CACHE if row["provider"] == "compile" else ""
+
+    write_rows(rows, meta, out)
+    (out / "summary.md").write_text(summary_markdown(rows, meta))
+    if not args.no_plots:
+        plot(rows, out)
+    log(f"{len(rows)} rows written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

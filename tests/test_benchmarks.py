@@ -1,0 +1,213 @@
+"""The benchmark harness works: ``benchmarks/run.py --quick`` writes a sane row for
+every case and provider, the byte floors are the documented counts, and the checks
+inside the harness (agreement with the eager formula, memory and op accounting) can
+fail. Speed is never asserted here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+import cases as bench_cases  # noqa: E402
+import harness  # noqa: E402
+
+
+# ------------------------------------------------------------ case definitions
+
+
+def test_bernoulli_floor_bytes_are_the_documented_counts():
+    op = bench_cases.OPS_BY_NAME["bernoulli_logits"]
+    size = bench_cases.CPU_LARGE
+    n = size.batch * size.data_dim
+    assert op.floor_bytes(size, torch.float32, "forward") == 2 * n * 4
+    assert op.floor_bytes(size, torch.float32, "forward_backward") == 3 * n * 4
+    assert op.floor_bytes(size, torch.bfloat16, "forward_backward") == 3 * n * 2
+
+
+def test_elbo_floor_counts_both_sides():
+    op = bench_cases.OPS_BY_NAME["elbo_bernoulli"]
+    size = bench_cases.CPU_LARGE
+    n, m = size.batch * size.data_dim, size.batch * size.latent_dim
+    # logits, x read and grad_logits written; mu, logvar read and both gradients written
+    assert op.floor_bytes(size, torch.float32, "forward_backward") == (3 * n + 4 * m) * 4
+
+
+def test_backward_floor_is_step_minus_forward():
+    for op in bench_cases.OPS:
+        f = op.floor_elements
+        step = f["forward_backward"]
+        assert f["backward"] == (step[0] - f["forward"][0], step[1] - f["forward"][1]), op.name
+
+
+def test_every_op_mode_dtype_and_size_is_a_case():
+    full = bench_cases.all_cases("cpu")
+    assert {c.op.name for c in full} == set(bench_cases.OPS_BY_NAME)
+    assert {c.mode for c in full} == set(bench_cases.MODES)
+    assert {c.dtype_name for c in full} == {"float32", "bfloat16"}
+    # Sizes that differ only in a dim an op does not use are measured once.
+    sizes = {op.name: {c.size.name for c in full if c.op is op} for op in bench_cases.OPS}
+    assert sizes["bernoulli_logits"] == {"mnist", "cifar32", "celeba64"}
+    assert sizes["gaussian_kl"] == {"mnist", "cifar32", "celeba64", "celeba64_j512"}
+    assert sizes["elbo_bernoulli"] == {"mnist", "cifar32", "celeba64", "celeba64_j512"}
+    assert [c.id for c in full if c.is_headline] == [
+        "elbo_bernoulli-celeba64-float32-forward_backward"
+    ]
+    assert max(s.batch for s in bench_cases.SIZES["cuda"]) == 4096
+
+
+def test_providers_come_from_available_backends():
+    import vae_kernels as vk
+
+    providers = bench_cases.providers_for("cpu")
+    assert providers[:2] == ["eager", "compile"]
+    assert "torch" not in providers
+    assert ("cpu" in providers) == ("cpu" in vk.available_backends())
+    assert "triton" not in providers and "cuda" not in providers  # GPU backends
+
+
+# ------------------------------------------------------------- harness checks
+
+
+def _small_inputs(op_name: str, dtype=torch.float32):
+    op = bench_cases.OPS_BY_NAME[op_name]
+    size = bench_cases.Size("tiny", batch=4, data_dim=10, latent_dim=3)
+    return op, op.make_args(size, dtype, "cpu", torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("op_name", [op.name for op in bench_cases.OPS])
+def test_every_provider_agrees_with_the_eager_formula(op_name):
+    op, inputs = _small_inputs(op_name)
+    for provider in bench_cases.providers_for("cpu"):
+        if provider == "compile":
+            continue  # compiled in the quick run below
+        function = bench_cases.provider_function(provider, op)
+        harness.check_agreement(op, inputs, function, provider)
+
+
+def test_agreement_check_catches_a_wrong_normalization():
+    op, inputs = _small_inputs("bernoulli_logits")
+    per_batch_sum = lambda logits, x: op.eager(logits, x) * logits.shape[0]  # noqa: E731
+    with pytest.raises(AssertionError, match="differs from the float64 eager formula"):
+        harness.check_agreement(op, inputs, per_batch_sum, "wrong")
+
+
+def test_step_accounting_sees_allocations_and_ops():
+    nbytes = 4 * 2**20
+    prepare = lambda: None  # noqa: E731
+    run = lambda _: torch.empty(nbytes // 4).add_(1.0)  # noqa: E731
+    peak, ops = harness.account_step_cpu(prepare, run)
+    assert nbytes <= peak < 2 * nbytes
+    assert ops == 2  # aten::empty, aten::add_
+
+
+def test_time_cpu_interleaves_providers_and_the_copy():
+    probe = harness.CopyProbe("cpu", nbytes=2**20)
+    steps = {
+        "a": ((lambda: None), (lambda _: torch.ones(100).sum())),
+        "b": ((lambda: None), (lambda _: torch.ones(200).sum())),
+    }
+    samples = harness.time_cpu(steps, min_rounds=5, max_rounds=5, budget_seconds=0.0, copy_probe=probe)
+    assert [len(s) for s in samples.values()] == [5, 5]
+    assert len(probe.samples_ms) == 5
+    assert all(ms > 0 for s in samples.values() for ms in s) and probe.gbps > 0
+
+
+def test_quantile_matches_linear_interpolation():
+    assert harness.quantile([1.0, 2.0, 3.0, 4.0, 5.0], 0.2) == pytest.approx(1.8)
+    assert harness.quantile([3.0, 1.0, 2.0], 0.5) == 2.0
+
+
+# ---------------------------------------------------------------- quick run
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_quick")
+    completed = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "run.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return out
+
+
+def test_quick_run_has_a_row_for_every_case_and_provider(quick_run):
+    rows = json.loads((quick_run / "results.json").read_text())["rows"]
+    expected = {
+        (c.op.name, c.size.name, c.dtype_name, c.mode, p)
+        for c in bench_cases.all_cases("cpu", quick=True)
+        for p in bench_cases.providers_for("cpu")
+    }
+    got = [(r["op"], r["size"], r["dtype"], r["mode"], r["provider"]) for r in rows]
+    assert len(got) == len(set(got))
+    assert set(got) == expected
+
+
+def test_quick_run_rows_are_sane(quick_run):
+    import run as bench_run
+
+    rows = json.loads((quick_run / "results.json").read_text())["rows"]
+    cases = {c.id: c for c in bench_cases.all_cases("cpu", quick=True)}
+    for r in rows:
+        where = f"{r['op']} {r['mode']} {r['provider']}"
+        case = cases[f"{r['op']}-{r['size']}-{r['dtype']}-{r['mode']}"]
+        assert set(bench_run.ROW_FIELDS) <= set(r), where
+        assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"], where
+        assert r["repeats"] >= bench_run.EFFORT["quick"][0], where
+        assert r["floor_bytes"] == case.floor_bytes(), where
+        assert r["gbps"] > 0 and r["copy_gbps"] > 0, where
+        assert 0 < r["fraction_of_copy_bw"] <= 1.5, where
+        assert r["floor_ms"] == pytest.approx(r["floor_bytes"] / r["copy_gbps"] / 1e6)
+        assert r["speedup_vs_eager"] > 0 and r["speedup_vs_compile"] > 0, where
+        if r["provider"] == "eager":
+            assert r["speedup_vs_eager"] == 1.0
+        if r["provider"] == "compile":
+            assert r["speedup_vs_compile"] == 1.0 and r["compile_seconds"] > 0, where
+        assert isinstance(r["kernels_per_step"], int) and r["kernels_per_step"] >= 1, where
+        assert r["peak_extra_bytes"] >= 0, where
+        if r["mode"] == "forward_backward":
+            # The step returns its gradients, so their bytes were allocated inside it
+            # (in "backward" they may reuse buffers the forward saved, as inductor's
+            # donated buffers do); one may be the upstream gradient itself (dz/dmu = 1).
+            inputs = case.op.make_args(case.size, case.dtype, "cpu", torch.Generator())
+            grad_bytes = sum(g.numel() * g.element_size() for g in inputs.grad_inputs)
+            if inputs.grad_output.dim() > 0:
+                grad_bytes -= inputs.grad_output.numel() * inputs.grad_output.element_size()
+            assert r["peak_extra_bytes"] >= grad_bytes, where
+        assert r["device_name"] and r["torch_version"] == torch.__version__, where
+        assert r["cpu_kernel_isa"] in ("AVX512", "AVX2", "DEFAULT", ""), where
+        assert r["date"] and r["quick"] is True, where
+
+
+def test_quick_run_writes_csv_summary_and_plots(quick_run):
+    import run as bench_run
+
+    rows = json.loads((quick_run / "results.json").read_text())["rows"]
+    with open(quick_run / "results.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == bench_run.ROW_FIELDS
+        csv_rows = list(reader)
+    assert len(csv_rows) == len(rows)
+    assert all(float(r["median_ms"]) > 0 for r in csv_rows)
+
+    summary = (quick_run / "summary.md").read_text()
+    assert "## All cases" in summary and "## torch.compile compile time" in summary
+    n_cases = len({(r["op"], r["size"], r["dtype"], r["mode"]) for r in rows})
+    table = summary.split("## All cases")[1].split("##")[0]
+    assert table.count("\n| ") == n_cases + 1  # header + one line per case
+
+    for op in {r["op"] for r in rows}:
+        png = quick_run / f"{op}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", op
