@@ -212,10 +212,10 @@ def _save_loss_context(ctx, op, inputs, output, n_reduced: int, reduction_index:
     """Keep what a loss op's backward needs.
 
     The local gradients (the outputs after the ``n_reduced`` loss values) are ordinary
-    saved tensors, except in eager calls from the public API, which discard them: there
-    they are kept as attributes instead, because backward consumes them: it writes the input gradient into the same
-    buffer (``loss_backward_``). A repeated eager backward (``retain_graph=True``) finds
-    them consumed and recomputes them from the saved inputs.
+    saved tensors, except in eager calls from the public API, which discard them. There
+    they are kept as attributes instead, because backward consumes them: it writes the
+    input gradient into the same buffer (``loss_backward_``). A repeated eager backward
+    (``retain_graph=True``) finds them consumed and recomputes them from the saved inputs.
     """
     ctx.set_materialize_grads(False)  # unused outputs get None, not a tensor of zeros
     local_grads = output[n_reduced:]
