@@ -58,8 +58,12 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def summarize(seconds: list[float]) -> dict[str, float]:
-    return {"median_s": statistics.median(seconds), "p20_s": quantile(seconds, 0.2),
-            "p80_s": quantile(seconds, 0.8), "runs": len(seconds)}
+    return {
+        "median_s": statistics.median(seconds),
+        "p20_s": quantile(seconds, 0.2),
+        "p80_s": quantile(seconds, 0.8),
+        "runs": len(seconds),
+    }
 
 
 def time_epochs(rounds: int, warmup: int, batch_size: int, model_name: str, seed: int) -> dict:
@@ -67,15 +71,29 @@ def time_epochs(rounds: int, warmup: int, batch_size: int, model_name: str, seed
     dataset = load_mnist_5k()
     images = dataset.train_images
     config = TrainConfig(batch_size=batch_size, model=model_name, seed=seed)
-    sampler = DistributedSampler(range(images.shape[0]), num_replicas=1, rank=0, shuffle=True, seed=seed)
+    sampler = DistributedSampler(
+        range(images.shape[0]), num_replicas=1, rank=0, shuffle=True, seed=seed
+    )
     runs = {}
     for backend in BACKENDS:
         torch.manual_seed(seed)  # identical initial weights for both backends
-        model = build_model({"model": model_name, "latent_dim": 20, "likelihood": "bernoulli",
-                             "image_shape": [1, 28, 28]}, backend=backend)
+        model = build_model(
+            {
+                "model": model_name,
+                "latent_dim": 20,
+                "likelihood": "bernoulli",
+                "image_shape": [1, 28, 28],
+            },
+            backend=backend,
+        )
         objective = TrainingObjective(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        runs[backend] = {"objective": objective, "optimizer": optimizer, "seconds": [], "neg_elbo": []}
+        runs[backend] = {
+            "objective": objective,
+            "optimizer": optimizer,
+            "seconds": [],
+            "neg_elbo": [],
+        }
     for epoch in range(warmup + rounds):
         order = BACKENDS if epoch % 2 == 0 else BACKENDS[::-1]
         batches = epoch_batches(sampler, epoch, batch_size)
@@ -84,15 +102,27 @@ def time_epochs(rounds: int, warmup: int, batch_size: int, model_name: str, seed
             torch.manual_seed(seed + epoch)  # same noise seed; the backends draw it differently
             generator = torch.Generator().manual_seed(seed + epoch)  # same binarization
             started = time.perf_counter()
-            sums = run_epoch(run["objective"], run["optimizer"], images, batches, config,
-                             torch.device("cpu"), binarize_generator=generator)
+            sums = run_epoch(
+                run["objective"],
+                run["optimizer"],
+                images,
+                batches,
+                config,
+                torch.device("cpu"),
+                binarize_generator=generator,
+            )
             elapsed = time.perf_counter() - started
             if epoch >= warmup:
                 run["seconds"].append(elapsed)
             run["neg_elbo"].append(float(sums[1] / sums[4]))
-    return {backend: {**summarize(run["seconds"]), "epoch_seconds": run["seconds"],
-                      "train_neg_elbo_per_epoch": run["neg_elbo"]}
-            for backend, run in runs.items()}
+    return {
+        backend: {
+            **summarize(run["seconds"]),
+            "epoch_seconds": run["seconds"],
+            "train_neg_elbo_per_epoch": run["neg_elbo"],
+        }
+        for backend, run in runs.items()
+    }
 
 
 def time_loss_only(batch_size: int, repeats: int) -> dict:
@@ -142,8 +172,10 @@ def write_markdown(path: Path, result: dict) -> None:
     ]
     for backend in BACKENDS:
         e = epoch[backend]
-        lines.append(f"| {backend} | {e['median_s']:.4f} | {e['p20_s']:.4f} | {e['p80_s']:.4f} | "
-                     f"{e['train_neg_elbo_per_epoch'][-1]:.2f} |")
+        lines.append(
+            f"| {backend} | {e['median_s']:.4f} | {e['p20_s']:.4f} | {e['p80_s']:.4f} | "
+            f"{e['train_neg_elbo_per_epoch'][-1]:.2f} |"
+        )
     lines += [
         "",
         f"**Eager / fused epoch time: {result['epoch_speedup']:.3f}x** (median epoch time, torch / cpu).",
@@ -156,7 +188,9 @@ def write_markdown(path: Path, result: dict) -> None:
     ]
     for backend in BACKENDS:
         s = loss[backend]
-        lines.append(f"| {backend} | {s['median_s'] * 1e6:.1f} | {s['p20_s'] * 1e6:.1f} | {s['p80_s'] * 1e6:.1f} |")
+        lines.append(
+            f"| {backend} | {s['median_s'] * 1e6:.1f} | {s['p20_s'] * 1e6:.1f} | {s['p80_s'] * 1e6:.1f} |"
+        )
     lines += [
         "",
         f"Loss-only speed-up: {result['loss_speedup']:.2f}x. Per epoch the eager loss costs about "
@@ -174,12 +208,16 @@ def write_markdown(path: Path, result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9, help="timed epochs per backend (default %(default)s)")
+    parser.add_argument(
+        "--rounds", type=int, default=9, help="timed epochs per backend (default %(default)s)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs per backend first")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--model", choices=("mlp", "conv"), default="mlp")
     parser.add_argument("--loss-repeats", type=int, default=400)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default=str(RESULTS_DIR))
     args = parser.parse_args()
@@ -226,9 +264,13 @@ def main() -> None:
     write_markdown(output_dir / "training_epoch.md", result)
     for backend in BACKENDS:
         e = epoch[backend]
-        print(f"{backend:6s} epoch median {e['median_s']:.4f} s (p20 {e['p20_s']:.4f}, p80 {e['p80_s']:.4f}), "
-              f"loss-only {loss[backend]['median_s'] * 1e6:.1f} us/step")
-    print(f"eager/fused epoch time ratio {result['epoch_speedup']:.3f}x, loss-only {result['loss_speedup']:.2f}x")
+        print(
+            f"{backend:6s} epoch median {e['median_s']:.4f} s (p20 {e['p20_s']:.4f}, p80 {e['p80_s']:.4f}), "
+            f"loss-only {loss[backend]['median_s'] * 1e6:.1f} us/step"
+        )
+    print(
+        f"eager/fused epoch time ratio {result['epoch_speedup']:.3f}x, loss-only {result['loss_speedup']:.2f}x"
+    )
     print(f"wrote {output_dir / 'training_epoch.json'} and training_epoch.md")
 
 

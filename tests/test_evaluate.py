@@ -1,6 +1,5 @@
 """The evaluator: importance log-weights, the log p(x) estimate against the ELBO, reports."""
 
-import dataclasses
 import math
 
 import numpy as np
@@ -76,10 +75,15 @@ def test_k1_log_weight_is_the_elbo_estimator(trained):
     import vae_kernels as vk
 
     recon, mu, logvar = model(x, eps[0])
-    _, recon_nll, kl = vk.elbo_loss(recon, x.view_as(recon), mu, logvar, reduction="per_sample",
-                                    return_components=True)
+    _, recon_nll, kl = vk.elbo_loss(
+        recon, x.view_as(recon), mu, logvar, reduction="per_sample", return_components=True
+    )
     z = mu + torch.exp(0.5 * logvar) * eps[0]
-    mc_kl_minus_kl = Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1) + kl
+    mc_kl_minus_kl = (
+        Normal(0.0, 1.0).log_prob(z).sum(-1)
+        - Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
+        + kl
+    )
     torch.testing.assert_close(log_w, -recon_nll - kl + mc_kl_minus_kl, rtol=1e-10, atol=1e-8)
     model.float()
 
@@ -108,7 +112,9 @@ def test_log_px_estimate_is_at_least_the_elbo(trained):
     assert float(log_px.max()) < 0
 
 
-@pytest.mark.parametrize("num_samples, max_rows", [(1, 20000), (7, 20000), (500, 20000), (500, 64), (500, 7)])
+@pytest.mark.parametrize(
+    "num_samples, max_rows", [(1, 20000), (7, 20000), (500, 20000), (500, 64), (500, 7)]
+)
 def test_estimate_is_exact_when_every_weight_is_p_x(mnist, num_samples, max_rows):
     """A decoder that ignores z and an encoder that outputs the prior make every
     importance weight p(x) exactly, so the estimate must equal log p(x) for every K and
@@ -123,7 +129,9 @@ def test_estimate_is_exact_when_every_weight_is_p_x(mnist, num_samples, max_rows
         model.fc4.bias.copy_(torch.linspace(-3, 3, 784))
     x = binarize(mnist.test_images[:9], torch.Generator().manual_seed(0))
     log_px = log_px_per_image(model, x, num_samples=num_samples, max_rows=max_rows)
-    exact = Bernoulli(logits=model.fc4.bias.detach().double()).log_prob(x.view(9, 784).double()).sum(-1)
+    exact = (
+        Bernoulli(logits=model.fc4.bias.detach().double()).log_prob(x.view(9, 784).double()).sum(-1)
+    )
     torch.testing.assert_close(log_px, exact, rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(elbo_per_image(model, x)["elbo"], exact, rtol=1e-5, atol=1e-3)
 
@@ -136,15 +144,24 @@ def test_summarize_mean_and_standard_error():
 
 def test_evaluate_checkpoint_reports_consistent_figures(mnist, tmp_path):
     path = tmp_path / "small.npz"
-    np.savez(path, x_train=(mnist.train_images[:256, 0] * 255).byte().numpy(),
-             x_test=(mnist.test_images[:40, 0] * 255).byte().numpy())
-    config = TrainConfig(epochs=1, batch_size=64, data=str(path), output_dir=str(tmp_path / "run"), quiet=True)
+    np.savez(
+        path,
+        x_train=(mnist.train_images[:256, 0] * 255).byte().numpy(),
+        x_test=(mnist.test_images[:40, 0] * 255).byte().numpy(),
+    )
+    config = TrainConfig(
+        epochs=1, batch_size=64, data=str(path), output_dir=str(tmp_path / "run"), quiet=True
+    )
     train(config)
     result = evaluate_checkpoint(tmp_path / "run" / "checkpoint.pt", k=64, limit=30)
     assert result["test_images"] == 30 and result["k"] == 64
-    assert result["gap"]["mean"] == pytest.approx(result["log_px"]["mean"] - result["elbo"]["mean"], abs=1e-6)
+    assert result["gap"]["mean"] == pytest.approx(
+        result["log_px"]["mean"] - result["elbo"]["mean"], abs=1e-6
+    )
     assert result["neg_elbo"]["mean"] == pytest.approx(-result["elbo"]["mean"])
-    assert result["elbo"]["mean"] == pytest.approx(result["recon_log_lik"]["mean"] - result["kl"]["mean"], abs=1e-6)
+    assert result["elbo"]["mean"] == pytest.approx(
+        result["recon_log_lik"]["mean"] - result["kl"]["mean"], abs=1e-6
+    )
     assert result["log_px"]["mean"] > result["elbo"]["mean"]
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         evaluate_checkpoint(tmp_path / "missing.pt")

@@ -21,11 +21,16 @@ def test_mlp_has_the_pytorch_examples_architecture():
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     # pytorch/examples vae/main.py: fc1 784->400, fc21/fc22 400->20, fc3 20->400, fc4 400->784.
     assert shapes == {
-        "fc1.weight": (400, 784), "fc1.bias": (400,),
-        "fc21.weight": (20, 400), "fc21.bias": (20,),
-        "fc22.weight": (20, 400), "fc22.bias": (20,),
-        "fc3.weight": (400, 20), "fc3.bias": (400,),
-        "fc4.weight": (784, 400), "fc4.bias": (784,),
+        "fc1.weight": (400, 784),
+        "fc1.bias": (400,),
+        "fc21.weight": (20, 400),
+        "fc21.bias": (20,),
+        "fc22.weight": (20, 400),
+        "fc22.bias": (20,),
+        "fc3.weight": (400, 20),
+        "fc3.bias": (400,),
+        "fc4.weight": (784, 400),
+        "fc4.bias": (784,),
     }
 
 

@@ -33,8 +33,9 @@ def binary_batch(mnist):
     return binarize(mnist.train_images[:64], torch.Generator().manual_seed(0))
 
 
-def step_with_backend(backend, model_cls, x, eps, objective="elbo", k=1, free_bits=0.0, beta=1.0,
-                      dtype=torch.float64):
+def step_with_backend(
+    backend, model_cls, x, eps, objective="elbo", k=1, free_bits=0.0, beta=1.0, dtype=torch.float64
+):
     torch.manual_seed(0)  # the same initial weights for both backends
     model = model_cls(backend=backend).to(dtype)
     # SGD: the step is proportional to the gradient (Adam's first step is ~lr*sign(g),
@@ -62,7 +63,9 @@ def case_inputs(binary_batch, objective, k):
 
 
 @pytest.mark.parametrize("model_cls, objective, k, free_bits, beta", STEP_CASES)
-def test_fused_and_torch_backends_give_the_same_step(binary_batch, model_cls, objective, k, free_bits, beta):
+def test_fused_and_torch_backends_give_the_same_step(
+    binary_batch, model_cls, objective, k, free_bits, beta
+):
     # float64: the kernels compute in float64 then, so the two backends must agree to
     # rounding; any difference is a wrong formula or a wrong gradient.
     x, eps = case_inputs(binary_batch, objective, k)
@@ -78,16 +81,21 @@ def test_fused_and_torch_backends_give_the_same_step(binary_batch, model_cls, ob
 
 
 @pytest.mark.parametrize("model_cls, objective, k, free_bits, beta", STEP_CASES)
-def test_float32_fused_step_matches_the_float64_reference(binary_batch, model_cls, objective, k, free_bits, beta):
+def test_float32_fused_step_matches_the_float64_reference(
+    binary_batch, model_cls, objective, k, free_bits, beta
+):
     x, eps = case_inputs(binary_batch, objective, k)
-    fused = step_with_backend("cpu", model_cls, x, eps, objective, k, free_bits, beta, dtype=torch.float32)
+    fused = step_with_backend(
+        "cpu", model_cls, x, eps, objective, k, free_bits, beta, dtype=torch.float32
+    )
     oracle = step_with_backend("torch", model_cls, x, eps, objective, k, free_bits, beta)
     for name in ("objective", "neg_elbo", "recon", "kl"):
         torch.testing.assert_close(fused[0][name].double(), oracle[0][name], rtol=1e-5, atol=1e-4)
     for name in fused[1]:
         scale = float(oracle[1][name].abs().max())
-        torch.testing.assert_close(fused[1][name].double(), oracle[1][name], rtol=1e-4,
-                                   atol=1e-4 * scale, msg=name)
+        torch.testing.assert_close(
+            fused[1][name].double(), oracle[1][name], rtol=1e-4, atol=1e-4 * scale, msg=name
+        )
 
 
 def test_elbo_matches_the_pytorch_examples_loss_function(binary_batch):
@@ -121,8 +129,9 @@ def test_free_bits_clamps_the_batch_averaged_kl_per_dimension(binary_batch):
     per_sample = recon_nll + beta * kl_elementwise.clamp_min(free_bits).sum(1).mean()
     assert abs(float((per_sample - expected).detach())) > 1e-3
     # The reported ELBO is the true one, whatever the objective.
-    torch.testing.assert_close(terms["neg_elbo"], (recon_nll + kl_elementwise.sum(1).mean()).detach(),
-                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        terms["neg_elbo"], (recon_nll + kl_elementwise.sum(1).mean()).detach(), rtol=1e-5, atol=1e-4
+    )
 
 
 def test_free_bits_above_every_kl_leaves_only_reconstruction_gradients(binary_batch):
@@ -171,8 +180,15 @@ def test_short_training_run_lowers_the_loss(mnist):
     generator = torch.Generator().manual_seed(0)
     per_epoch = []
     for epoch in range(4):
-        sums = run_epoch(objective, optimizer, images, epoch_batches(sampler, epoch, 64), config,
-                         torch.device("cpu"), binarize_generator=generator)
+        sums = run_epoch(
+            objective,
+            optimizer,
+            images,
+            epoch_batches(sampler, epoch, 64),
+            config,
+            torch.device("cpu"),
+            binarize_generator=generator,
+        )
         assert int(sums[4]) == 640
         per_epoch.append(float(sums[1] / sums[4]))
     assert per_epoch[0] > per_epoch[-1] + 50, per_epoch
@@ -182,8 +198,11 @@ def test_short_training_run_lowers_the_loss(mnist):
 @pytest.fixture
 def small_npz(mnist, tmp_path):
     path = tmp_path / "small.npz"
-    np.savez(path, x_train=(mnist.train_images[:256, 0] * 255).byte().numpy(),
-             x_test=(mnist.test_images[:64, 0] * 255).byte().numpy())
+    np.savez(
+        path,
+        x_train=(mnist.train_images[:256, 0] * 255).byte().numpy(),
+        x_test=(mnist.test_images[:64, 0] * 255).byte().numpy(),
+    )
     return str(path)
 
 

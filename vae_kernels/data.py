@@ -120,7 +120,9 @@ def load_mnist_5k(test_size: int = MNIST_5K_TEST_SIZE) -> ImageDataset:
     pixels = table[:, :784]
     labels = table[:, 784]
     if pixels.min() < 0 or pixels.max() > 255:
-        raise DataError(f"{path}: pixels must lie in [0, 255], found [{pixels.min()}, {pixels.max()}]")
+        raise DataError(
+            f"{path}: pixels must lie in [0, 255], found [{pixels.min()}, {pixels.max()}]"
+        )
     images = (pixels / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
     train_index, test_index = _stratified_split(labels, test_size)
     return ImageDataset(
@@ -185,7 +187,9 @@ def read_idx(path: Union[str, Path]) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path} is not a readable gzip file: {error}") from error
     if len(raw) < 4:
-        raise DataError(f"{path} is not an IDX file: {len(raw)} bytes, shorter than the 4-byte header")
+        raise DataError(
+            f"{path} is not an IDX file: {len(raw)} bytes, shorter than the 4-byte header"
+        )
     zero1, zero2, type_code, ndim = raw[0], raw[1], raw[2], raw[3]
     if zero1 != 0 or zero2 != 0 or type_code not in IDX_DTYPES or ndim == 0:
         raise DataError(
@@ -194,7 +198,9 @@ def read_idx(path: Union[str, Path]) -> np.ndarray:
         )
     header_size = 4 + 4 * ndim
     if len(raw) < header_size:
-        raise DataError(f"{path} is truncated: its header needs {header_size} bytes, file has {len(raw)}")
+        raise DataError(
+            f"{path} is truncated: its header needs {header_size} bytes, file has {len(raw)}"
+        )
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = IDX_DTYPES[type_code]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -204,7 +210,11 @@ def read_idx(path: Union[str, Path]) -> np.ndarray:
             f"{path} is malformed: the header declares shape {shape} of {dtype.name} "
             f"({expected} bytes of data), but the file holds {actual} bytes after the header"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(raw, dtype=dtype, offset=header_size)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
 
 
 def _find_idx(directory: Path, stem: str, required: bool) -> Optional[Path]:
@@ -311,7 +321,11 @@ def load_dataset(path: Union[str, Path, None] = None) -> ImageDataset:
         labels = []
         for stem in (IDX_TRAIN_LABELS, IDX_TEST_LABELS):
             label_path = _find_idx(path, stem, False)
-            labels.append(None if label_path is None else torch.from_numpy(read_idx(label_path).astype(np.int64)))
+            labels.append(
+                None
+                if label_path is None
+                else torch.from_numpy(read_idx(label_path).astype(np.int64))
+            )
         if train.shape[1:] != test.shape[1:]:
             raise DataError(
                 f"train and test images in {path} differ in shape: {train.shape[1:]} and {test.shape[1:]}"
@@ -326,11 +340,17 @@ def load_dataset(path: Union[str, Path, None] = None) -> ImageDataset:
     if path.suffix == ".npz":
         train, test, how = _load_npz(path)
         if train.shape[1:] != test.shape[1:]:
-            raise DataError(f"train and test images in {path} differ in shape: {train.shape[1:]} and {test.shape[1:]}")
-        return ImageDataset(torch.from_numpy(train), torch.from_numpy(test), source=f"{path} ({how})")
+            raise DataError(
+                f"train and test images in {path} differ in shape: {train.shape[1:]} and {test.shape[1:]}"
+            )
+        return ImageDataset(
+            torch.from_numpy(train), torch.from_numpy(test), source=f"{path} ({how})"
+        )
     train, test = _split_fixed(_to_images(read_idx(path), str(path)))
     return ImageDataset(
-        torch.from_numpy(train), torch.from_numpy(test), source=f"IDX file {path} (fixed 80/20 split)"
+        torch.from_numpy(train),
+        torch.from_numpy(test),
+        source=f"IDX file {path} (fixed 80/20 split)",
     )
 
 

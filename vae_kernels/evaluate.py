@@ -35,7 +35,15 @@ from .train import (
     resolve_device,
 )
 
-__all__ = ["elbo_per_image", "log_px_per_image", "summarize", "evaluate_checkpoint", "add_arguments", "run", "main"]
+__all__ = [
+    "elbo_per_image",
+    "log_px_per_image",
+    "summarize",
+    "evaluate_checkpoint",
+    "add_arguments",
+    "run",
+    "main",
+]
 
 
 @torch.no_grad()
@@ -56,8 +64,14 @@ def elbo_per_image(
         for _ in range(num_samples):
             recon, mu, logvar = model(x)
             _, recon_nll, kl_value = vk.elbo_loss(
-                recon, x.view_as(recon), mu, logvar, likelihood=model.likelihood,
-                reduction="per_sample", return_components=True, backend=model.backend,
+                recon,
+                x.view_as(recon),
+                mu,
+                logvar,
+                likelihood=model.likelihood,
+                reduction="per_sample",
+                return_components=True,
+                backend=model.backend,
             )
             recon_sum += recon_nll.double().cpu()
             kl_batch = kl_value.double().cpu()
@@ -103,8 +117,11 @@ def log_px_per_image(
         results.append(running - math.log(num_samples))
         if progress:
             done = min(start + images_per_batch, images.shape[0])
-            print(f"\r  log p(x): {done}/{images.shape[0]} images, {time.monotonic() - started:.0f} s",
-                  end="", flush=True)
+            print(
+                f"\r  log p(x): {done}/{images.shape[0]} images, {time.monotonic() - started:.0f} s",
+                end="",
+                flush=True,
+            )
     if progress:
         print()
     return torch.cat(results)
@@ -123,7 +140,7 @@ def evaluate_checkpoint(
     k: int = 5000,
     data: Optional[str] = None,
     limit: Optional[int] = None,
-    elbo_samples: int = 1,
+    elbo_samples: int = 10,
     max_rows: int = 20000,
     backend: str = "auto",
     device: str = "auto",
@@ -177,33 +194,50 @@ def format_report(result: dict[str, Any]) -> str:
     def line(label: str, stats: dict[str, float]) -> str:
         return f"  {label:<34} {stats['mean']:10.3f} +- {stats['stderr']:.3f}"
 
-    return "\n".join([
-        f"{result['checkpoint']}: {result['test_images']} test images ({result['data']})",
-        "  nats per image, mean +- standard error over images",
-        line("ELBO", result["elbo"]),
-        line("  reconstruction log p(x|z)", result["recon_log_lik"]),
-        line("  KL(q(z|x) || p(z))", result["kl"]),
-        line(f"log p(x), importance-sampled K={result['k']}", result["log_px"]),
-        line("gap log p(x) - ELBO", result["gap"]),
-        f"  ({result['seconds']:.1f} s)",
-    ])
+    return "\n".join(
+        [
+            f"{result['checkpoint']}: {result['test_images']} test images ({result['data']})",
+            "  nats per image, mean +- standard error over images",
+            line("ELBO", result["elbo"]),
+            line("  reconstruction log p(x|z)", result["recon_log_lik"]),
+            line("  KL(q(z|x) || p(z))", result["kl"]),
+            line(f"log p(x), importance-sampled K={result['k']}", result["log_px"]),
+            line("gap log p(x) - ELBO", result["gap"]),
+            f"  ({result['seconds']:.1f} s)",
+        ]
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``evaluate`` subcommand's options."""
     parser.add_argument("checkpoint", help="checkpoint.pt written by `vae-kernels train`")
-    parser.add_argument("--k", type=int, default=5000, help="importance samples per image (default %(default)s)")
-    parser.add_argument("--data", default=None, help="evaluate on this data instead of the checkpoint's")
+    parser.add_argument(
+        "--k", type=int, default=5000, help="importance samples per image (default %(default)s)"
+    )
+    parser.add_argument(
+        "--data", default=None, help="evaluate on this data instead of the checkpoint's"
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
-    parser.add_argument("--elbo-samples", type=int, default=1,
-                        help="draws of z averaged in the ELBO's reconstruction term (default %(default)s)")
-    parser.add_argument("--max-rows", type=int, default=20000,
-                        help="most decoder rows (images x samples) in memory at once (default %(default)s)")
+    parser.add_argument(
+        "--elbo-samples",
+        type=int,
+        default=10,
+        help="draws of z averaged in the ELBO's reconstruction term (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=20000,
+        help="most decoder rows (images x samples) in memory at once (default %(default)s)",
+    )
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=None,
-                        help="write the results as JSON here (default: evaluation.json beside the checkpoint)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="write the results as JSON here (default: evaluation.json beside the checkpoint)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -212,11 +246,21 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     result = evaluate_checkpoint(
-        args.checkpoint, k=args.k, data=args.data, limit=args.limit, elbo_samples=args.elbo_samples,
-        max_rows=args.max_rows, backend=args.backend, device=args.device, seed=args.seed, progress=True,
+        args.checkpoint,
+        k=args.k,
+        data=args.data,
+        limit=args.limit,
+        elbo_samples=args.elbo_samples,
+        max_rows=args.max_rows,
+        backend=args.backend,
+        device=args.device,
+        seed=args.seed,
+        progress=True,
     )
     print(format_report(result))
-    output = Path(args.output) if args.output else Path(args.checkpoint).with_name("evaluation.json")
+    output = (
+        Path(args.output) if args.output else Path(args.checkpoint).with_name("evaluation.json")
+    )
     with open(output, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {output}")
@@ -224,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="vae-kernels evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="vae-kernels evaluate", description=__doc__.splitlines()[0]
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -44,7 +44,9 @@ def _check_positive_int(name: str, value: Any) -> int:
 class VAEBase(nn.Module):
     """What both models share: the likelihood's output mapping and the sampling step."""
 
-    def __init__(self, image_shape: tuple[int, ...], latent_dim: int, likelihood: str, backend: str):
+    def __init__(
+        self, image_shape: tuple[int, ...], latent_dim: int, likelihood: str, backend: str
+    ):
         super().__init__()
         _check_likelihood(likelihood)
         if len(image_shape) != 3 or any(

