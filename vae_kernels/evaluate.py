@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -117,13 +118,11 @@ def log_px_per_image(
         results.append(running - math.log(num_samples))
         if progress:
             done = min(start + images_per_batch, images.shape[0])
-            print(
-                f"\r  log p(x): {done}/{images.shape[0]} images, {time.monotonic() - started:.0f} s",
-                end="",
-                flush=True,
-            )
+            elapsed = time.monotonic() - started
+            sys.stderr.write(f"\r  log p(x): {done}/{images.shape[0]} images, {elapsed:.0f} s")
+            sys.stderr.flush()
     if progress:
-        print()
+        sys.stderr.write("\n")
     return torch.cat(results)
 
 
@@ -255,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         seed=args.seed,
-        progress=True,
+        progress=sys.stderr.isatty(),  # a \r-redrawn line is for terminals
     )
     print(format_report(result))
     output = (

@@ -581,9 +581,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
         }
     model = build_model(model_config, backend=config.backend).to(ctx.device)
     if resume_state is not None:
-        if model.likelihood != config.likelihood or model.latent_dim != config.latent_dim:
-            _log(ctx, f"resuming: the architecture comes from the checkpoint: {model.config()}")
-        config.likelihood = model.likelihood
+        # The architecture is the checkpoint's; the command line's model options yield.
+        saved = {key: model_config[key] for key in ("model", "latent_dim", "likelihood")}
+        if saved != {key: getattr(config, key) for key in saved}:
+            _log(ctx, f"resuming: model options taken from the checkpoint: {saved}")
+        config = dataclasses.replace(config, **saved)
+        config.validate()
         model.load_state_dict(resume_state["model_state"])
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     if resume_state is not None:
@@ -621,9 +624,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
         _log(
             ctx,
-            f"model: {model.config()}, backend {config.backend} "
-            f"(kernels: {vk.available_backends()[0] if config.backend == 'auto' else config.backend}), "
-            f"device {ctx.device}, {ctx.world_size} process(es), objective {config.objective}",
+            f"model: {model.config()}, backend {config.backend}, device {ctx.device}, "
+            f"{ctx.world_size} process(es), objective {config.objective}",
         )
     if start_epoch >= config.epochs:
         _log(
