@@ -18,6 +18,7 @@ import math
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -56,30 +57,54 @@ def gaussian_kl_elementwise(
         return 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar)
     prior_mu = torch.zeros_like(mu) if prior_mu is None else prior_mu
     prior_logvar = torch.zeros_like(mu) if prior_logvar is None else prior_logvar
-    diff = mu - prior_mu
-    return 0.5 * (
-        prior_logvar - logvar + (torch.exp(logvar) + diff * diff) * torch.exp(-prior_logvar) - 1.0
-    )
+    # (mu - pm)^2 / exp(plv) as t*t with t = (mu - pm) * exp(-plv/2), as the kernels do:
+    # never inf * 0 where the true value is finite.
+    t = (mu - prior_mu) * torch.exp(-0.5 * prior_logvar)
+    return 0.5 * (prior_logvar - logvar + torch.exp(logvar - prior_logvar) + t * t - 1.0)
 
 
 def bernoulli_nll_elementwise(input: Tensor, target: Tensor, logits: bool = True) -> Tensor:
-    """-log Bernoulli(target | input) per element, input as logits or probabilities."""
+    """-log Bernoulli(target | input) per element, input as logits or probabilities.
+
+    From logits l: ``softplus(l) - l*x``, written as ``(1-x)*softplus(l) + x*softplus(-l)``
+    with ``softplus(l) = -logsigmoid(-l)``: a sum of two non-negative terms (no
+    cancellation), autograd gives exactly ``sigmoid(l) - x`` everywhere (``max(l, 0) +
+    log1p(exp(-|l|))`` gets the subgradients of max and abs at l = 0, so 1 - x instead
+    of 0.5 - x), and at l = +-inf the value is +inf where the true value is (NaN only
+    for the limits 0 * inf: l = +inf with x = 1, l = -inf with x = 0).
+
+    From probabilities: ``F.binary_cross_entropy`` (each log clamped at -100; gradient
+    ``(p - x) / max(p*(1-p), 1e-12)``, finite at p = 0 and 1), and as the target's
+    gradient the derivative of that clamped loss, ``max(log(1-p), -100) - max(log p,
+    -100)`` (torch's own is the unclamped ``log(1-p) - log(p)``, +-inf at p = 0 or 1).
+    """
     if logits:
-        # Stable form: max(l, 0) - l*x + log1p(exp(-|l|)).
-        return torch.clamp_min(input, 0) - input * target + torch.log1p(torch.exp(-input.abs()))
-    log_p = torch.clamp_min(torch.log(input), BCE_LOG_CLAMP)
-    log_1mp = torch.clamp_min(torch.log1p(-input), BCE_LOG_CLAMP)
-    return -(target * log_p + (1.0 - target) * log_1mp)
+        return -(1.0 - target) * F.logsigmoid(-input) - target * F.logsigmoid(input)
+    loss = F.binary_cross_entropy(input, target.detach(), reduction="none")
+    if target.requires_grad and torch.is_grad_enabled():
+        with torch.no_grad():
+            log_p = torch.clamp_min(torch.log(input), BCE_LOG_CLAMP)
+            log_1mp = torch.clamp_min(torch.log1p(-input), BCE_LOG_CLAMP)
+        # Adds zero to the value and d loss / d target to the gradient.
+        loss = loss + (target - target.detach()) * (log_1mp - log_p)
+    return loss
 
 
 def gaussian_nll_elementwise(
     input: Tensor, target: Tensor, logvar: Union[float, Tensor] = 0.0
 ) -> Tensor:
-    """-log N(target | input, exp(logvar)) per element, including 0.5*log(2*pi)."""
-    diff = target - input
+    """-log N(target | input, exp(logvar)) per element, including 0.5*log(2*pi).
+
+    The squared residual over the variance is t*t with t = (target - input) *
+    exp(-logvar/2), as in the kernels: never (target - input)^2 * exp(-logvar), which is
+    inf * 0 = NaN where the true value is finite (a zero residual at a very negative
+    logvar, a huge residual at a large one).
+    """
     if isinstance(logvar, Tensor):
-        return 0.5 * (diff * diff * torch.exp(-logvar) + logvar + LOG_2PI)
-    return 0.5 * (diff * diff * math.exp(-logvar) + logvar + LOG_2PI)
+        t = (target - input) * torch.exp(-0.5 * logvar)
+        return 0.5 * (t * t + logvar + LOG_2PI)
+    t = (target - input) * math.exp(-0.5 * logvar)
+    return 0.5 * (t * t + logvar + LOG_2PI)
 
 
 def squared_error_elementwise(input: Tensor, target: Tensor) -> Tensor:

@@ -162,7 +162,12 @@ Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& eps)
 
 std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const Tensor& logvar,
                                                    const Tensor& eps) {
+  check_floating("reparameterize_backward", "eps", eps);
   check_like("reparameterize_backward", "grad_z", grad_z, "eps", eps);
+  check_like("reparameterize_backward", "logvar", logvar, "eps", eps, /*same_shape=*/false);
+  TORCH_CHECK_VALUE(eps.dim() == logvar.dim() + 1 && eps.sizes().slice(1) == logvar.sizes(),
+                    "vae_kernels.reparameterize_backward: eps must have shape (K, ",
+                    logvar.sizes(), "), got ", eps.sizes());
   const Tensor grad_c = grad_z.contiguous(), logvar_c = logvar.contiguous(),
                eps_c = eps.contiguous();
   Tensor grad_mu = at::empty_like(logvar_c), grad_logvar = at::empty_like(logvar_c);
@@ -201,6 +206,7 @@ Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tenso
 std::tuple<Tensor, Tensor> reparameterize_philox_backward(const Tensor& grad_z,
                                                           const Tensor& logvar,
                                                           const Tensor& seed) {
+  check_floating("reparameterize_philox_backward", "logvar", logvar);
   check_like("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar, false);
   TORCH_CHECK_VALUE(grad_z.dim() == logvar.dim() + 1 && grad_z.sizes().slice(1) == logvar.sizes(),
                     "vae_kernels.reparameterize_philox_backward: grad_z must have shape (K, ",

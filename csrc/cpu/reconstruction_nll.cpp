@@ -30,13 +30,13 @@ struct BernoulliProbsOp {
 struct GaussianFixedVarOp {
   static constexpr int kInputs = 2;  // mean, target
   static constexpr std::array<bool, 2> kUnitInterval{false, false};
-  double inv_var;
+  double inv_std;  // exp(-logvar / 2)
   double half_log_norm;
   template <class V> V loss(const V* in) const {
-    return gaussian_nll_fixed_var(in[0], in[1], V(inv_var), V(half_log_norm));
+    return gaussian_nll_fixed_var(in[0], in[1], V(inv_std), V(half_log_norm));
   }
   template <class V> V loss_and_grad(const V* in, V* grad) const {
-    return gaussian_nll_fixed_var_and_grad(in[0], in[1], V(inv_var), V(half_log_norm), grad[0],
+    return gaussian_nll_fixed_var_and_grad(in[0], in[1], V(inv_std), V(half_log_norm), grad[0],
                                            grad[1]);
   }
 };
@@ -69,7 +69,7 @@ void reconstruction_nll(c10::ScalarType dtype, Likelihood likelihood, bool learn
     case Likelihood::kGaussian:
       if (learned_logvar) return run_loss(dtype, GaussianLearnedVarOp{}, buffers);
       return run_loss(dtype,
-                      GaussianFixedVarOp{std::exp(-logvar_value), 0.5 * (logvar_value + kLog2Pi)},
+                      GaussianFixedVarOp{std::exp(-0.5 * logvar_value), 0.5 * (logvar_value + kLog2Pi)},
                       buffers);
     case Likelihood::kSquaredError:
       return run_loss(dtype, SquaredErrorOp{}, buffers);

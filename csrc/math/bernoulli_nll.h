@@ -2,7 +2,11 @@
 //
 // From logits l:        nll = max(l, 0) - l*x + log1p(exp(-|l|))
 //                       d l = sigmoid(l) - x,  d x = -l
-//   One exp(-|l|) in (0, 1] serves both the loss and the sigmoid.
+//   One exp(-|l|) in (0, 1] serves both the loss and the sigmoid. max(l, 0) - l*x is
+//   evaluated as l*(1 - x) for l >= 0 and -(l*x) below: equal for finite l, and at
+//   l = +inf the loss is +inf for x < 1 (as in F.binary_cross_entropy_with_logits), not
+//   inf - inf = NaN; at l = -inf it is +inf for x > 0. NaN remains only for the
+//   0 * inf limits (l = +inf with x = 1, l = -inf with x = 0), as in PyTorch.
 // From probabilities p: nll = -(x * max(log p, -100) + (1 - x) * max(log(1 - p), -100))
 //                       d p = (p - x) / max(p * (1 - p), 1e-12)
 //                       d x = max(log(1 - p), -100) - max(log p, -100)
@@ -18,9 +22,14 @@ constexpr double kBceLogClamp = -100.0;
 constexpr double kBceGradEpsilon = 1e-12;
 
 template <typename V>
+VK_INLINE V bernoulli_logits_linear_part(V logits, V target) {  // max(l, 0) - l*x
+  return Math<V>::where_nonneg(logits, logits * (V(1) - target), V(0) - logits * target);
+}
+
+template <typename V>
 VK_INLINE V bernoulli_logits_nll(V logits, V target) {
   const V e = Math<V>::exp(V(0) - Math<V>::abs(logits));
-  return Math<V>::maximum(logits, V(0)) - logits * target + Math<V>::log1p_unit(e);
+  return bernoulli_logits_linear_part(logits, target) + Math<V>::log1p_unit(e);
 }
 
 template <typename V>
@@ -30,7 +39,7 @@ VK_INLINE V bernoulli_logits_nll_and_grad(V logits, V target, V& d_logits, V& d_
   const V sigmoid = Math<V>::where_nonneg(logits, inv, e * inv);
   d_logits = sigmoid - target;
   d_target = V(0) - logits;
-  return Math<V>::maximum(logits, V(0)) - logits * target + Math<V>::log1p_unit(e);
+  return bernoulli_logits_linear_part(logits, target) + Math<V>::log1p_unit(e);
 }
 
 template <typename V>

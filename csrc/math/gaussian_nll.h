@@ -3,7 +3,12 @@
 //
 // Full NLL:      nll = 0.5 * ((x - m)^2 * exp(-lv) + lv + log(2*pi))
 //                d m = (m - x) * exp(-lv) = -d x,  d lv = 0.5 * (1 - (x - m)^2 * exp(-lv))
-//   With a fixed lv the caller passes inv_var = exp(-lv) and the constant
+//   Evaluated through the standardized residual t = (m - x) * inv_std with
+//   inv_std = exp(-lv/2): (x - m)^2 * exp(-lv) = t*t and (m - x) * exp(-lv) = t*inv_std.
+//   Never (m - x)^2 times exp(-lv): that overflows to inf * 0 = NaN where the true value
+//   is finite (a zero residual at lv = -100 in float32: exp(100) = inf; a residual of
+//   1e20 at lv = +100: 1e40 = inf times exp(-100), which flushes to 0).
+//   With a fixed lv the caller passes inv_std = exp(-lv/2) and the constant
 //   half_log_norm = 0.5 * (lv + log(2*pi)), so no exp runs per element.
 // Squared error: se = (m - x)^2,  d m = 2 (m - x) = -d x
 #pragma once
@@ -15,32 +20,32 @@ namespace vae_kernels {
 constexpr double kLog2Pi = 1.8378770664093453;
 
 template <typename V>
-VK_INLINE V gaussian_nll_fixed_var(V mean, V target, V inv_var, V half_log_norm) {
-  const V diff = mean - target;
-  return V(0.5) * diff * diff * inv_var + half_log_norm;
+VK_INLINE V gaussian_nll_fixed_var(V mean, V target, V inv_std, V half_log_norm) {
+  const V t = (mean - target) * inv_std;
+  return V(0.5) * t * t + half_log_norm;
 }
 
 template <typename V>
-VK_INLINE V gaussian_nll_fixed_var_and_grad(V mean, V target, V inv_var, V half_log_norm, V& d_mean,
+VK_INLINE V gaussian_nll_fixed_var_and_grad(V mean, V target, V inv_std, V half_log_norm, V& d_mean,
                                             V& d_target) {
-  const V diff = mean - target;
-  d_mean = diff * inv_var;
+  const V t = (mean - target) * inv_std;
+  d_mean = t * inv_std;
   d_target = V(0) - d_mean;
-  return V(0.5) * diff * diff * inv_var + half_log_norm;
+  return V(0.5) * t * t + half_log_norm;
 }
 
 template <typename V>
 VK_INLINE V gaussian_nll(V mean, V target, V logvar) {
-  const V diff = mean - target;
-  return V(0.5) * (diff * diff * Math<V>::exp(V(0) - logvar) + logvar + V(kLog2Pi));
+  const V t = (mean - target) * Math<V>::exp(V(-0.5) * logvar);
+  return V(0.5) * (t * t + logvar + V(kLog2Pi));
 }
 
 template <typename V>
 VK_INLINE V gaussian_nll_and_grad(V mean, V target, V logvar, V& d_mean, V& d_target, V& d_logvar) {
-  const V diff = mean - target;
-  const V inv_var = Math<V>::exp(V(0) - logvar);
-  const V scaled_sq = diff * diff * inv_var;
-  d_mean = diff * inv_var;
+  const V inv_std = Math<V>::exp(V(-0.5) * logvar);
+  const V t = (mean - target) * inv_std;
+  const V scaled_sq = t * t;
+  d_mean = t * inv_std;
   d_target = V(0) - d_mean;
   d_logvar = V(0.5) * (V(1) - scaled_sq);
   return V(0.5) * (scaled_sq + logvar + V(kLog2Pi));
