@@ -1,0 +1,119 @@
+// The CUDA kernels' interface: raw pointers, sizes and a cudaStream_t, no torch.
+//
+// The *.cu files in this folder include only this header, csrc/math/ and the CUDA
+// toolkit, so they compile with nvcc on a machine whose torch has no CUDA
+// (tests/test_cuda_build.py does exactly that). The torch glue (ops_cuda.cpp) checks
+// arguments, allocates tensors and workspaces, and calls these launchers on the
+// current stream. Every launcher returns the launch's cudaError_t; none synchronizes.
+//
+// Reductions never use float atomics: each block of a loss pass writes the sum of its
+// fixed range of elements to its own slot of a `partial_sums` buffer, and a second
+// launch (launch_finish_rows / launch_finish_total) adds the slots in a fixed order.
+// Results are bitwise equal from run to run.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace vae_kernels::cuda {
+
+// The element type of every tensor of one call (kernels load it, compute in float32,
+// or float64 for kFloat64, and store it back).
+enum class DType : int32_t { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+// One elementwise loss (csrc/math/ holds the formulas). Inputs, in order:
+//   kBernoulliLogits, kBernoulliProbs:  input, target
+//   kGaussianFixedVar, kSquaredError:   input (mean), target
+//   kGaussianLearnedVar:                input (mean), target, logvar
+//   kKLStdNormal:                       mu, logvar
+//   kKLPrior:                           mu, logvar, prior_mu, prior_logvar
+enum class LossKind : int32_t {
+  kBernoulliLogits = 0,
+  kBernoulliProbs = 1,
+  kGaussianFixedVar = 2,
+  kGaussianLearnedVar = 3,
+  kSquaredError = 4,
+  kKLStdNormal = 5,
+  kKLPrior = 6,
+};
+
+// Elements summed by one block of a loss pass (one slot of `partial_sums`).
+constexpr int64_t kLossChunk = 8192;
+
+// Blocks (and partial sums) per row of `row_len` elements: at least 1, so an empty
+// row still gets a slot holding 0.
+inline int64_t loss_chunks_per_row(int64_t row_len) {
+  return row_len <= kLossChunk ? 1 : (row_len + kLossChunk - 1) / kLossChunk;
+}
+
+// An elementwise loss over `rows` rows of `row_len` contiguous elements (all buffers
+// of the same dtype, numel rows * row_len). Null outputs are not written. A caller
+// that only needs the total passes rows = 1, row_len = numel.
+struct LossBuffers {
+  static constexpr int kMaxInputs = 4;
+  int64_t rows = 0;
+  int64_t row_len = 0;
+  const void* inputs[kMaxInputs] = {};
+  void* elementwise_loss = nullptr;
+  void* grads[kMaxInputs] = {};  // d loss_i / d inputs[k]_i (unscaled local gradients)
+  // rows * loss_chunks_per_row(row_len) slots, slot [r * chunks + c] = the sum over
+  // chunk c of row r; null when no sum is needed.
+  double* partial_sums = nullptr;
+  // Device flags, one int32 per input: set to 1 when an input the loss requires to lie
+  // in [0, 1] (Bernoulli targets and probabilities) has a value outside it (NaN is not
+  // flagged). Only ever set, never cleared: the caller zeroes them. May be null.
+  int32_t* out_of_unit_interval = nullptr;
+};
+
+// `logvar_value` is the fixed log-variance of kGaussianFixedVar (ignored otherwise).
+cudaError_t launch_loss(DType dtype, LossKind kind, double logvar_value,
+                        const LossBuffers& buffers, cudaStream_t stream);
+
+// Per-row results from the partial sums of one or two loss passes with `rows` rows
+// (a: chunks_a slots per row; b: chunks_b slots per row, or null):
+//   out_a[r] = A_r * scale,  out_b[r] = B_r * scale,  out_total[r] = (A_r + beta*B_r) * scale
+// where A_r, B_r are the row's slots added in index order in float64. Null outputs
+// are skipped. Outputs have `dtype`.
+cudaError_t launch_finish_rows(DType dtype, const double* partials_a, int64_t chunks_a,
+                               const double* partials_b, int64_t chunks_b, double beta,
+                               int64_t rows, double scale, void* out_total, void* out_a,
+                               void* out_b, cudaStream_t stream);
+
+// The same for totals: A = the sum of all `count_a` slots (B likewise; b may be null),
+// added in a fixed order in float64; each output is a single element.
+cudaError_t launch_finish_total(DType dtype, const double* partials_a, int64_t count_a,
+                                const double* partials_b, int64_t count_b, double beta,
+                                double scale, void* out_total, void* out_a, void* out_b,
+                                cudaStream_t stream);
+
+// z[k, i] = mu[i] + exp(0.5 logvar[i]) * eps[k, i] for k < num_samples, i < numel.
+cudaError_t launch_reparameterize(DType dtype, const void* mu, const void* logvar, const void* eps,
+                                  void* z, int64_t numel, int64_t num_samples,
+                                  cudaStream_t stream);
+// grad_mu[i] = sum_k grad_z[k, i], grad_logvar[i] = 0.5 std_i sum_k grad_z[k, i] eps[k, i]
+// (k in order).
+cudaError_t launch_reparameterize_backward(DType dtype, const void* grad_z, const void* logvar,
+                                           const void* eps, void* grad_mu, void* grad_logvar,
+                                           int64_t numel, int64_t num_samples,
+                                           cudaStream_t stream);
+// The same with eps[k, i] = philox_standard_normal(*seed, k * numel + i); `seed` points
+// to one int64 in device memory (read by the kernels: no host synchronization).
+cudaError_t launch_reparameterize_philox(DType dtype, const void* mu, const void* logvar,
+                                         const int64_t* seed, void* z, int64_t numel,
+                                         int64_t num_samples, cudaStream_t stream);
+cudaError_t launch_reparameterize_philox_backward(DType dtype, const void* grad_z,
+                                                  const void* logvar, const int64_t* seed,
+                                                  void* grad_mu, void* grad_logvar, int64_t numel,
+                                                  int64_t num_samples, cudaStream_t stream);
+
+// out[r, j] = local_grad[r, j] * grad_output[r * stride_row + j * stride_elem] * scale over
+// `rows` rows of `row_len` elements: stride_elem = 1 (one upstream value per element;
+// then stride_row = row_len), or 0 (one per row: stride_row = 1; or a single value:
+// stride_row = 0). `out` may be `local_grad` itself (in place).
+cudaError_t launch_loss_backward(DType dtype, const void* local_grad, const void* grad_output,
+                                 int64_t grad_output_stride_elem, int64_t grad_output_stride_row,
+                                 double scale, void* out, int64_t rows, int64_t row_len,
+                                 cudaStream_t stream);
+
+}  // namespace vae_kernels::cuda

@@ -1,0 +1,113 @@
+// The backward pass shared by every loss op on CUDA: the forward already wrote the
+// local gradient d loss_i / d input_i, so backward is local gradient * upstream
+// gradient * reduction scale, in one pass (in place when out == local_grad).
+// Arithmetic in the order of csrc/cpu/loss_backward.cpp, so both backends round alike.
+#include "common.cuh"
+
+namespace vae_kernels::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kChunk = kLossChunk;  // elements per block
+
+// `local_grad` and `out` may alias (in place): no __restrict__ on them.
+template <typename T>
+struct BackwardArgs {
+  const T* local_grad;
+  const T* grad_output;
+  T* out;
+  int64_t stride_elem;  // 1 (per element) or 0 (per row / one value)
+  int64_t stride_row;
+  double scale;
+  int64_t row_len;
+  int64_t chunks_per_row;
+};
+
+template <typename T>
+__device__ __forceinline__ acc_t<T> backward_element(acc_t<T> local, acc_t<T> upstream,
+                                                     acc_t<T> factor, bool per_element) {
+  // One upstream value: factor = upstream * scale (the CPU's order); else factor = scale.
+  return per_element ? local * upstream * factor : local * factor;
+}
+
+// Block b handles chunk (b % chunks_per_row) of row (b / chunks_per_row).
+template <typename T, bool kVectorized>
+__global__ void __launch_bounds__(kThreads) loss_backward_kernel(BackwardArgs<T> a) {
+  using A = acc_t<T>;
+  const int64_t block = blockIdx.x;
+  const int64_t row = block / a.chunks_per_row;
+  const int64_t row_start = row * a.row_len;
+  const int64_t begin = row_start + (block % a.chunks_per_row) * kChunk;
+  const int64_t end = min(begin + kChunk, row_start + a.row_len);
+  // This row's upstream values: element j of the row reads upstream[j * stride_elem].
+  const T* upstream = a.grad_output + row * a.stride_row;
+  const bool per_element = a.stride_elem != 0;
+  const A factor = per_element ? static_cast<A>(a.scale)
+                               : static_cast<A>(static_cast<A>(to_acc(*upstream)) * a.scale);
+  const int64_t stride = blockDim.x;
+
+  int64_t scalar_begin = begin;
+  if constexpr (kVectorized) {
+    constexpr int P = kPackSize<T>;
+    const int64_t packed_end = begin + (end - begin) / P * P;
+    for (int64_t i = begin + threadIdx.x * P; i < packed_end; i += stride * P) {
+      const Pack<T> local = load_pack(a.local_grad + i);
+      Pack<T> up;
+      if (per_element) up = load_pack(upstream + (i - row_start));
+      Pack<T> result;
+      for (int j = 0; j < P; ++j) {
+        const A g = per_element ? to_acc(up.v[j]) : A(0);
+        result.v[j] = from_acc<T>(backward_element<T>(to_acc(local.v[j]), g, factor, per_element));
+      }
+      store_pack(a.out + i, result);
+    }
+    scalar_begin = packed_end;
+  }
+  for (int64_t i = scalar_begin + threadIdx.x; i < end; i += stride) {
+    const A g = per_element ? to_acc(upstream[(i - row_start) * a.stride_elem]) : A(0);
+    a.out[i] = from_acc<T>(backward_element<T>(to_acc(a.local_grad[i]), g, factor, per_element));
+  }
+}
+
+template <typename T>
+cudaError_t run_loss_backward(const T* local_grad, const T* grad_output, int64_t stride_elem,
+                              int64_t stride_row, double scale, T* out, int64_t rows,
+                              int64_t row_len, cudaStream_t stream) {
+  if (rows <= 0 || row_len <= 0) return cudaSuccess;
+  const int64_t chunks_per_row = loss_chunks_per_row(row_len);
+  const int64_t blocks = rows * chunks_per_row;
+  if (blocks > int64_t(0x7fffffff)) return cudaErrorInvalidConfiguration;
+  const BackwardArgs<T> args{local_grad, grad_output, out,     stride_elem,
+                             stride_row, scale,       row_len, chunks_per_row};
+  constexpr int P = kPackSize<T>;
+  // Packed loads need every block's first element (and its upstream) 16-byte aligned;
+  // the packed path reads upstream values contiguously, so only for stride_elem 0 or 1.
+  const bool aligned = is_aligned_16(local_grad) && is_aligned_16(out) &&
+                       (stride_elem == 0 ||
+                        (stride_elem == 1 && is_aligned_16(grad_output) &&
+                         (rows == 1 || stride_row % P == 0)));
+  const dim3 grid(static_cast<unsigned int>(blocks));
+  if (aligned && (rows == 1 || row_len % P == 0)) {
+    loss_backward_kernel<T, true><<<grid, kThreads, 0, stream>>>(args);
+  } else {
+    loss_backward_kernel<T, false><<<grid, kThreads, 0, stream>>>(args);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_loss_backward(DType dtype, const void* local_grad, const void* grad_output,
+                                 int64_t grad_output_stride_elem, int64_t grad_output_stride_row,
+                                 double scale, void* out, int64_t rows, int64_t row_len,
+                                 cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return run_loss_backward<T>(static_cast<const T*>(local_grad),
+                                static_cast<const T*>(grad_output), grad_output_stride_elem,
+                                grad_output_stride_row, scale, static_cast<T*>(out), rows,
+                                row_len, stream);
+  });
+}
+
+}  // namespace vae_kernels::cuda

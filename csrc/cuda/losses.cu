@@ -1,0 +1,360 @@
+// CUDA kernels of the loss ops: one elementwise pass per loss that writes the
+// elementwise loss and the local gradients it is asked for and sums its block's range
+// (KL to N(0, I) or to a Gaussian prior, Bernoulli NLL from logits or probabilities,
+// Gaussian NLL with fixed or learned variance, squared error), and the fixed-order
+// second pass that turns the block sums into per-row or total results.
+//
+// The formulas are csrc/math/*.h, shared with the CPU kernels; this file binds them
+// to the loop, as csrc/cpu/reconstruction_nll.cpp and gaussian_kl.cpp do on the CPU.
+#include "../math/bernoulli_nll.h"
+#include "../math/gaussian_kl.h"
+#include "../math/gaussian_nll.h"
+#include "common.cuh"
+
+namespace vae_kernels::cuda {
+namespace {
+
+// ---------------------------------------------------------------- the losses
+// An Op describes one elementwise loss:
+//   static constexpr int kInputs;
+//   static bool unit_interval(int k): whether input k must lie in [0, 1]
+//   template <class V> V loss(const V* in) const;
+//   template <class V> V loss_and_grad(const V* in, V* grad) const;
+
+struct BernoulliLogitsOp {
+  static constexpr int kInputs = 2;  // logits, target
+  static constexpr VK_HOST_DEVICE bool unit_interval(int k) { return k == 1; }
+  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
+    return bernoulli_logits_nll(in[0], in[1]);
+  }
+  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
+    return bernoulli_logits_nll_and_grad(in[0], in[1], grad[0], grad[1]);
+  }
+};
+
+struct BernoulliProbsOp {
+  static constexpr int kInputs = 2;  // probabilities, target
+  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return true; }
+  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
+    return bernoulli_probs_nll(in[0], in[1]);
+  }
+  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
+    return bernoulli_probs_nll_and_grad(in[0], in[1], grad[0], grad[1]);
+  }
+};
+
+struct GaussianFixedVarOp {
+  static constexpr int kInputs = 2;  // mean, target
+  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
+  double inv_var;
+  double half_log_norm;
+  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
+    return gaussian_nll_fixed_var(in[0], in[1], V(inv_var), V(half_log_norm));
+  }
+  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
+    return gaussian_nll_fixed_var_and_grad(in[0], in[1], V(inv_var), V(half_log_norm), grad[0],
+                                           grad[1]);
+  }
+};
+
+struct GaussianLearnedVarOp {
+  static constexpr int kInputs = 3;  // mean, target, logvar
+  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
+  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
+    return gaussian_nll(in[0], in[1], in[2]);
+  }
+  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
+    return gaussian_nll_and_grad(in[0], in[1], in[2], grad[0], grad[1], grad[2]);
+  }
+};
+
+struct SquaredErrorOp {
+  static constexpr int kInputs = 2;  // input, target
+  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
+  template <class V> VK_HOST_DEVICE V loss(const V* in) const { return squared_error(in[0], in[1]); }
+  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
+    return squared_error_and_grad(in[0], in[1], grad[0], grad[1]);
+  }
+};
+
+struct KLStdNormalOp {
+  static constexpr int kInputs = 2;  // mu, logvar
+  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
+  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
+    return gaussian_kl_std_normal(in[0], in[1]);
+  }
+  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
+    return gaussian_kl_std_normal_and_grad(in[0], in[1], grad[0], grad[1]);
+  }
+};
+
+struct KLPriorOp {
+  static constexpr int kInputs = 4;  // mu, logvar, prior_mu, prior_logvar
+  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
+  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
+    return gaussian_kl(in[0], in[1], in[2], in[3]);
+  }
+  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
+    return gaussian_kl_and_grad(in[0], in[1], in[2], in[3], grad[0], grad[1], grad[2], grad[3]);
+  }
+};
+
+// ---------------------------------------------------------------- the loss pass
+
+// The pointers of one loss pass, typed. Passed by value (kernel parameter space).
+template <typename T, int N>
+struct TypedBuffers {
+  const T* in[N];
+  T* grad[N];
+  T* loss;
+  double* partial_sums;
+  int32_t* out_of_unit_interval;
+  int64_t row_len;
+  int64_t chunks_per_row;
+};
+
+// One element's loss (and local gradients into `grad`), added to `sum`; records which
+// [0, 1]-constrained inputs lie outside [0, 1].
+template <bool kWithGrad, typename Op, typename A>
+__device__ __forceinline__ A loss_element(const Op& op, const A* in, A* grad, A& sum,
+                                          bool* outside) {
+  A loss;
+  if constexpr (kWithGrad) {
+    loss = op.loss_and_grad(in, grad);
+  } else {
+    loss = op.loss(in);
+  }
+  sum += loss;
+  for (int k = 0; k < Op::kInputs; ++k) {
+    if (Op::unit_interval(k)) outside[k] = outside[k] || in[k] < A(0) || in[k] > A(1);
+  }
+  return loss;
+}
+
+// Block `blockIdx.x` handles chunk (blockIdx.x % chunks_per_row) of row
+// (blockIdx.x / chunks_per_row): kLossChunk elements at a fixed position, so its sum
+// (slot blockIdx.x) and the order of additions inside it depend only on the shape.
+template <typename T, typename Op, bool kWithGrad, bool kVectorized>
+__global__ void __launch_bounds__(kMaxBlockThreads)
+    loss_kernel(Op op, TypedBuffers<T, Op::kInputs> b) {
+  using A = acc_t<T>;
+  constexpr int N = Op::kInputs;
+  const int64_t block = blockIdx.x;
+  const int64_t row = block / b.chunks_per_row;
+  const int64_t row_start = row * b.row_len;
+  const int64_t begin = row_start + (block % b.chunks_per_row) * kLossChunk;
+  const int64_t end = min(begin + kLossChunk, row_start + b.row_len);
+  const int64_t stride = blockDim.x;
+
+  A sum(0);
+  bool outside[N] = {};
+  int64_t scalar_begin = begin;
+  if constexpr (kVectorized) {
+    // `begin` is 16-byte aligned here (the launcher checks): whole packs, then a tail.
+    constexpr int P = kPackSize<T>;
+    const int64_t packed_end = begin + (end - begin) / P * P;
+    for (int64_t i = begin + threadIdx.x * P; i < packed_end; i += stride * P) {
+      Pack<T> in_pack[N];
+      for (int k = 0; k < N; ++k) in_pack[k] = load_pack(b.in[k] + i);
+      Pack<T> loss_pack, grad_pack[N];
+      for (int j = 0; j < P; ++j) {
+        A in[N], grad[N];
+        for (int k = 0; k < N; ++k) in[k] = to_acc(in_pack[k].v[j]);
+        loss_pack.v[j] = from_acc<T>(loss_element<kWithGrad>(op, in, grad, sum, outside));
+        if constexpr (kWithGrad) {
+          for (int k = 0; k < N; ++k) grad_pack[k].v[j] = from_acc<T>(grad[k]);
+        }
+      }
+      if (b.loss) store_pack(b.loss + i, loss_pack);
+      if constexpr (kWithGrad) {
+        for (int k = 0; k < N; ++k) {
+          if (b.grad[k]) store_pack(b.grad[k] + i, grad_pack[k]);
+        }
+      }
+    }
+    scalar_begin = packed_end;
+  }
+  for (int64_t i = scalar_begin + threadIdx.x; i < end; i += stride) {
+    A in[N], grad[N];
+    for (int k = 0; k < N; ++k) in[k] = to_acc(b.in[k][i]);
+    const A loss = loss_element<kWithGrad>(op, in, grad, sum, outside);
+    if (b.loss) b.loss[i] = from_acc<T>(loss);
+    if constexpr (kWithGrad) {
+      for (int k = 0; k < N; ++k) {
+        if (b.grad[k]) b.grad[k][i] = from_acc<T>(grad[k]);
+      }
+    }
+  }
+
+  const A block_total = block_sum(sum);
+  if (threadIdx.x == 0 && b.partial_sums) b.partial_sums[block] = static_cast<double>(block_total);
+  for (int k = 0; k < N; ++k) {
+    if (!Op::unit_interval(k)) continue;
+    // Every thread reaches this (the condition is uniform); a plain store of 1 by any
+    // block is enough, the flag is never cleared here.
+    if (__syncthreads_or(outside[k]) && threadIdx.x == 0 && b.out_of_unit_interval) {
+      b.out_of_unit_interval[k] = 1;
+    }
+  }
+}
+
+// Threads per block: 256, fewer for short rows (a multiple of 32, so block_sum works).
+int loss_block_threads(int64_t row_len, int pack) {
+  const int64_t per_block = (row_len < kLossChunk ? row_len : kLossChunk) / pack;
+  int threads = kWarpSize;
+  while (threads < kMaxBlockThreads && threads < per_block) threads *= 2;
+  return threads;
+}
+
+template <typename T, typename Op>
+cudaError_t run_loss(const Op& op, const LossBuffers& buffers, cudaStream_t stream) {
+  constexpr int N = Op::kInputs;
+  const int64_t chunks_per_row = loss_chunks_per_row(buffers.row_len);
+  const int64_t blocks = buffers.rows * chunks_per_row;
+  if (buffers.rows <= 0) return cudaSuccess;
+  if (blocks > int64_t(0x7fffffff)) return cudaErrorInvalidConfiguration;
+
+  TypedBuffers<T, N> b{};
+  bool with_grad = false;
+  bool aligned = is_aligned_16(buffers.elementwise_loss);
+  for (int k = 0; k < N; ++k) {
+    b.in[k] = static_cast<const T*>(buffers.inputs[k]);
+    b.grad[k] = static_cast<T*>(buffers.grads[k]);
+    with_grad = with_grad || b.grad[k] != nullptr;
+    aligned = aligned && is_aligned_16(b.in[k]) && is_aligned_16(b.grad[k]);
+  }
+  b.loss = static_cast<T*>(buffers.elementwise_loss);
+  b.partial_sums = buffers.partial_sums;
+  b.out_of_unit_interval = buffers.out_of_unit_interval;
+  b.row_len = buffers.row_len;
+  b.chunks_per_row = chunks_per_row;
+
+  // Packed loads need every block to start on a 16-byte boundary.
+  constexpr int P = kPackSize<T>;
+  const bool vectorized = aligned && (buffers.rows == 1 || buffers.row_len % P == 0);
+  const int threads = loss_block_threads(buffers.row_len, vectorized ? P : 1);
+  const dim3 grid(static_cast<unsigned int>(blocks));
+  if (with_grad) {
+    if (vectorized) {
+      loss_kernel<T, Op, true, true><<<grid, threads, 0, stream>>>(op, b);
+    } else {
+      loss_kernel<T, Op, true, false><<<grid, threads, 0, stream>>>(op, b);
+    }
+  } else {
+    if (vectorized) {
+      loss_kernel<T, Op, false, true><<<grid, threads, 0, stream>>>(op, b);
+    } else {
+      loss_kernel<T, Op, false, false><<<grid, threads, 0, stream>>>(op, b);
+    }
+  }
+  return cudaGetLastError();
+}
+
+template <typename Op>
+cudaError_t run_loss(DType dtype, const Op& op, const LossBuffers& buffers, cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return run_loss<T>(op, buffers, stream);
+  });
+}
+
+// ---------------------------------------------------------------- the second pass
+
+// One thread per row: its slots added in index order.
+template <typename T>
+__global__ void finish_rows_kernel(const double* partials_a, int64_t chunks_a,
+                                   const double* partials_b, int64_t chunks_b, double beta,
+                                   int64_t rows, double scale, T* out_total, T* out_a, T* out_b) {
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows;
+       r += int64_t(gridDim.x) * blockDim.x) {
+    double a = 0, b = 0;
+    for (int64_t c = 0; c < chunks_a; ++c) a += partials_a[r * chunks_a + c];
+    if (partials_b) {
+      for (int64_t c = 0; c < chunks_b; ++c) b += partials_b[r * chunks_b + c];
+    }
+    if (out_a) out_a[r] = from_double<T>(a * scale);
+    if (out_b) out_b[r] = from_double<T>(b * scale);
+    if (out_total) out_total[r] = from_double<T>((a + beta * b) * scale);
+  }
+}
+
+constexpr int kFinishThreads = 512;
+
+// One block: thread t adds slots t, t + 512, ... in order, then a fixed-order block sum.
+__device__ double sum_slots(const double* slots, int64_t count) {
+  double s = 0;
+  if (slots) {
+    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) s += slots[i];
+  }
+  return block_sum(s);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kFinishThreads)
+    finish_total_kernel(const double* partials_a, int64_t count_a, const double* partials_b,
+                        int64_t count_b, double beta, double scale, T* out_total, T* out_a,
+                        T* out_b) {
+  const double a = sum_slots(partials_a, count_a);
+  const double b = sum_slots(partials_b, count_b);
+  if (threadIdx.x == 0) {
+    if (out_a) *out_a = from_double<T>(a * scale);
+    if (out_b) *out_b = from_double<T>(b * scale);
+    if (out_total) *out_total = from_double<T>((a + beta * b) * scale);
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_loss(DType dtype, LossKind kind, double logvar_value,
+                        const LossBuffers& buffers, cudaStream_t stream) {
+  switch (kind) {
+    case LossKind::kBernoulliLogits:
+      return run_loss(dtype, BernoulliLogitsOp{}, buffers, stream);
+    case LossKind::kBernoulliProbs:
+      return run_loss(dtype, BernoulliProbsOp{}, buffers, stream);
+    case LossKind::kGaussianFixedVar:
+      // exp(-lv) and the constant term once on the host, in float64 as on the CPU.
+      return run_loss(dtype,
+                      GaussianFixedVarOp{std::exp(-logvar_value), 0.5 * (logvar_value + kLog2Pi)},
+                      buffers, stream);
+    case LossKind::kGaussianLearnedVar:
+      return run_loss(dtype, GaussianLearnedVarOp{}, buffers, stream);
+    case LossKind::kSquaredError:
+      return run_loss(dtype, SquaredErrorOp{}, buffers, stream);
+    case LossKind::kKLStdNormal:
+      return run_loss(dtype, KLStdNormalOp{}, buffers, stream);
+    case LossKind::kKLPrior:
+      return run_loss(dtype, KLPriorOp{}, buffers, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_finish_rows(DType dtype, const double* partials_a, int64_t chunks_a,
+                               const double* partials_b, int64_t chunks_b, double beta,
+                               int64_t rows, double scale, void* out_total, void* out_a,
+                               void* out_b, cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  constexpr int kThreads = 256;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    finish_rows_kernel<T><<<grid_for(rows, kThreads), kThreads, 0, stream>>>(
+        partials_a, chunks_a, partials_b, chunks_b, beta, rows, scale,
+        static_cast<T*>(out_total), static_cast<T*>(out_a), static_cast<T*>(out_b));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t launch_finish_total(DType dtype, const double* partials_a, int64_t count_a,
+                                const double* partials_b, int64_t count_b, double beta,
+                                double scale, void* out_total, void* out_a, void* out_b,
+                                cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    finish_total_kernel<T><<<1, kFinishThreads, 0, stream>>>(
+        partials_a, count_a, partials_b, count_b, beta, scale, static_cast<T*>(out_total),
+        static_cast<T*>(out_a), static_cast<T*>(out_b));
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace vae_kernels::cuda

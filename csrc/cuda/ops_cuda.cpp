@@ -1,0 +1,495 @@
+// CUDA implementations of the vae_kernels ops (schemas: csrc/schemas.cpp), mirroring
+// csrc/cpu/ops_cpu.cpp: argument checks, allocation of outputs and workspaces, the
+// torch-free launchers of launchers.h on the current stream, and the reduction pass.
+//
+// Built only when torch has CUDA and a CUDA toolkit is present (CMakeLists.txt). The
+// autograd formulas are registered per op name in vae_kernels/ops.py and hold for
+// every dispatch key, so this file registers the CUDA key only.
+//
+// Host synchronization: none, except the [0, 1] check of Bernoulli targets and
+// probabilities, whose flags (written by the kernels) are read once, after every
+// kernel of the op is queued; it is skipped while a CUDA graph is being captured.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <array>
+#include <vector>
+
+#include "launchers.h"
+
+namespace vae_kernels::cuda {
+namespace {
+
+using at::Tensor;
+
+enum Reduction : int64_t { kNone = 0, kPerSample = 1, kSum = 2 };
+
+void check_reduction(int64_t reduction) {
+  TORCH_CHECK_VALUE(reduction >= kNone && reduction <= kSum,
+                    "vae_kernels: reduction must be 0 (none), 1 (per_sample) or 2 (sum), got ",
+                    reduction);
+}
+
+DType dtype_of(const char* op, const Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kDouble: return DType::kFloat64;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: break;
+  }
+  TORCH_CHECK_TYPE(false, "vae_kernels.", op,
+                   ": expected a float32, float64, float16 or bfloat16 tensor, got ",
+                   t.scalar_type());
+  return DType::kFloat32;  // not reached
+}
+
+// `t` must be a CUDA tensor on `ref`'s device with `ref`'s dtype (and shape, if asked).
+void check_like(const char* op, const char* name, const Tensor& t, const char* ref_name,
+                const Tensor& ref, bool same_shape = true) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), "vae_kernels.", op, ": ", name,
+                    " must be on the device of ", ref_name, " (", ref.device(), "), got ",
+                    t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "vae_kernels.", op, ": ", name,
+                   " must have the dtype of ", ref_name, " (", ref.scalar_type(), "), got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(!same_shape || t.sizes() == ref.sizes(), "vae_kernels.", op, ": ", name,
+                    " must have the shape of ", ref_name, " ", ref.sizes(), ", got ", t.sizes());
+}
+
+void check_floating(const char* op, const char* name, const Tensor& t) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "vae_kernels.", op, ": ", name,
+                   " must be a floating-point tensor, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device().is_cuda(), "vae_kernels.", op, ": ", name,
+                    " must be a CUDA tensor, got one on ", t.device());
+  dtype_of(op, t);
+}
+
+// The current stream of `t`'s device (the caller holds a CUDAGuard for that device).
+cudaStream_t stream_of(const Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+
+int64_t batch_rows(const Tensor& t) { return t.dim() == 0 ? 1 : t.size(0); }
+int64_t row_length(const Tensor& t) {
+  const int64_t rows = batch_rows(t);
+  return rows == 0 ? 0 : t.numel() / rows;
+}
+
+bool capturing_cuda_graph() {
+  return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+}
+
+// One loss pass over `inputs` (made contiguous; kept alive here): the elementwise
+// loss for reduction none, the local gradients `grad_mask` asks for, and the block
+// sums: per row for per_sample, over the whole tensor (one row) for sum.
+struct LossCall {
+  std::vector<Tensor> inputs;  // contiguous
+  Tensor elementwise;          // defined for reduction none
+  std::vector<Tensor> grads;   // empty tensors where not requested
+  Tensor partial_sums;         // float64 block sums, undefined for reduction none
+  Tensor unit_interval_flags;  // int32 per input, defined when a [0, 1] check is asked
+  int64_t batch = 0;           // rows of the per_sample result
+  LossBuffers buffers;
+
+  LossCall(const std::vector<Tensor>& ins, int64_t reduction, const std::vector<bool>& grad_mask,
+           bool check_unit_interval) {
+    const Tensor& first = ins.front();
+    for (const auto& t : ins) inputs.push_back(t.contiguous());
+    batch = batch_rows(first);
+    if (reduction == kPerSample) {
+      buffers.rows = batch;
+      buffers.row_len = row_length(first);
+    } else {  // the total needs no row structure: one row, spread over many blocks
+      buffers.rows = 1;
+      buffers.row_len = first.numel();
+    }
+    for (size_t k = 0; k < inputs.size(); ++k) buffers.inputs[k] = inputs[k].const_data_ptr();
+    if (reduction == kNone) {
+      elementwise = at::empty_like(inputs.front());
+      buffers.elementwise_loss = elementwise.data_ptr();
+    } else {
+      partial_sums = at::empty({partial_count()}, first.options().dtype(at::kDouble));
+      buffers.partial_sums = partial_sums.data_ptr<double>();
+    }
+    for (size_t k = 0; k < grad_mask.size(); ++k) {
+      if (grad_mask[k]) {
+        grads.push_back(at::empty_like(inputs[k]));
+        buffers.grads[k] = grads.back().data_ptr();
+      } else {
+        grads.push_back(at::empty({0}, first.options()));
+      }
+    }
+    if (check_unit_interval) {
+      unit_interval_flags =
+          at::zeros({LossBuffers::kMaxInputs}, first.options().dtype(at::kInt));
+      buffers.out_of_unit_interval = unit_interval_flags.data_ptr<int32_t>();
+    }
+  }
+
+  int64_t chunks_per_row() const { return loss_chunks_per_row(buffers.row_len); }
+  int64_t partial_count() const { return buffers.rows * chunks_per_row(); }
+
+  void launch(DType dtype, LossKind kind, double logvar_value, cudaStream_t stream) const {
+    C10_CUDA_CHECK(launch_loss(dtype, kind, logvar_value, buffers, stream));
+  }
+
+  // Reads the flags the kernels wrote: a device-to-host copy that waits for the op's
+  // kernels, so call it after every kernel of the op is queued. Inside a CUDA graph
+  // capture no copy can run; the check is skipped there.
+  void check_unit_interval(const char* op, std::initializer_list<const char*> names) const {
+    if (!unit_interval_flags.defined() || capturing_cuda_graph()) return;
+    const Tensor flags = unit_interval_flags.cpu();
+    const int32_t* outside = flags.const_data_ptr<int32_t>();
+    int k = 0;
+    for (const char* name : names) {
+      TORCH_CHECK_VALUE(name == nullptr || outside[k] == 0, "vae_kernels.", op, ": ", name,
+                        " must lie in [0, 1], but some values are outside it");
+      ++k;
+    }
+  }
+};
+
+// The reduced loss of one pass for `reduction`, in `options`' dtype: the elementwise
+// loss, the per-row sums or their total, each divided by `divisor`.
+Tensor reduce(const LossCall& call, int64_t reduction, int64_t divisor,
+              const at::TensorOptions& options, DType dtype, cudaStream_t stream) {
+  if (reduction == kNone) return call.elementwise;
+  const double scale = 1.0 / static_cast<double>(divisor);
+  const double* partials = call.partial_sums.const_data_ptr<double>();
+  if (reduction == kPerSample) {
+    Tensor out = at::empty({call.batch}, options);
+    C10_CUDA_CHECK(launch_finish_rows(dtype, partials, call.chunks_per_row(), nullptr, 0, 0.0,
+                                      call.batch, scale, out.data_ptr(), nullptr, nullptr,
+                                      stream));
+    return out;
+  }
+  Tensor out = at::empty({}, options);
+  C10_CUDA_CHECK(launch_finish_total(dtype, partials, call.partial_count(), nullptr, 0, 0.0, scale,
+                                     out.data_ptr(), nullptr, nullptr, stream));
+  return out;
+}
+
+template <size_t N>
+std::vector<bool> mask_vector(const std::array<bool, N>& mask) {
+  return std::vector<bool>(mask.begin(), mask.end());
+}
+
+// ------------------------------------------------------------------ sampling
+
+Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& eps) {
+  check_floating("reparameterize", "mu", mu);
+  check_like("reparameterize", "logvar", logvar, "mu", mu);
+  check_like("reparameterize", "eps", eps, "mu", mu, /*same_shape=*/false);
+  TORCH_CHECK_VALUE(eps.dim() == mu.dim() + 1 && eps.sizes().slice(1) == mu.sizes(),
+                    "vae_kernels.reparameterize: eps must have shape (num_samples, *mu.shape) = "
+                    "(K, ", mu.sizes(), "), got ", eps.sizes());
+  const c10::cuda::CUDAGuard guard(mu.device());
+  const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous(), eps_c = eps.contiguous();
+  Tensor z = at::empty_like(eps_c);
+  C10_CUDA_CHECK(launch_reparameterize(dtype_of("reparameterize", mu), mu_c.const_data_ptr(),
+                                       logvar_c.const_data_ptr(), eps_c.const_data_ptr(),
+                                       z.data_ptr(), mu.numel(), eps.size(0), stream_of(mu)));
+  return z;
+}
+
+std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const Tensor& logvar,
+                                                   const Tensor& eps) {
+  check_floating("reparameterize_backward", "eps", eps);
+  check_like("reparameterize_backward", "grad_z", grad_z, "eps", eps);
+  check_like("reparameterize_backward", "logvar", logvar, "eps", eps, /*same_shape=*/false);
+  TORCH_CHECK_VALUE(eps.dim() == logvar.dim() + 1 && eps.sizes().slice(1) == logvar.sizes(),
+                    "vae_kernels.reparameterize_backward: eps must have shape (K, ",
+                    logvar.sizes(), "), got ", eps.sizes());
+  const c10::cuda::CUDAGuard guard(logvar.device());
+  const Tensor grad_c = grad_z.contiguous(), logvar_c = logvar.contiguous(),
+               eps_c = eps.contiguous();
+  Tensor grad_mu = at::empty_like(logvar_c), grad_logvar = at::empty_like(logvar_c);
+  C10_CUDA_CHECK(launch_reparameterize_backward(
+      dtype_of("reparameterize_backward", logvar), grad_c.const_data_ptr(),
+      logvar_c.const_data_ptr(), eps_c.const_data_ptr(), grad_mu.data_ptr(),
+      grad_logvar.data_ptr(), logvar.numel(), eps.size(0), stream_of(logvar)));
+  return {grad_mu, grad_logvar};
+}
+
+// The seed as one int64 in `like`'s device memory, read by the kernels: a seed drawn
+// on the GPU (vae_kernels.ops draws it with torch.randint on the tensors' device)
+// never travels to the host. A CPU seed is copied over.
+Tensor seed_on_device(const char* op, const Tensor& seed, const Tensor& like) {
+  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong, "vae_kernels.", op,
+                    ": seed must be an int64 tensor with one element, got ", seed.scalar_type(),
+                    " of shape ", seed.sizes());
+  return seed.to(like.device(), at::kLong).contiguous();
+}
+
+Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tensor& seed,
+                             int64_t num_samples) {
+  check_floating("reparameterize_philox", "mu", mu);
+  check_like("reparameterize_philox", "logvar", logvar, "mu", mu);
+  TORCH_CHECK_VALUE(num_samples >= 1,
+                    "vae_kernels.reparameterize_philox: num_samples must be >= 1, got ",
+                    num_samples);
+  const c10::cuda::CUDAGuard guard(mu.device());
+  const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous();
+  const Tensor seed_d = seed_on_device("reparameterize_philox", seed, mu);
+  std::vector<int64_t> shape{num_samples};
+  shape.insert(shape.end(), mu.sizes().begin(), mu.sizes().end());
+  Tensor z = at::empty(shape, mu.options().memory_format(at::MemoryFormat::Contiguous));
+  C10_CUDA_CHECK(launch_reparameterize_philox(
+      dtype_of("reparameterize_philox", mu), mu_c.const_data_ptr(), logvar_c.const_data_ptr(),
+      seed_d.const_data_ptr<int64_t>(), z.data_ptr(), mu.numel(), num_samples, stream_of(mu)));
+  return z;
+}
+
+std::tuple<Tensor, Tensor> reparameterize_philox_backward(const Tensor& grad_z,
+                                                          const Tensor& logvar,
+                                                          const Tensor& seed) {
+  check_floating("reparameterize_philox_backward", "logvar", logvar);
+  check_like("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar, false);
+  TORCH_CHECK_VALUE(grad_z.dim() == logvar.dim() + 1 && grad_z.sizes().slice(1) == logvar.sizes(),
+                    "vae_kernels.reparameterize_philox_backward: grad_z must have shape (K, ",
+                    logvar.sizes(), "), got ", grad_z.sizes());
+  const c10::cuda::CUDAGuard guard(logvar.device());
+  const Tensor grad_c = grad_z.contiguous(), logvar_c = logvar.contiguous();
+  const Tensor seed_d = seed_on_device("reparameterize_philox_backward", seed, logvar);
+  Tensor grad_mu = at::empty_like(logvar_c), grad_logvar = at::empty_like(logvar_c);
+  C10_CUDA_CHECK(launch_reparameterize_philox_backward(
+      dtype_of("reparameterize_philox_backward", logvar), grad_c.const_data_ptr(),
+      logvar_c.const_data_ptr(), seed_d.const_data_ptr<int64_t>(), grad_mu.data_ptr(),
+      grad_logvar.data_ptr(), logvar.numel(), grad_z.size(0), stream_of(logvar)));
+  return {grad_mu, grad_logvar};
+}
+
+// ------------------------------------------------------------------ losses
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
+    const Tensor& mu, const Tensor& logvar, const std::optional<Tensor>& prior_mu,
+    const std::optional<Tensor>& prior_logvar, int64_t reduction, int64_t divisor,
+    std::array<bool, 4> grad_mask) {
+  check_floating("gaussian_kl", "mu", mu);
+  check_like("gaussian_kl", "logvar", logvar, "mu", mu);
+  check_reduction(reduction);
+  TORCH_CHECK_VALUE(prior_mu.has_value() == prior_logvar.has_value(),
+                    "vae_kernels.gaussian_kl: pass both prior_mu and prior_logvar or neither");
+  const bool with_prior = prior_mu.has_value();
+  std::vector<Tensor> inputs{mu, logvar};
+  if (with_prior) {
+    check_like("gaussian_kl", "prior_mu", *prior_mu, "mu", mu);
+    check_like("gaussian_kl", "prior_logvar", *prior_logvar, "mu", mu);
+    inputs.push_back(*prior_mu);
+    inputs.push_back(*prior_logvar);
+  }
+  const c10::cuda::CUDAGuard guard(mu.device());
+  const cudaStream_t stream = stream_of(mu);
+  const DType dtype = dtype_of("gaussian_kl", mu);
+  std::vector<bool> mask = mask_vector(grad_mask);
+  mask.resize(inputs.size());
+  const LossCall call(inputs, reduction, mask, /*check_unit_interval=*/false);
+  call.launch(dtype, with_prior ? LossKind::kKLPrior : LossKind::kKLStdNormal, 0.0, stream);
+  // Each output its own tensor: outputs must never alias one another.
+  return {reduce(call, reduction, divisor, mu.options(), dtype, stream), call.grads[0],
+          call.grads[1], with_prior ? call.grads[2] : at::empty({0}, mu.options()),
+          with_prior ? call.grads[3] : at::empty({0}, mu.options())};
+}
+
+std::tuple<Tensor, Tensor, Tensor> bernoulli_nll(const Tensor& input, const Tensor& target,
+                                                 bool logits, int64_t reduction, int64_t divisor,
+                                                 std::array<bool, 2> grad_mask) {
+  check_floating("bernoulli_nll", "input", input);
+  check_like("bernoulli_nll", "target", target, "input", input);
+  check_reduction(reduction);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const cudaStream_t stream = stream_of(input);
+  const DType dtype = dtype_of("bernoulli_nll", input);
+  const LossCall call({input, target}, reduction, mask_vector(grad_mask),
+                      /*check_unit_interval=*/true);
+  call.launch(dtype, logits ? LossKind::kBernoulliLogits : LossKind::kBernoulliProbs, 0.0, stream);
+  Tensor loss = reduce(call, reduction, divisor, input.options(), dtype, stream);
+  call.check_unit_interval("bernoulli_nll",
+                           {logits ? nullptr : "input (probabilities, logits=False)", "target"});
+  return {loss, call.grads[0], call.grads[1]};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_nll(const Tensor& input, const Tensor& target,
+                                                        const std::optional<Tensor>& logvar,
+                                                        double logvar_value, int64_t reduction,
+                                                        int64_t divisor,
+                                                        std::array<bool, 3> grad_mask) {
+  check_floating("gaussian_nll", "input", input);
+  check_like("gaussian_nll", "target", target, "input", input);
+  check_reduction(reduction);
+  std::vector<Tensor> inputs{input, target};
+  if (logvar.has_value()) {
+    check_like("gaussian_nll", "logvar", *logvar, "input", input);
+    inputs.push_back(*logvar);
+  }
+  const c10::cuda::CUDAGuard guard(input.device());
+  const cudaStream_t stream = stream_of(input);
+  const DType dtype = dtype_of("gaussian_nll", input);
+  std::vector<bool> mask = mask_vector(grad_mask);
+  mask.resize(inputs.size());
+  const LossCall call(inputs, reduction, mask, /*check_unit_interval=*/false);
+  call.launch(dtype,
+              logvar.has_value() ? LossKind::kGaussianLearnedVar : LossKind::kGaussianFixedVar,
+              logvar_value, stream);
+  return {reduce(call, reduction, divisor, input.options(), dtype, stream), call.grads[0],
+          call.grads[1], logvar.has_value() ? call.grads[2] : at::empty({0}, input.options())};
+}
+
+std::tuple<Tensor, Tensor, Tensor> squared_error(const Tensor& input, const Tensor& target,
+                                                 int64_t reduction, int64_t divisor,
+                                                 std::array<bool, 2> grad_mask) {
+  check_floating("squared_error", "input", input);
+  check_like("squared_error", "target", target, "input", input);
+  check_reduction(reduction);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const cudaStream_t stream = stream_of(input);
+  const DType dtype = dtype_of("squared_error", input);
+  const LossCall call({input, target}, reduction, mask_vector(grad_mask),
+                      /*check_unit_interval=*/false);
+  call.launch(dtype, LossKind::kSquaredError, 0.0, stream);
+  return {reduce(call, reduction, divisor, input.options(), dtype, stream), call.grads[0],
+          call.grads[1]};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
+    const Tensor& recon, const Tensor& x, const Tensor& mu, const Tensor& logvar,
+    int64_t likelihood, double beta, int64_t reduction, int64_t divisor,
+    std::array<bool, 4> grad_mask) {
+  check_floating("elbo", "recon", recon);
+  check_like("elbo", "x", x, "recon", recon);
+  check_like("elbo", "mu", mu, "recon", recon, /*same_shape=*/false);
+  check_like("elbo", "logvar", logvar, "mu", mu);
+  TORCH_CHECK_VALUE(reduction == kPerSample || reduction == kSum,
+                    "vae_kernels.elbo: reduction must be 1 (per_sample) or 2 (sum), got ",
+                    reduction);
+  TORCH_CHECK_VALUE(likelihood >= 0 && likelihood <= 3,
+                    "vae_kernels.elbo: likelihood must be 0..3, got ", likelihood);
+  TORCH_CHECK_VALUE(recon.dim() > 0 && mu.dim() > 0 && recon.size(0) == mu.size(0),
+                    "vae_kernels.elbo: recon ", recon.sizes(), " and mu ", mu.sizes(),
+                    " must share their first (batch) dimension");
+  // The `likelihood` codes of the schema (0..3) as loss kinds.
+  constexpr LossKind kRecon[] = {LossKind::kBernoulliLogits, LossKind::kBernoulliProbs,
+                                 LossKind::kGaussianFixedVar, LossKind::kSquaredError};
+  const LossKind recon_kind = kRecon[likelihood];
+  const bool bernoulli =
+      recon_kind == LossKind::kBernoulliLogits || recon_kind == LossKind::kBernoulliProbs;
+
+  const c10::cuda::CUDAGuard guard(recon.device());
+  const cudaStream_t stream = stream_of(recon);
+  const DType dtype = dtype_of("elbo", recon);
+  const LossCall recon_call({recon, x}, reduction, {grad_mask[0], grad_mask[1]}, bernoulli);
+  recon_call.launch(dtype, recon_kind, /*logvar_value=*/0.0, stream);
+  const LossCall kl_call({mu, logvar}, reduction, {grad_mask[2], grad_mask[3]}, false);
+  kl_call.launch(dtype, LossKind::kKLStdNormal, 0.0, stream);
+
+  // loss = recon + beta * kl, per row or in total, each divided by `divisor`.
+  const auto options = recon.options();
+  const double scale = 1.0 / static_cast<double>(divisor);
+  const double* recon_partials = recon_call.partial_sums.const_data_ptr<double>();
+  const double* kl_partials = kl_call.partial_sums.const_data_ptr<double>();
+  Tensor loss, recon_nll, kl;
+  if (reduction == kPerSample) {
+    const int64_t rows = recon_call.batch;
+    loss = at::empty({rows}, options);
+    recon_nll = at::empty({rows}, options);
+    kl = at::empty({rows}, options);
+    C10_CUDA_CHECK(launch_finish_rows(dtype, recon_partials, recon_call.chunks_per_row(),
+                                      kl_partials, kl_call.chunks_per_row(), beta, rows, scale,
+                                      loss.data_ptr(), recon_nll.data_ptr(), kl.data_ptr(),
+                                      stream));
+  } else {
+    loss = at::empty({}, options);
+    recon_nll = at::empty({}, options);
+    kl = at::empty({}, options);
+    C10_CUDA_CHECK(launch_finish_total(dtype, recon_partials, recon_call.partial_count(),
+                                       kl_partials, kl_call.partial_count(), beta, scale,
+                                       loss.data_ptr(), recon_nll.data_ptr(), kl.data_ptr(),
+                                       stream));
+  }
+  if (bernoulli) {
+    recon_call.check_unit_interval(
+        "elbo_loss",
+        {recon_kind == LossKind::kBernoulliProbs ? "recon (probabilities)" : nullptr, "x"});
+  }
+  return {loss, recon_nll, kl, recon_call.grads[0], recon_call.grads[1], kl_call.grads[0],
+          kl_call.grads[1]};
+}
+
+// out = local_grad * grad_output (per element, per row or one value) / divisor; `out`
+// may be `local_grad` itself.
+void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
+                        int64_t divisor, Tensor& out) {
+  check_floating("loss_backward", "local_grad", local_grad);
+  check_like("loss_backward", "grad_output", grad_output, "local_grad", local_grad, false);
+  check_reduction(reduction);
+  TORCH_CHECK_VALUE(local_grad.is_contiguous() && out.is_contiguous(),
+                    "vae_kernels.loss_backward: local_grad must be contiguous");
+  int64_t rows = batch_rows(local_grad), row_len = row_length(local_grad);
+  int64_t stride_elem = 0, stride_row = 0;
+  if (reduction == kNone) {
+    TORCH_CHECK_VALUE(grad_output.sizes() == local_grad.sizes(),
+                      "vae_kernels.loss_backward: grad_output must have shape ",
+                      local_grad.sizes(), ", got ", grad_output.sizes());
+    // One upstream value per element: no row structure needed.
+    rows = 1;
+    row_len = local_grad.numel();
+    stride_elem = 1;
+    stride_row = row_len;
+  } else if (reduction == kPerSample) {
+    TORCH_CHECK_VALUE(grad_output.numel() == rows,
+                      "vae_kernels.loss_backward: grad_output must have ", rows,
+                      " elements (one per row), got ", grad_output.sizes());
+    stride_row = 1;
+  } else {
+    TORCH_CHECK_VALUE(grad_output.numel() == 1,
+                      "vae_kernels.loss_backward: grad_output must be a scalar, got ",
+                      grad_output.sizes());
+    rows = 1;
+    row_len = local_grad.numel();
+  }
+  const c10::cuda::CUDAGuard guard(local_grad.device());
+  const Tensor upstream_c = grad_output.contiguous();
+  C10_CUDA_CHECK(launch_loss_backward(dtype_of("loss_backward", local_grad),
+                                      local_grad.const_data_ptr(), upstream_c.const_data_ptr(),
+                                      stride_elem, stride_row, 1.0 / static_cast<double>(divisor),
+                                      out.data_ptr(), rows, row_len, stream_of(local_grad)));
+}
+
+Tensor loss_backward(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
+                     int64_t divisor) {
+  const Tensor local_c = local_grad.contiguous();
+  Tensor out = at::empty_like(local_c);
+  loss_backward_into(local_c, grad_output, reduction, divisor, out);
+  return out;
+}
+
+void loss_backward_inplace(Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
+                           int64_t divisor) {
+  loss_backward_into(local_grad, grad_output, reduction, divisor, local_grad);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(vae_kernels, CUDA, m) {
+  m.impl("reparameterize", &reparameterize);
+  m.impl("reparameterize_backward", &reparameterize_backward);
+  m.impl("reparameterize_philox", &reparameterize_philox);
+  m.impl("reparameterize_philox_backward", &reparameterize_philox_backward);
+  m.impl("gaussian_kl", &gaussian_kl);
+  m.impl("bernoulli_nll", &bernoulli_nll);
+  m.impl("gaussian_nll", &gaussian_nll);
+  m.impl("squared_error", &squared_error);
+  m.impl("elbo", &elbo);
+  m.impl("loss_backward", &loss_backward);
+  m.impl("loss_backward_", &loss_backward_inplace);
+}
+
+}  // namespace vae_kernels::cuda
