@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 import torch
@@ -16,11 +15,13 @@ TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 def _kernels_unavailable_reason():
     if not TRITON_INSTALLED:
         return "triton is not installed"
-    if not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-        return "no GPU, and TRITON_INTERPRET=1 is not set"
-    from vae_kernels.triton import unavailable_reason
+    if HAS_CUDA:
+        return None
+    from vae_kernels.triton.device import INTERPRETER_HOWTO, triton_imported_for_interpreter
 
-    return unavailable_reason(DEVICE)
+    if not triton_imported_for_interpreter():
+        return "no GPU, and triton was not imported for the interpreter: " + INTERPRETER_HOWTO
+    return None  # conftest.py sets TRITON_INTERPRET=1 for each test
 
 
 KERNELS_UNAVAILABLE = _kernels_unavailable_reason()

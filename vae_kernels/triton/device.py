@@ -15,15 +15,18 @@ INTERPRETER_HOWTO = (
 )
 
 
-def interpreter_active() -> bool:
-    """True when Triton kernels run in the interpreter.
-
-    The environment variable alone is not enough: it must have been set when triton
-    was imported, or Triton's own library functions (``tl.randn``) stay compiled-only.
-    """
+def triton_imported_for_interpreter() -> bool:
+    """True when triton was imported with TRITON_INTERPRET=1 set, so that its kernels,
+    and Triton's own library functions (``tl.randn``), run in the interpreter."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    return os.environ.get("TRITON_INTERPRET") == "1" and isinstance(tl.randn, InterpretedFunction)
+    return isinstance(tl.randn, InterpretedFunction)
+
+
+def interpreter_active() -> bool:
+    """True when Triton kernels run on CPU tensors: TRITON_INTERPRET=1 is set, and was
+    set when triton was imported."""
+    return os.environ.get("TRITON_INTERPRET") == "1" and triton_imported_for_interpreter()
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:
