@@ -18,6 +18,23 @@ ROOT = Path(__file__).parent.resolve()
 LIBRARY_FILE = "libvae_kernels_C.so"
 
 
+def cuda_options(torch) -> list[str]:
+    """CMake options for the optional CUDA kernels (CMakeLists.txt decides and lists them).
+
+    Built when torch has CUDA and nvcc is found; VK_WITH_CUDA=0 turns them off. A CPU-only
+    torch gets VK_WITH_CUDA=OFF: nothing CUDA is looked for.
+    """
+    if torch.version.cuda is None or os.environ.get("VK_WITH_CUDA", "1") == "0":
+        return ["-DVK_WITH_CUDA=OFF"]
+    nvcc = shutil.which("nvcc")
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if nvcc is None and cuda_home and Path(cuda_home, "bin", "nvcc").exists():
+        nvcc = str(Path(cuda_home, "bin", "nvcc"))
+    if nvcc is None:
+        return ["-DVK_WITH_CUDA=ON"]  # CMake reports that no CUDA compiler was found
+    return ["-DVK_WITH_CUDA=ON", f"-DCMAKE_CUDA_COMPILER={nvcc}"]
+
+
 class CMakeExtension(Extension):
     def __init__(self, name: str) -> None:
         super().__init__(name, sources=[])
@@ -37,6 +54,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-DCMAKE_BUILD_TYPE={os.environ.get('VK_BUILD_TYPE', 'Release')}",
             f"-DPython_EXECUTABLE={sys.executable}",
+            *cuda_options(torch),
         ]
         subprocess.run(configure, cwd=build_dir, check=True)
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))

@@ -46,13 +46,13 @@ struct BernoulliProbsOp {
 struct GaussianFixedVarOp {
   static constexpr int kInputs = 2;  // mean, target
   static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
-  double inv_var;
+  double inv_std;  // exp(-logvar / 2)
   double half_log_norm;
   template <class V> VK_HOST_DEVICE V loss(const V* in) const {
-    return gaussian_nll_fixed_var(in[0], in[1], V(inv_var), V(half_log_norm));
+    return gaussian_nll_fixed_var(in[0], in[1], V(inv_std), V(half_log_norm));
   }
   template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
-    return gaussian_nll_fixed_var_and_grad(in[0], in[1], V(inv_var), V(half_log_norm), grad[0],
+    return gaussian_nll_fixed_var_and_grad(in[0], in[1], V(inv_std), V(half_log_norm), grad[0],
                                            grad[1]);
   }
 };
@@ -313,9 +313,10 @@ cudaError_t launch_loss(DType dtype, LossKind kind, double logvar_value,
     case LossKind::kBernoulliProbs:
       return run_loss(dtype, BernoulliProbsOp{}, buffers, stream);
     case LossKind::kGaussianFixedVar:
-      // exp(-lv) and the constant term once on the host, in float64 as on the CPU.
+      // exp(-lv/2) and the constant term once on the host, in float64 as on the CPU.
       return run_loss(dtype,
-                      GaussianFixedVarOp{std::exp(-logvar_value), 0.5 * (logvar_value + kLog2Pi)},
+                      GaussianFixedVarOp{std::exp(-0.5 * logvar_value),
+                                         0.5 * (logvar_value + kLog2Pi)},
                       buffers, stream);
     case LossKind::kGaussianLearnedVar:
       return run_loss(dtype, GaussianLearnedVarOp{}, buffers, stream);
