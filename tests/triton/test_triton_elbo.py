@@ -76,6 +76,7 @@ def test_gradcheck_elbo(likelihood, reduction):
     assert torch.autograd.gradcheck(elbo, leaves, fast_mode=reduction != "per_sample")
 
 
+@pytest.mark.filterwarnings("ignore:.*encountered in log:RuntimeWarning")  # numpy, in the interpreter
 def test_elbo_rejects_targets_outside_unit_interval():
     recon, x, mu, logvar = _inputs("bernoulli", (3, 7), (3, 2), torch.float32)
     with pytest.raises(ValueError, match="x must lie in \\[0, 1\\]"):

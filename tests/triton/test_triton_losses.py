@@ -134,6 +134,7 @@ def test_gradcheck_across_blocks(name):
     )
 
 
+@pytest.mark.filterwarnings("ignore:.*encountered in log:RuntimeWarning")  # numpy, in the interpreter
 @pytest.mark.parametrize("dtype", INTERPRETER_DTYPES, ids=str)
 def test_bernoulli_probs_matches_binary_cross_entropy_at_0_and_1(dtype):
     """PyTorch's -100 log clamp and 1e-12 gradient floor, at p exactly 0 and 1."""
@@ -220,6 +221,7 @@ def test_only_requested_gradients_are_computed():
     torch.testing.assert_close(local_logits, expected, **TOLERANCES[torch.float64])
 
 
+@pytest.mark.filterwarnings("ignore:.*encountered in log:RuntimeWarning")  # numpy, in the interpreter
 @pytest.mark.parametrize("logits", [True, False])
 def test_bernoulli_rejects_values_outside_unit_interval(logits):
     good = rand((3, 5), torch.float32, 1, 0.1, 0.9)
