@@ -406,16 +406,24 @@ def sizes_for(op: Op, device: str, quick: bool) -> list[Size]:
     return sizes
 
 
-def all_cases(device: str = "cpu", quick: bool = False, ops: Optional[list[str]] = None):
-    """Every case, grouped so a group (op, size, dtype) shares inputs and compiled code."""
+def all_cases(
+    device: str = "cpu",
+    quick: bool = False,
+    ops: Optional[list[str]] = None,
+    sizes: Optional[list[str]] = None,
+    dtypes: Optional[list[str]] = None,
+    modes: Optional[list[str]] = None,
+):
+    """Every case (or those with the given names), grouped so that a group (op, size,
+    dtype) shares inputs and compiled code."""
     cases = []
     for op in OPS:
-        if ops is not None and op.name not in ops:
-            continue
         for dtype_name in QUICK_DTYPES if quick else tuple(DTYPES):
             for size in sizes_for(op, device, quick):
                 for mode in MODES:
-                    cases.append(Case(op, size, dtype_name, mode))
+                    chosen = [(ops, op.name), (sizes, size.name), (dtypes, dtype_name), (modes, mode)]
+                    if all(names is None or name in names for names, name in chosen):
+                        cases.append(Case(op, size, dtype_name, mode))
     return cases
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import gc
 import math
+import os
 import platform
 import re
 import statistics
@@ -86,6 +87,53 @@ def environment(device: str) -> dict:
         "python_version": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+# ------------------------------------------------------------------ machine load
+
+# Other work on a 2-core machine stalls the timed threads for whole scheduler slices
+# (milliseconds), so the full run waits for the machine to be idle before timing a
+# case, and records how much CPU other processes used while it was timed.
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+class LoadMeter:
+    """Cores' worth of CPU time used by other processes between ``start`` and ``stop``."""
+
+    def __init__(self) -> None:
+        self.hz = os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> None:
+        self._busy, _ = _cpu_jiffies()
+        self._own = time.process_time()  # this process, all threads
+        self._wall = time.perf_counter()
+
+    def stop(self) -> float:
+        busy, _ = _cpu_jiffies()
+        wall = time.perf_counter() - self._wall
+        others = (busy - self._busy) / self.hz - (time.process_time() - self._own)
+        return max(0.0, others / max(wall, 1e-9))
+
+
+def wait_until_idle(max_wait_s: float, busy_cores: float = 0.2, probe_s: float = 0.3) -> float:
+    """Wait (at most ``max_wait_s``) until the whole machine uses less than
+    ``busy_cores`` cores; return the seconds waited."""
+    started = time.perf_counter()
+    hz = os.sysconf("SC_CLK_TCK")
+    while time.perf_counter() - started < max_wait_s:
+        busy_before, _ = _cpu_jiffies()
+        time.sleep(probe_s)
+        busy_after, _ = _cpu_jiffies()
+        if (busy_after - busy_before) / hz / probe_s < busy_cores:
+            break
+    return time.perf_counter() - started
 
 
 # ------------------------------------------------------------------ statistics
