@@ -177,6 +177,7 @@ def test_quick_run_rows_are_sane(quick_run):
             assert r["speedup_vs_compile"] == 1.0 and r["compile_seconds"] > 0, where
         assert isinstance(r["kernels_per_step"], int) and r["kernels_per_step"] >= 1, where
         assert r["peak_extra_bytes"] >= 0, where
+        assert 0 <= r["other_load_cores"] <= 16, where  # others' CPU use while timed
         if r["mode"] == "forward_backward":
             # The step returns its gradients, so their bytes were allocated inside it
             # (in "backward" they may reuse buffers the forward saved, as inductor's
