@@ -241,3 +241,29 @@ def test_empty_batch():
     assert vk.gaussian_kl(mu, mu, reduction="per_sample", backend="triton").shape == (0,)
     assert vk.gaussian_kl(mu, mu, reduction="sum", backend="triton").item() == 0.0
     assert vk.gaussian_kl(mu, mu, reduction="none", backend="triton").shape == (0, 4)
+
+
+@pytest.mark.skipif("cpu" not in vk.available_backends(), reason="the C++ extension is not built")
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy inf arithmetic, in the interpreter
+def test_extreme_values_match_the_cpu_kernels():
+    """The contract's stable forms (csrc/math): +inf, not NaN, for logits at +-inf;
+    the standardized residual in the Gaussian NLL and the prior KL (no inf * 0)."""
+    inf = float("inf")
+    logits = torch.tensor([[inf, -inf, inf, -inf, 3.0]])
+    target = torch.tensor([[0.5, 0.5, 1.0, 0.0, 0.2]])
+    mean, data = torch.tensor([[1.0, 1e20, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]])
+    logvar = torch.tensor([[-100.0, 100.0, 0.0]])
+
+    def cases(backend, device):
+        lg, tg, m, x, lv = (t.to(device) for t in (logits, target, mean, data, logvar))
+        return [
+            vk.bernoulli_nll(lg, tg, reduction="none", backend=backend),
+            vk.gaussian_nll(m, x, lv, reduction="none", backend=backend),
+            vk.gaussian_nll(m, x, -100.0, reduction="none", backend=backend),
+            vk.gaussian_kl(m, lv, x, lv, reduction="none", backend=backend),
+        ]
+
+    ours, theirs = cases("triton", DEVICE), cases("cpu", "cpu")
+    for result, expected in zip(ours, theirs):
+        torch.testing.assert_close(result.cpu(), expected, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert torch.isinf(ours[0][0, :2]).all()

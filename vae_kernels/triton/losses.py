@@ -135,9 +135,9 @@ def elementwise_loss_kernel(
         loss, grad0, grad1 = bernoulli_probs_nll_and_grad(a, b)
     elif KIND == GAUSSIAN_FIXED_VAR:
         logvar = tl.cast(fixed_logvar_hi, a.dtype) + tl.cast(fixed_logvar_lo, a.dtype)
-        inv_var = tl.exp(0.0 - logvar)  # once per program, not per element
+        inv_std = tl.exp(-0.5 * logvar)  # once per program, not per element
         half_log_norm = 0.5 * (logvar + LOG_2PI)
-        loss, grad0, grad1 = gaussian_nll_fixed_var_and_grad(a, b, inv_var, half_log_norm)
+        loss, grad0, grad1 = gaussian_nll_fixed_var_and_grad(a, b, inv_std, half_log_norm)
     elif KIND == GAUSSIAN_LEARNED_VAR:
         loss, grad0, grad1, grad2 = gaussian_nll_and_grad(a, b, c)
     else:

@@ -84,12 +84,16 @@ def gaussian_kl_std_normal_and_grad(mu, logvar):
 
 @triton.jit
 def gaussian_kl_and_grad(mu, logvar, prior_mu, prior_logvar):
-    """KL(N(mu, e^lv) || N(pm, e^plv)); returns (kl, d mu, d lv, d pm, d plv)."""
-    diff = mu - prior_mu
-    inv_prior_var = tl.exp(0.0 - prior_logvar)
+    """KL(N(mu, e^lv) || N(pm, e^plv)); returns (kl, d mu, d lv, d pm, d plv).
+
+    (mu - pm)^2 / e^plv is t*t with the standardized t = (mu - pm) e^(-plv/2), never
+    (mu - pm)^2 * e^-plv, which overflows to inf * 0 = NaN where the true value is finite.
+    """
+    inv_prior_std = tl.exp(-0.5 * prior_logvar)
+    t = (mu - prior_mu) * inv_prior_std
     ratio = tl.exp(logvar - prior_logvar)
-    scaled_sq = diff * diff * inv_prior_var
-    d_mu = diff * inv_prior_var
+    scaled_sq = t * t
+    d_mu = t * inv_prior_std
     d_prior_mu = 0.0 - d_mu
     d_logvar = 0.5 * (ratio - 1.0)
     d_prior_logvar = 0.5 * (1.0 - ratio - scaled_sq)
@@ -111,7 +115,10 @@ def bernoulli_logits_nll_and_grad(logits, target):
     sigmoid = tl.where(logits >= 0.0, inv, e * inv)
     d_logits = sigmoid - target
     d_target = 0.0 - logits
-    nll = maximum(logits, 0.0) - logits * target + log1p(e)
+    # max(l, 0) - l x as l (1 - x) for l >= 0 and -(l x) below: equal for finite l, and
+    # +inf rather than inf - inf = NaN at l = +-inf (as in PyTorch).
+    linear_part = tl.where(logits >= 0.0, logits * (1.0 - target), 0.0 - logits * target)
+    nll = linear_part + log1p(e)
     return nll, d_logits, d_target
 
 
@@ -133,22 +140,24 @@ def bernoulli_probs_nll_and_grad(probs, target):
 
 
 @triton.jit
-def gaussian_nll_fixed_var_and_grad(mean, target, inv_var, half_log_norm):
-    """0.5 (m - x)^2 / var + 0.5 (lv + log 2 pi), lv fixed; returns (nll, d m, d x)."""
-    diff = mean - target
-    d_mean = diff * inv_var
+def gaussian_nll_fixed_var_and_grad(mean, target, inv_std, half_log_norm):
+    """0.5 t^2 + 0.5 (lv + log 2 pi) with t = (m - x) e^(-lv/2), lv fixed; returns
+    (nll, d m = t e^(-lv/2), d x = -d m). The standardized residual t avoids the
+    inf * 0 = NaN of (m - x)^2 * e^-lv at extreme lv."""
+    t = (mean - target) * inv_std
+    d_mean = t * inv_std
     d_target = 0.0 - d_mean
-    nll = 0.5 * diff * diff * inv_var + half_log_norm
+    nll = 0.5 * t * t + half_log_norm
     return nll, d_mean, d_target
 
 
 @triton.jit
 def gaussian_nll_and_grad(mean, target, logvar):
-    """0.5 ((m - x)^2 e^-lv + lv + log 2 pi); returns (nll, d m, d x, d lv)."""
-    diff = mean - target
-    inv_var = tl.exp(0.0 - logvar)
-    scaled_sq = diff * diff * inv_var
-    d_mean = diff * inv_var
+    """0.5 (t^2 + lv + log 2 pi), t = (m - x) e^(-lv/2); returns (nll, d m, d x, d lv)."""
+    inv_std = tl.exp(-0.5 * logvar)
+    t = (mean - target) * inv_std
+    scaled_sq = t * t
+    d_mean = t * inv_std
     d_target = 0.0 - d_mean
     d_logvar = 0.5 * (1.0 - scaled_sq)
     nll = 0.5 * (scaled_sq + logvar + LOG_2PI)
