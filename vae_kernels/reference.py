@@ -25,6 +25,9 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 # PyTorch's binary_cross_entropy clamps each log term at -100 (aten/src/ATen/native/Loss.cpp).
 BCE_LOG_CLAMP = -100.0
+# ... and floors p*(1-p) at EPSILON = 1e-12 in its gradient, a float constant even in
+# float64 (so 1e-12 rounded to float32).
+BCE_GRAD_EPSILON = 9.999999960041972e-13
 
 
 def reduce_loss(elementwise: Tensor, reduction: str) -> Tensor:
@@ -38,7 +41,8 @@ def reduce_loss(elementwise: Tensor, reduction: str) -> Tensor:
     if reduction == "batchmean":
         return elementwise.sum() / elementwise.shape[0]
     if reduction == "per_sample":
-        return elementwise.reshape(elementwise.shape[0], -1).sum(dim=1)
+        # flatten, not reshape(B, -1): that is ambiguous (an error) for an empty batch.
+        return elementwise.flatten(1).sum(dim=1) if elementwise.dim() > 1 else elementwise
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
@@ -73,21 +77,26 @@ def bernoulli_nll_elementwise(input: Tensor, target: Tensor, logits: bool = True
     of 0.5 - x), and at l = +-inf the value is +inf where the true value is (NaN only
     for the limits 0 * inf: l = +inf with x = 1, l = -inf with x = 0).
 
-    From probabilities: ``F.binary_cross_entropy`` (each log clamped at -100; gradient
-    ``(p - x) / max(p*(1-p), 1e-12)``, finite at p = 0 and 1), and as the target's
-    gradient the derivative of that clamped loss, ``max(log(1-p), -100) - max(log p,
-    -100)`` (torch's own is the unclamped ``log(1-p) - log(p)``, +-inf at p = 0 or 1).
+    From probabilities: as ``F.binary_cross_entropy``, each log clamped at -100 and the
+    gradient ``(p - x) / max(p*(1-p), 1e-12)`` (finite at p = 0 and 1, where autograd
+    through the clamped logs gives 0 * inf = NaN); the target's gradient is the
+    derivative of that clamped loss, ``max(log(1-p), -100) - max(log p, -100)`` (torch's
+    own is the unclamped ``log(1-p) - log(p)``, +-inf at p = 0 or 1). NaN propagates.
     """
     if logits:
         return -(1.0 - target) * F.logsigmoid(-input) - target * F.logsigmoid(input)
-    loss = F.binary_cross_entropy(input, target.detach(), reduction="none")
-    if target.requires_grad and torch.is_grad_enabled():
-        with torch.no_grad():
-            log_p = torch.clamp_min(torch.log(input), BCE_LOG_CLAMP)
-            log_1mp = torch.clamp_min(torch.log1p(-input), BCE_LOG_CLAMP)
-        # Adds zero to the value and d loss / d target to the gradient.
-        loss = loss + (target - target.detach()) * (log_1mp - log_p)
-    return loss
+    p, x = input.detach(), target.detach()
+    log_p = torch.clamp_min(torch.log(p), BCE_LOG_CLAMP)
+    log_1mp = torch.clamp_min(torch.log1p(-p), BCE_LOG_CLAMP)
+    loss = -(x * log_p + (1.0 - x) * log_1mp)
+    if not torch.is_grad_enabled() or not (input.requires_grad or target.requires_grad):
+        return loss
+    # The gradients written out (F.binary_cross_entropy itself refuses NaN, which must
+    # propagate here); each term adds zero to the value and its gradient to the graph.
+    wide = torch.promote_types(p.dtype, torch.float32)  # 1e-12 underflows in float16
+    d_input = ((p - x).to(wide) / torch.clamp_min((p * (1.0 - p)).to(wide), BCE_GRAD_EPSILON))
+    d_target = log_1mp - log_p
+    return loss + (input - p) * d_input.to(p.dtype) + (target - x) * d_target
 
 
 def gaussian_nll_elementwise(

@@ -19,7 +19,9 @@
 namespace vae_kernels {
 
 constexpr double kBceLogClamp = -100.0;
-constexpr double kBceGradEpsilon = 1e-12;
+// PyTorch's EPSILON is applied as a float even in float64 (1e-12f = 9.9999999600e-13),
+// so the float64 gradient at p < 1e-12 equals torch's only with the same constant.
+constexpr double kBceGradEpsilon = static_cast<double>(1e-12f);
 
 template <typename V>
 VK_INLINE V bernoulli_logits_linear_part(V logits, V target) {  // max(l, 0) - l*x

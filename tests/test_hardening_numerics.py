@@ -1,0 +1,329 @@
+"""Numerical extremes: every op at the edges of its inputs' ranges, against the float64
+oracle (vae_kernels.reference on the same rounded inputs) and against PyTorch's own
+functions where the true value is infinite or undefined.
+
+The behaviour these tests pin down (also in the vae_kernels.functional docstring):
+
+- Where the float64 oracle is finite and inside the dtype's range, value and gradient
+  match it within the dtype's tolerance: logits at +-1e4, probabilities exactly 0 and 1,
+  logvar at +-100 (where exp(logvar) alone overflows float32), a zero residual at
+  logvar -100, mu at 1e20 against a prior of logvar +100, float16/bfloat16 values near
+  their range limits.
+- Where the true value is beyond the dtype's range the result is +-inf (as in torch).
+- Probabilities: each log is clamped at -100 and the input gradient is
+  (p - x) / max(p(1-p), 1e-12), exactly F.binary_cross_entropy; the target gradient is
+  the derivative of that clamped loss, max(log(1-p), -100) - max(log p, -100) (+-100 at
+  p = 0 or 1, where torch's unclamped formula gives +-inf).
+- Logits +inf: the loss is +inf for x < 1 and NaN for x = 1, as in
+  F.binary_cross_entropy_with_logits; logits -inf: +inf for x > 0 (torch: NaN) and NaN
+  for x = 0. Gradients at +-inf are finite (sigmoid(l) - x; -l for the target).
+- NaN in any input propagates to exactly the outputs and gradients that depend on it
+  (the [0, 1] range check lets NaN through rather than raising).
+- float32 intermediates: exp(logvar) overflows for logvar > 88.72 even where
+  0.5*exp(logvar) would fit; torch's float32 formulas overflow the same way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vae_kernels as vk
+
+from conftest import TOLERANCES, assert_close_to_oracle
+
+INF, NAN = float("inf"), float("nan")
+BACKENDS = [b for b in ("cpu", "torch") if b in vk.available_backends()]
+requires_cpu = pytest.mark.skipif("cpu" not in BACKENDS, reason="the C++ extension is not built")
+
+
+def _run(call, tensors: dict, dtype, backend, reduction="none", grads=None, upstream=None):
+    """Value and gradients of ``call`` on ``tensors`` rounded to ``dtype`` (and, for the
+    oracle, then converted to float64)."""
+    grads = list(tensors) if grads is None else grads
+    leaves = {k: v.to(dtype).requires_grad_(k in grads) for k, v in tensors.items()}
+    out = call(**leaves, reduction=reduction, backend=backend)
+    up = torch.ones_like(out) if upstream is None else upstream.to(out.dtype)
+    gs = torch.autograd.grad(out, [leaves[k] for k in grads], up)
+    return out.detach(), dict(zip(grads, gs))
+
+
+def check_against_oracle(call, tensors, dtype, backend, reduction="none", grads=None):
+    out, gs = _run(call, tensors, dtype, backend, reduction, grads)
+    rounded = {k: v.to(dtype).double() for k, v in tensors.items()}
+    up = torch.ones_like(out)
+    out64, gs64 = _run(call, rounded, torch.float64, "torch", reduction, grads, up)
+    assert out.dtype == dtype
+    assert_close_to_oracle(out, out64, dtype)
+    for name in gs:
+        assert_close_to_oracle(gs[name], gs64[name], dtype)
+
+
+def _kl(mu, logvar, prior_mu=None, prior_logvar=None, **kw):
+    return vk.gaussian_kl(mu, logvar, prior_mu, prior_logvar, **kw)
+
+
+def _bce_logits(input, target, **kw):
+    return vk.bernoulli_nll(input, target, **kw)
+
+
+def _bce_probs(input, target, **kw):
+    return vk.bernoulli_nll(input, target, logits=False, **kw)
+
+
+def _gnll(input, target, logvar=None, **kw):
+    return vk.gaussian_nll(input, target, 0.0 if logvar is None else logvar, **kw)
+
+
+def _gnll_fixed(value):
+    def call(input, target, **kw):
+        return vk.gaussian_nll(input, target, value, **kw)
+
+    return call
+
+
+def t(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+# Extremes whose true value is finite, or beyond the dtype's range (then inf).
+WIDE_CASES = {
+    "kl_std_normal": (_kl, {
+        "mu": t(0, 0, 1e20, -1e20, 3, 0, 1e-30, 0),
+        "logvar": t(100, -100, 0, 0, 80, -80, 0, 88.0)}),
+    "kl_prior": (_kl, {
+        "mu": t(0, 1e20, 0, 1e20, 5, 0, 3),
+        "logvar": t(-100, 0, 100, 0, -100, 50, 1e-4),
+        "prior_mu": t(0, 0, 0, 1e20, 5, 1e-20, 3),
+        "prior_logvar": t(-100, 100, 100, 0, -100, -50, -100)}),
+    "bce_logits": (_bce_logits, {
+        "input": t(-1e4, -1e4, 1e4, 1e4, -100, 100, 0, 0, -87.5, 88.5, 1e4, -1e4),
+        "target": t(0, 1, 0, 1, 0, 1, 0.5, 0, 0.25, 0.75, 0.5, 0.5)}),
+    "bce_probs": (_bce_probs, {  # gradients at p = 0, 1: second oracle below
+        "input": t(1e-30, 1 - 1e-7, 0.5, 1e-10, 0.999, 3e-38, 1 - 2**-24),
+        "target": t(1, 0, 0.5, 1, 0, 0, 1)}),
+    "gaussian_nll_learned": (_gnll, {
+        "input": t(0, 1, 1e20, 0, 1e-3, -1e15, 1e30),
+        "target": t(0, 1, 0, 0, 0, 1e15, 1e30),
+        "logvar": t(-100, -100, 100, 100, -60, 60, 0)}),
+    "gaussian_nll_fixed_minus100": (_gnll_fixed(-100.0), {
+        "input": t(0, 1, 1e-30, -2e-25), "target": t(0, 1, 0, 0)}),
+    "gaussian_nll_fixed_plus100": (_gnll_fixed(100.0), {
+        "input": t(0, 1e20, -1e25, 3e18), "target": t(0, 0, 0, -3e18)}),
+    "mse": (vk.mse_loss, {"input": t(1e20, 1e19, -1e-30, 3e38), "target": t(0, -1e19, 1e-30, 0)}),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["none", "sum", "per_sample"])
+@pytest.mark.parametrize("case", list(WIDE_CASES))
+def test_extremes_match_float64_oracle(case, reduction, dtype, backend):
+    call, tensors = WIDE_CASES[case]
+    if backend == "torch" and dtype == torch.bfloat16:
+        pytest.skip("eager torch rounds every intermediate to bfloat16")
+    # As a batch of one row, so per_sample sums the extremes together.
+    tensors = {k: v.unsqueeze(0) for k, v in tensors.items()}
+    check_against_oracle(call, tensors, dtype, backend, reduction)
+
+
+# float16 near its range limits (max 65504, smallest subnormal 6e-8).
+HALF_CASES = {
+    "kl_std_normal": (_kl, {"mu": t(60000, -250, 1e-4, 0, 300), "logvar": t(11, -17, 0, 10.5, 0)}),
+    "kl_prior": (_kl, {"mu": t(200, 0, 1), "logvar": t(5, -10, 0),
+                       "prior_mu": t(-200, 0, 1), "prior_logvar": t(10, -10, -10)}),
+    "bce_logits": (_bce_logits, {"input": t(65504, -65504, 60000, -11, 11, 0),
+                                 "target": t(0, 1, 1, 0, 1, 0.5)}),
+    "bce_probs": (_bce_probs, {"input": t(6e-8, 1 - 2**-11, 0.5, 2**-14),
+                               "target": t(1, 0, 1, 0)}),
+    "gaussian_nll_learned": (_gnll, {"input": t(1e-3, 100, 0, 3), "target": t(0, -100, 0, 3),
+                                     "logvar": t(-11, 10, -15, 0)}),
+    "mse": (vk.mse_loss, {"input": t(180, -250, 6e-8), "target": t(-1, 0, 0)}),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize("case", list(HALF_CASES))
+def test_float16_near_range_limits(case, reduction, backend):
+    call, tensors = HALF_CASES[case]
+    dtype = torch.float16
+    if backend == "torch":
+        dtype = torch.float32  # the same inputs; eager float16 rounds every intermediate
+    check_against_oracle(call, {k: v.unsqueeze(0) for k, v in tensors.items()}, dtype,
+                         backend, reduction)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_logit_gradient_is_exact_at_the_extremes(backend, dtype):
+    """d/dl = sigmoid(l) - x exactly: -x at l = -1e4 (not 0/0), 1 - x at +1e4, and
+    0.5 - x at l = 0 exactly (where max(l, 0) + log1p(exp(-|l|)) differentiated by
+    autograd gives 1 - x: a bug the reference backend had)."""
+    l = torch.tensor([[-1e4, -1e4, 1e4, 1e4, 0.0, 0.0, 0.0]], dtype=dtype, requires_grad=True)
+    x = torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.5, 0.0, 1.0]], dtype=dtype, requires_grad=True)
+    out = vk.bernoulli_nll(l, x, reduction="sum", backend=backend)
+    out.backward()
+    assert torch.equal(l.grad, torch.tensor([[0.0, -1.0, 1.0, 0.0, 0.0, 0.5, -0.5]], dtype=dtype))
+    assert torch.equal(x.grad, -l.detach())
+    assert out.item() == pytest.approx(1e4 + 1e4 + 3 * math.log(2), rel=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_infinite_logits_follow_pytorch(backend, dtype):
+    l = torch.tensor([INF, INF, INF, -INF, -INF, -INF], dtype=dtype)
+    x = torch.tensor([0.0, 0.5, 1.0, 0.0, 0.5, 1.0], dtype=dtype)
+    ll, xx = l.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = vk.bernoulli_nll(ll, xx, reduction="none", backend=backend)
+    ours.sum().backward()
+    tl, tx = l.clone().requires_grad_(), x.clone().requires_grad_()
+    theirs = F.binary_cross_entropy_with_logits(tl, tx, reduction="none")
+    theirs.sum().backward()
+    # +inf: the same as torch (inf, inf, NaN for 0 * inf).
+    torch.testing.assert_close(ours[:3].detach(), theirs[:3].detach(), equal_nan=True)
+    # -inf: the true value +inf for x > 0 where torch gives NaN; NaN (0 * inf) for x = 0.
+    assert ours[3].isnan() and ours[4] == INF and ours[5] == INF
+    # Gradients are finite and equal torch's: sigmoid(l) - x and -l.
+    torch.testing.assert_close(ll.grad, tl.grad)
+    torch.testing.assert_close(xx.grad, tx.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_probabilities_exactly_zero_and_one_match_binary_cross_entropy(backend, dtype):
+    p = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1e-45 if dtype == torch.float32 else 1e-300],
+                     dtype=dtype)
+    x = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.5, 0.3, 1.0], dtype=dtype)
+    a, xa = p.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = vk.bernoulli_nll(a, xa, logits=False, reduction="none", backend=backend)
+    ours.sum().backward()
+    b = p.clone().requires_grad_()
+    theirs = F.binary_cross_entropy(b, x, reduction="none")
+    theirs.sum().backward()
+    torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0)  # +-1e12, never NaN
+    log_p = torch.log(p.double()).clamp_min(-100)
+    log_1mp = torch.log1p(-p.double()).clamp_min(-100)
+    torch.testing.assert_close(xa.grad.double(), log_1mp - log_p, rtol=1e-6, atol=1e-6)
+    assert xa.grad.isfinite().all()
+
+
+def _nan_cases():
+    shape = (3, 5)
+    g = torch.Generator().manual_seed(0)
+    r = lambda: torch.rand(shape, generator=g, dtype=torch.float64)  # noqa: E731
+    n = lambda: torch.randn(shape, generator=g, dtype=torch.float64)  # noqa: E731
+    return {
+        "kl_std_normal": (_kl, {"mu": n(), "logvar": n()}),
+        "kl_prior": (_kl, {"mu": n(), "logvar": n(), "prior_mu": n(), "prior_logvar": n()}),
+        "bce_logits": (_bce_logits, {"input": n() * 5, "target": r()}),
+        "bce_probs": (_bce_probs, {"input": r(), "target": r()}),
+        "gaussian_nll_learned": (_gnll, {"input": n(), "target": n(), "logvar": n()}),
+        "mse": (vk.mse_loss, {"input": n(), "target": n()}),
+    }
+
+
+NAN_CASES = _nan_cases()
+NAN_PARAMS = [(c, name) for c, (_, ts) in NAN_CASES.items() for name in ts]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case,nan_input", NAN_PARAMS, ids=[f"{c}-{n}" for c, n in NAN_PARAMS])
+def test_nan_propagates_to_exactly_what_depends_on_it(case, nan_input, dtype, backend):
+    call, tensors = NAN_CASES[case]
+    tensors = {k: v.clone() for k, v in tensors.items()}
+    tensors[nan_input][1, 3] = NAN
+    per_element, gs = _run(call, tensors, dtype, backend, "none")
+    nan_at = torch.zeros(3, 5, dtype=torch.bool)
+    nan_at[1, 3] = True
+    assert torch.equal(per_element.isnan(), nan_at)
+    per_row, _ = _run(call, tensors, dtype, backend, "per_sample")
+    assert torch.equal(per_row.isnan(), torch.tensor([False, True, False]))
+    total, _ = _run(call, tensors, dtype, backend, "batchmean")
+    assert total.isnan()
+    # Gradients: NaN exactly where the float64 oracle's are (a gradient that does not
+    # depend on the NaN input, like d/dtarget = -logits, stays finite), never elsewhere.
+    rounded = {k: v.to(dtype).double() for k, v in tensors.items()}
+    _, gs64 = _run(call, rounded, torch.float64, "torch", "none")
+    for name, grad in gs.items():
+        assert not grad[~nan_at].isnan().any(), name
+        assert torch.equal(grad.isnan(), gs64[name].isnan()), name
+    assert any(grad[1, 3].isnan() for grad in gs.values())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_through_elbo_and_sampling(backend):
+    recon, x = torch.zeros(2, 4), torch.full((2, 4), 0.5)
+    mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)
+    mu[1, 2] = NAN
+    per_row = vk.elbo_loss(recon, x, mu, logvar, reduction="per_sample", backend=backend)
+    assert torch.equal(per_row.isnan(), torch.tensor([False, True]))
+    z = vk.reparameterize(mu, logvar, torch.ones(2, 3), backend=backend)
+    assert torch.equal(z.isnan(), mu.isnan())
+    x[0, 0] = NAN  # a NaN target passes the [0, 1] check and propagates
+    per_row = vk.elbo_loss(recon, x, torch.zeros(2, 3), logvar, reduction="per_sample",
+                           backend=backend)
+    assert torch.equal(per_row.isnan(), torch.tensor([True, False]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_reparameterize_at_extremes(backend, dtype):
+    if backend == "torch" and dtype == torch.bfloat16:
+        pytest.skip("eager torch rounds every intermediate to bfloat16")
+    mu = t(0, 1e20, 0, -3, 1e-30, 0)
+    logvar = t(100, 0, -100, 80, -100, 170)
+    eps = torch.stack([t(1, 1, -1, 0.5, 1, -2), t(-3, 0, 2, 1, 0, 0.25)])
+
+    def call(mu, logvar, eps, reduction, backend):
+        return vk.reparameterize(mu, logvar, eps, num_samples=2, backend=backend)
+
+    check_against_oracle(call, {"mu": mu, "logvar": logvar, "eps": eps}, dtype, backend,
+                         grads=["mu", "logvar"])
+
+
+@requires_cpu
+def test_float32_exp_overflow_window_matches_torch():
+    """Documented limit: exp(logvar) overflows float32 for logvar > 88.72 though
+    0.5*exp(logvar) would fit up to 89.4; torch's float32 formula does the same."""
+    mu = torch.zeros(1, 3)
+    logvar = torch.tensor([[88.7, 88.8, 89.3]], requires_grad=True)
+    ours = vk.gaussian_kl(mu, logvar, reduction="none", backend="cpu")
+    torch_fp32 = 0.5 * (mu * mu + torch.exp(logvar) - 1 - logvar)
+    assert torch.equal(ours.isinf(), torch_fp32.isinf())
+    assert ours[0, 0].isfinite() and ours[0, 1:].isinf().all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kl_logvar_gradient_near_zero_has_float32_absolute_error(backend):
+    """exp(lv) - 1 near lv = 0 cancels in float32 (as torch's float32 does): the
+    gradient 0.5*(exp(lv) - 1) has an absolute error of about one float32 ULP of 1,
+    not a relative one. An expm1-based formula would remove it (see the report)."""
+    lv = torch.linspace(-1e-3, 1e-3, 101).reshape(1, -1).requires_grad_()
+    vk.gaussian_kl(torch.zeros_like(lv), lv, reduction="sum", backend=backend).backward()
+    true = 0.5 * torch.expm1(lv.detach().double())
+    err = (lv.grad.double() - true).abs()
+    assert err.max() <= 1.5 * 2**-24, err.max()  # half an ULP of 1 times 0.5, plus rounding
+
+
+@requires_cpu
+@pytest.mark.skip(
+    reason="KNOWN BUG (ops.py/loss ops design): float16 local gradients are stored in "
+    "float16 before the upstream gradient and 1/divisor are applied, so a local gradient "
+    "above 65504 becomes inf though the final gradient is finite. Needs float32 "
+    "local-gradient buffers for float16 (or scaling by 1/divisor in the forward), "
+    "which changes ops.py; see the hardening report."
+)
+def test_float16_gradient_finite_when_only_the_local_gradient_overflows():
+    mu = torch.zeros(4, 1, dtype=torch.float16, requires_grad=True)
+    lv = torch.full((4, 1), 12.0, dtype=torch.float16, requires_grad=True)
+    vk.gaussian_kl(mu, lv, reduction="batchmean", backend="cpu").backward()
+    # True gradient: 0.5 * (exp(12) - 1) / 4 = 20344.2, inside float16's range.
+    assert lv.grad.isfinite().all()
+    torch.testing.assert_close(lv.grad.double(), torch.full((4, 1), 20344.22, dtype=torch.float64),
+                               **TOLERANCES[torch.float16])
