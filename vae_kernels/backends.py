@@ -1,16 +1,18 @@
 """Which implementation runs a call: the ``backend=`` argument of the public API.
 
-Every backend is an object (a module or an ``ops.OpsBackend``) exposing the same six functions (``reparameterize``,
-``gaussian_kl``, ``bernoulli_nll``, ``gaussian_nll``, ``mse_loss``, ``elbo_loss``)
-with already-validated arguments:
+Every backend is an object (a module or an ``ops.OpsBackend``) exposing the same six
+functions (``reparameterize``, ``gaussian_kl``, ``bernoulli_nll``, ``gaussian_nll``,
+``mse_loss``, ``elbo_loss``), called with already-validated arguments:
 
 - ``"torch"``: ``vae_kernels.reference``, eager PyTorch (also the test oracle).
-- ``"cpu"``: ``vae_kernels.ops.cpu``, the C++ kernels registered as torch custom ops.
+- ``"cpu"``: ``vae_kernels.ops.cpu``, the C++ kernels for CPU tensors.
+- ``"cuda"``: ``vae_kernels.ops.cuda``, the C++ CUDA kernels (the same ops; built only
+  against a CUDA torch with nvcc present).
 - ``"triton"``: ``vae_kernels.triton.backend``, the Triton kernels: CUDA tensors, or
   CPU tensors through the Triton interpreter (``TRITON_INTERPRET=1`` set before triton
   is imported; an error otherwise).
-- ``"auto"``: ``"cpu"`` for CPU tensors when the extension is built, ``"triton"`` for
-  CUDA tensors when triton is installed, else ``"torch"``.
+- ``"auto"``: for CPU tensors ``"cpu"``; for CUDA tensors ``"triton"``, else ``"cuda"``;
+  ``"torch"`` where none of them can run.
 """
 
 from __future__ import annotations
@@ -18,25 +20,36 @@ from __future__ import annotations
 import importlib.util
 import os
 from types import ModuleType
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 
 from . import reference
 
 if TYPE_CHECKING:
-    from . import ops
+    from .ops import OpsBackend
 
-BACKENDS = ("auto", "cpu", "torch", "triton", "cuda")
+BACKENDS = ("auto", "cpu", "cuda", "triton", "torch")
 
-# Whether triton can be imported (found without importing it: see _triton_unavailable_reason).
+# Found without importing triton: see _triton_unavailable_reason.
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
-def _native_ops() -> "ops.OpsBackend | None":
+def _native_unavailable_reason(device_type: str) -> Optional[str]:
+    """Why the C++ kernels cannot run on ``device_type`` tensors, or None if they can."""
     from . import ops  # imported lazily: it loads the compiled library
 
-    return ops.cpu if ops.LIBRARY_ERROR is None else None
+    if ops.LIBRARY_ERROR is not None:
+        return (
+            f"the compiled vae_kernels extension failed to load: {ops.LIBRARY_ERROR}. "
+            "Reinstall with `pip install --no-build-isolation .`"
+        )
+    if device_type == "cuda" and not ops.has_cuda_kernels():
+        return (
+            "the extension was built without its CUDA kernels (CPU-only torch, or no nvcc at "
+            "build time); rebuild with a CUDA torch and nvcc on PATH"
+        )
+    return None
 
 
 def _triton_unavailable_reason(device: torch.device) -> Optional[str]:
@@ -55,58 +68,51 @@ def _triton_unavailable_reason(device: torch.device) -> Optional[str]:
     return triton_backend.unavailable_reason(device)
 
 
-def _triton_ops(device: torch.device) -> "ops.OpsBackend":
-    reason = _triton_unavailable_reason(device)
-    if reason is not None:
-        raise RuntimeError(f"backend='triton' cannot run on {device} tensors: {reason}")
-    from . import triton as triton_backend
+def _backend_object(name: str) -> "Union[ModuleType, OpsBackend]":
+    if name == "torch":
+        return reference
+    if name == "triton":
+        from . import triton as triton_backend
 
-    return triton_backend.backend
+        return triton_backend.backend
+    from . import ops
+
+    return ops.cpu if name == "cpu" else ops.cuda
+
+
+def _unavailable_reason(name: str, device: torch.device) -> Optional[str]:
+    """Why backend ``name`` cannot run on ``device`` tensors, or None if it can."""
+    if name == "torch":
+        return None
+    if name == "triton":
+        return _triton_unavailable_reason(device)
+    if device.type != name:  # "cpu" and "cuda" run on tensors of their own device type
+        return f"it runs on {name.upper()} tensors; move them with .to('{name}') or use backend='auto'"
+    return _native_unavailable_reason(name)
 
 
 def available_backends() -> list[str]:
     """The backends that can run on this machine (``"auto"`` excluded)."""
-    names = ["torch"]
-    if _native_ops() is not None:
-        names.insert(0, "cpu")
-    triton_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if _triton_unavailable_reason(triton_device) is None:
-        names.insert(-1, "triton")
-    return names
+    cuda = torch.device("cuda") if torch.cuda.is_available() else None
+    triton_device = cuda or torch.device("cpu")
+    candidates = [("cpu", torch.device("cpu")), ("cuda", cuda), ("triton", triton_device)]
+    names = [n for n, d in candidates if d is not None and _unavailable_reason(n, d) is None]
+    return names + ["torch"]
 
 
-def resolve(backend: str, device: torch.device) -> "ModuleType | ops.OpsBackend":
-    """The backend module for ``backend`` and tensors on ``device``, or a clear error."""
+def resolve(backend: str, device: torch.device) -> "Union[ModuleType, OpsBackend]":
+    """The backend object for ``backend`` and tensors on ``device``, or a clear error."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return reference
     if backend == "auto":
-        native = _native_ops()
-        if device.type == "cpu" and native is not None:
-            return native
-        if device.type == "cuda" and _triton_unavailable_reason(device) is None:
-            return _triton_ops(device)
+        preference = {"cpu": ["cpu"], "cuda": ["triton", "cuda"]}.get(device.type, [])
+        for name in preference:
+            if _unavailable_reason(name, device) is None:
+                return _backend_object(name)
         return reference
-    if backend == "triton":
-        return _triton_ops(device)
-    if backend == "cpu":
-        native = _native_ops()
-        if native is None:
-            from . import ops
-
-            raise RuntimeError(
-                "backend='cpu' needs the compiled vae_kernels extension, which failed to "
-                f"load: {ops.LIBRARY_ERROR}. Reinstall with "
-                "`pip install --no-build-isolation .`, or use backend='torch'."
-            )
-        if device.type != "cpu":
-            raise ValueError(
-                f"backend='cpu' runs on CPU tensors, but the tensors are on {device}; "
-                "use backend='auto' or move them with .cpu()"
-            )
-        return native
-    raise RuntimeError(
-        f"backend={backend!r} is not available in this version of vae_kernels; "
-        f"available: {available_backends()}"
-    )
+    reason = _unavailable_reason(backend, device)
+    if reason is None:
+        return _backend_object(backend)
+    if backend in ("cpu", "cuda") and device.type != backend:
+        raise ValueError(f"backend={backend!r} cannot run on {device} tensors: {reason}")
+    raise RuntimeError(f"backend={backend!r} cannot run on {device} tensors: {reason}")

@@ -194,7 +194,15 @@ class OpsBackend:
         return loss, recon_nll, kl
 
 
-cpu = OpsBackend("vae_kernels")
+# One set of ops for both devices: the dispatcher picks the CPU or the CUDA kernels.
+cpu = cuda = OpsBackend("vae_kernels")
+
+
+def has_cuda_kernels() -> bool:
+    """Whether the compiled library has CUDA kernels (built against a CUDA torch)."""
+    return LIBRARY_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "vae_kernels::elbo", "CUDA"
+    )
 
 
 # ---------------------------------------------------------------- registrations
