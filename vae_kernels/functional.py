@@ -109,7 +109,7 @@ def reparameterize(
         num_samples: K, to draw K samples per element; the result has shape
             ``(K, *mu.shape)``. None for a single sample of shape ``mu.shape``.
         generator: torch generator the noise seed is drawn from, when ``eps`` is None.
-        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"`` (``vae_kernels.backends``).
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
 
     Returns:
         z, differentiable with respect to ``mu`` and ``logvar``.
@@ -160,7 +160,7 @@ def gaussian_kl(
         prior_mu, prior_logvar: optional prior parameters broadcastable to ``mu``.
         reduction: ``"none"`` (elementwise), ``"sum"``, ``"mean"`` (over all
             elements), ``"batchmean"`` (sum / B) or ``"per_sample"`` (shape (B,)).
-        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"`` (``vae_kernels.backends``).
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
     _check_float_tensor("mu", mu)
     _check_float_tensor("logvar", logvar)
@@ -192,7 +192,7 @@ def bernoulli_nll(
             ``F.binary_cross_entropy`` does, so the two agree for every reduction).
         target: same shape, values in [0, 1] (soft targets allowed).
         reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
-        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"`` (``vae_kernels.backends``).
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
 
     Values outside [0, 1] (probabilities or targets) raise ValueError; the C++
     kernels check this inside the same pass that computes the loss.
@@ -237,7 +237,7 @@ def gaussian_nll(
         logvar: the log-variance: a float (fixed variance), or a tensor broadcastable
             to ``input`` (learned variance; it receives gradients).
         reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
-        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"`` (``vae_kernels.backends``).
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
     _check_float_tensor("input", input)
     _check_float_tensor("target", target)
@@ -268,7 +268,7 @@ def mse_loss(
     Args:
         input, target: tensors of the same shape.
         reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
-        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"`` (``vae_kernels.backends``).
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
     _check_float_tensor("input", input)
     _check_float_tensor("target", target)
@@ -305,7 +305,7 @@ def elbo_loss(
             ``"per_sample"`` (shape (B,)).
         return_components: also return the reconstruction NLL and the KL, reduced
             the same way (computed in the same pass).
-        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"`` (``vae_kernels.backends``).
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
 
     ``elbo_loss(recon, x, mu, logvar, likelihood="bernoulli_probs", reduction="sum")``
     is the ``loss_function`` of pytorch/examples ``vae/main.py``.
