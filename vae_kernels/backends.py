@@ -87,7 +87,7 @@ def _unavailable_reason(name: str, device: torch.device) -> Optional[str]:
     if name == "triton":
         return _triton_unavailable_reason(device)
     if device.type != name:  # "cpu" and "cuda" run on tensors of their own device type
-        return f"it runs on {name.upper()} tensors; move them with .to('{name}') or use backend='auto'"
+        return f"it runs on {name.upper()} tensors; move them with .to('{name}'), or use 'auto'"
     return _native_unavailable_reason(name)
 
 
