@@ -3,6 +3,26 @@
 Every function validates its arguments here, once, with errors that name the
 argument, what was expected and what was given; the backends
 (``vae_kernels.backends``) receive only valid input.
+
+Numerics at the extremes (every backend; tests/test_hardening_numerics.py):
+
+- Where the true value (the float64 formula on the same rounded inputs) is finite and
+  fits the dtype, the result matches it, also at logits +-1e4, probabilities exactly
+  0 or 1, logvar +-100 and mu 1e20; beyond the dtype's range it is +-inf, as in torch.
+  float16/bfloat16/float32 compute in float32, so exp(logvar) overflows for
+  logvar > 88.72 even where 0.5*exp(logvar) would still fit (as torch's float32 does).
+- Probabilities: each log is clamped at -100 and the input gradient is
+  ``(p - x) / max(p*(1-p), 1e-12)``, exactly ``F.binary_cross_entropy``; the target's
+  gradient is the derivative of that clamped loss (finite at p = 0 and 1, where torch
+  returns +-inf).
+- Logits +-inf: +inf where the true value is (x < 1 at +inf, as torch; x > 0 at -inf,
+  where torch gives NaN), NaN for the 0*inf limits (x = 1 at +inf, x = 0 at -inf);
+  gradients stay finite (``sigmoid(l) - x``, ``-l``).
+- NaN in an input propagates to every output and gradient that depends on it and to
+  nothing else; the [0, 1] range checks let NaN through rather than raise.
+- float16 caveat: local gradients are stored in float16 before the upstream gradient
+  and the reduction's 1/divisor are applied, so one above 65504 becomes inf even where
+  the final gradient would fit.
 """
 
 from __future__ import annotations
@@ -40,6 +60,8 @@ def _check_float_tensor(name: str, t: object) -> Tensor:
             f"{name} must be a floating-point tensor (float32, float64, float16 or "
             f"bfloat16), got dtype {t.dtype}"
         )
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
     return t
 
 
