@@ -76,8 +76,6 @@ def test_train_resume_evaluate(small_npz, tmp_path, capsys):
                 "3",
                 "--batch-size",
                 "64",
-                "--latent-dim",
-                "8",
                 "-o",
                 str(out),
                 "--resume",
@@ -86,6 +84,8 @@ def test_train_resume_evaluate(small_npz, tmp_path, capsys):
         )
         == 0
     )
+    # No --latent-dim this time: the architecture comes from the checkpoint.
+    assert "model options taken from the checkpoint" in capsys.readouterr().out
     history = json.loads((out / "metrics.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
