@@ -40,21 +40,21 @@ from conftest import TOLERANCES
 settings.register_profile(
     "ci",
     derandomize=True,
-    max_examples=200,
+    max_examples=600,
     deadline=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
     "long",
-    max_examples=3000,
+    max_examples=5000,
     deadline=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 PROFILE = os.environ.get("VK_HYPOTHESIS_PROFILE", "ci")
 # Per-test example counts are relative to the profile's (see _examples).
-_BASE = {"ci": 200, "long": 3000}[PROFILE]
+_BASE = {"ci": 600, "long": 5000}[PROFILE]
 
 
 def _examples(fraction: float) -> settings:
@@ -75,10 +75,20 @@ DRAWN: dict[str, int] = {}
 @pytest.fixture(scope="module", autouse=True)
 def _report_examples_drawn(request):
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and DRAWN:
-        reporter.write_line(f"\n[hypothesis profile {PROFILE!r}] examples drawn: "
-                            f"{dict(sorted(DRAWN.items()))}, total {sum(DRAWN.values())}")
+    if DRAWN:
+        report(request, DRAWN)
+
+
+def report(request, drawn: dict[str, int]) -> None:
+    """Print the example counts past pytest's output capture."""
+    line = (f"[hypothesis profile {PROFILE!r}] examples drawn: {dict(sorted(drawn.items()))}, "
+            f"total {sum(drawn.values())}")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        print(line)
+        return
+    with capture.global_and_fixture_disabled():
+        print("\n" + line)
 
 
 def _count(name: str) -> None:
@@ -148,14 +158,18 @@ def _ranges(dtype: torch.dtype) -> tuple[list[float], float]:
         # Small enough that no local gradient exceeds 65504 (see the KNOWN BUG test
         # test_hardening_numerics.py::test_float16_gradient_finite_when_only_the_local_gradient_overflows).
         return [1e-3, 0.1, 1.0], 4.0
-    return [1e-3, 1.0, 10.0, 100.0, 1e4], 60.0
+    # |lv - plv| <= 68 keeps exp(lv - plv) (and sums of it) far inside float32: near
+    # the top of the range the local gradient 0.5*(exp(lv - plv) - 1), or a float32
+    # partial sum, overflows even where the upstream weight or the reduction's divisor
+    # would bring the final value back into range (as torch's float32 does; documented).
+    return [1e-3, 1.0, 10.0, 100.0, 1e4], 34.0
 
 
 @st.composite
-def shapes(draw, min_dims: int = 1, max_dims: int = 4):
+def shapes(draw, min_dims: int = 1, max_dims: int = 4, small: bool = False):
     ndim = draw(st.integers(min_dims, max_dims))
     dims = [draw(st.integers(0 if i == 0 else 1, 5)) for i in range(ndim)]
-    if draw(st.integers(0, 9)) == 0:  # now and then a row that spans several chunks
+    if not small and draw(st.integers(0, 9)) == 0:  # now and then a row over several chunks
         dims[-1] = draw(st.sampled_from([4097, 5000, 8200]))
         dims[0] = min(dims[0], 2)
         for i in range(1, ndim - 1):
@@ -167,10 +181,10 @@ LOSS_OPS = ["gaussian_kl", "bernoulli_logits", "bernoulli_probs", "gaussian_nll"
 
 
 @st.composite
-def loss_cases(draw) -> Case:
+def loss_cases(draw, dtypes=tuple(DTYPES), small: bool = False) -> Case:
     op = draw(st.sampled_from(LOSS_OPS))
-    dtype = draw(st.sampled_from(DTYPES))
-    shape = draw(shapes())
+    dtype = draw(st.sampled_from(dtypes))
+    shape = draw(shapes(max_dims=3 if small else 4, small=small))
     reduction = draw(st.sampled_from(["none", "sum", "mean", "batchmean", "per_sample"]))
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     scales, lv_bound = _ranges(dtype)
@@ -196,6 +210,8 @@ def loss_cases(draw) -> Case:
         values = {"input": _values(gen, shape, scale), "target": _unit(gen, shape, 0.5)}
     elif op == "bernoulli_probs":
         values = {"input": _unit(gen, shape, 0.1), "target": _unit(gen, shape, 0.7)}
+        if dtype == torch.float16:  # local gradient 1/(p(1-p)) within float16 (KNOWN BUG)
+            values["input"] = values["input"] * 0.98 + 0.01
     elif op == "gaussian_nll":
         values = {"input": _values(gen, shape, scale), "target": _values(gen, shape, scale)}
         variance = draw(st.sampled_from(["fixed", "learned", "broadcast"]))
@@ -396,9 +412,9 @@ def test_loss_ops_match_float64_oracle(backend, case, retain):
 
 
 @st.composite
-def elbo_cases(draw) -> Case:
-    dtype = draw(st.sampled_from(DTYPES))
-    recon_shape = draw(shapes(min_dims=1, max_dims=4))
+def elbo_cases(draw, dtypes=tuple(DTYPES), small: bool = False) -> Case:
+    dtype = draw(st.sampled_from(dtypes))
+    recon_shape = draw(shapes(min_dims=1, max_dims=3 if small else 4, small=small))
     batch = recon_shape[0]
     latent_shape = (batch, *draw(st.lists(st.integers(1, 6), min_size=0, max_size=2)))
     likelihood = draw(st.sampled_from(list(vk.functional.LIKELIHOODS)))
@@ -408,6 +424,8 @@ def elbo_cases(draw) -> Case:
     scale = draw(st.sampled_from(scales))
     if likelihood == "bernoulli_probs":
         recon, x = _unit(gen, recon_shape, 0.1), _unit(gen, recon_shape, 0.7)
+        if dtype == torch.float16:  # see loss_cases
+            recon = recon * 0.98 + 0.01
     elif likelihood == "bernoulli":
         recon, x = _values(gen, recon_shape, scale), _unit(gen, recon_shape, 0.5)
     else:
@@ -519,9 +537,9 @@ def check_elbo(case: Case, backend: str, retain: bool) -> None:
 
 
 @st.composite
-def sample_cases(draw):
-    dtype = draw(st.sampled_from(DTYPES))
-    shape = draw(shapes(min_dims=1, max_dims=3))
+def sample_cases(draw, dtypes=tuple(DTYPES), small: bool = False):
+    dtype = draw(st.sampled_from(dtypes))
+    shape = draw(shapes(min_dims=1, max_dims=3, small=small))
     k = draw(st.sampled_from([None, 1, 2, 5]))
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     scales, lv_bound = _ranges(dtype)
@@ -543,6 +561,10 @@ def test_reparameterize_matches_float64_oracle(backend, case, retain):
     if backend == "torch" and dtype in (torch.float16, torch.bfloat16):
         dtype = torch.float32
     _count(f"sample/{backend}")
+    check_reparameterize(dtype, k, inputs, seed, backend, retain)
+
+
+def check_reparameterize(dtype, k, inputs, seed, backend: str, retain: bool) -> None:
     leaves = {n: i.base.to(dtype).requires_grad_(n != "eps") for n, i in inputs.items()}
     args = {n: inputs[n].view(leaves[n]) for n in leaves}
     z = vk.reparameterize(args["mu"], args["logvar"], args["eps"], num_samples=k,

@@ -20,7 +20,8 @@ The behaviour these tests pin down (also in the vae_kernels.functional docstring
 - NaN in any input propagates to exactly the outputs and gradients that depend on it
   (the [0, 1] range check lets NaN through rather than raising).
 - float32 intermediates: exp(logvar) overflows for logvar > 88.72 even where
-  0.5*exp(logvar) would fit; torch's float32 formulas overflow the same way.
+  0.5*exp(logvar) would fit, and float32 partial sums of terms near float32's maximum
+  overflow where a mean would fit; torch's float32 formulas overflow the same way.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ Numerics at the extremes (every backend; tests/test_hardening_numerics.py):
   fits the dtype, the result matches it, also at logits +-1e4, probabilities exactly
   0 or 1, logvar +-100 and mu 1e20; beyond the dtype's range it is +-inf, as in torch.
   float16/bfloat16/float32 compute in float32, so exp(logvar) overflows for
-  logvar > 88.72 even where 0.5*exp(logvar) would still fit (as torch's float32 does).
+  logvar > 88.72 even where 0.5*exp(logvar) would still fit (as torch's float32 does),
+  and sums accumulate in float32 partial sums (per 4096-element chunk) before float64,
+  so a sum of terms near float32's maximum can overflow where the mean would fit.
 - Probabilities: each log is clamped at -100 and the input gradient is
   ``(p - x) / max(p*(1-p), 1e-12)``, exactly ``F.binary_cross_entropy``; the target's
   gradient is the derivative of that clamped loss (finite at p = 0 and 1, where torch
