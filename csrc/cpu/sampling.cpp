@@ -51,18 +51,46 @@ void reparameterize_backward_typed(const scalar_t* grad_z, const scalar_t* logva
   });
 }
 
-// In-kernel noise is scalar code: Philox is integer arithmetic that at::vec does not
-// cover, and the latent tensors it runs on are small next to the reconstruction.
+constexpr int64_t kNoiseBlock = 256;
+
+// eps[j] = philox_standard_normal(seed, first + j) for j < count <= kNoiseBlock: the
+// integer Philox rounds in a plain loop the compiler vectorizes, Box-Muller in SIMD.
+template <typename acc_t>
+void philox_normal_block(uint64_t seed, uint64_t first, int64_t count, acc_t* eps) {
+  using FVec = at::vec::Vectorized<float>;
+  alignas(64) float u1[kNoiseBlock], u2[kNoiseBlock];
+  for (int64_t j = 0; j < count; ++j) philox_uniform_pair(seed, first + j, u1[j], u2[j]);
+  for (int64_t j = 0; j < count; j += FVec::size()) {
+    const int64_t n = std::min<int64_t>(FVec::size(), count - j);
+    const FVec normal = box_muller(FVec::loadu(u1 + j, n), FVec::loadu(u2 + j, n));
+    if constexpr (std::is_same_v<acc_t, float>) {
+      normal.store(eps + j, n);
+    } else {
+      alignas(64) float lanes[FVec::size()];
+      normal.store(lanes);
+      for (int64_t l = 0; l < n; ++l) eps[j + l] = lanes[l];
+    }
+  }
+}
+
 template <typename scalar_t>
 void reparameterize_philox_typed(const scalar_t* mu, const scalar_t* logvar, uint64_t seed,
                                  scalar_t* z, int64_t numel, int64_t num_samples) {
   using acc_t = acc_type_t<scalar_t>;
-  at::parallel_for(0, numel * num_samples, kSampleGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t index = begin; index < end; ++index) {
-      const int64_t i = index % numel;
-      const acc_t eps = philox_standard_normal(seed, static_cast<uint64_t>(index));
-      const acc_t std = posterior_std(static_cast<acc_t>(logvar[i]));
-      z[index] = static_cast<scalar_t>(reparameterize_forward(static_cast<acc_t>(mu[i]), std, eps));
+  constexpr int64_t W = kVecWidth<scalar_t>;
+  at::parallel_for(0, numel, kSampleGrain, [&](int64_t begin, int64_t end) {
+    alignas(64) acc_t eps[kNoiseBlock];
+    for (int64_t block = begin; block < end; block += kNoiseBlock) {
+      const int64_t count = std::min(kNoiseBlock, end - block);
+      for (int64_t k = 0; k < num_samples; ++k) {
+        philox_normal_block(seed, static_cast<uint64_t>(k * numel + block), count, eps);
+        for (int64_t j = 0; j < count; j += W) {
+          const int64_t n = std::min(W, count - j), i = block + j;
+          const auto std = posterior_std(load_vec(logvar + i, n));
+          const auto sample = reparameterize_forward(load_vec(mu + i, n), std, load_vec(eps + j, n));
+          store_vec(z + k * numel + i, sample, n);
+        }
+      }
     }
   });
 }
@@ -72,20 +100,31 @@ void reparameterize_philox_backward_typed(const scalar_t* grad_z, const scalar_t
                                           uint64_t seed, scalar_t* grad_mu,
                                           scalar_t* grad_logvar, int64_t numel,
                                           int64_t num_samples) {
+  using Vec = AccVec<scalar_t>;
   using acc_t = acc_type_t<scalar_t>;
+  constexpr int64_t W = kVecWidth<scalar_t>;
   at::parallel_for(0, numel, kSampleGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      acc_t sum_grad = 0, sum_grad_eps = 0;
-      for (int64_t k = 0; k < num_samples; ++k) {
-        const int64_t index = k * numel + i;
-        const acc_t eps = philox_standard_normal(seed, static_cast<uint64_t>(index));
-        const acc_t g = static_cast<acc_t>(grad_z[index]);
-        sum_grad += g;
-        sum_grad_eps += g * eps;
+    alignas(64) acc_t eps[kNoiseBlock];
+    alignas(64) acc_t sum_grad[kNoiseBlock], sum_grad_eps[kNoiseBlock];
+    for (int64_t block = begin; block < end; block += kNoiseBlock) {
+      const int64_t count = std::min(kNoiseBlock, end - block);
+      std::fill(sum_grad, sum_grad + count, acc_t(0));
+      std::fill(sum_grad_eps, sum_grad_eps + count, acc_t(0));
+      for (int64_t k = 0; k < num_samples; ++k) {  // fixed order over samples
+        philox_normal_block(seed, static_cast<uint64_t>(k * numel + block), count, eps);
+        for (int64_t j = 0; j < count; j += W) {
+          const int64_t n = std::min(W, count - j);
+          const auto g = load_vec(grad_z + k * numel + block + j, n);
+          (Vec::loadu(sum_grad + j, n) + g).store(sum_grad + j, n);
+          (Vec::loadu(sum_grad_eps + j, n) + g * Vec::loadu(eps + j, n)).store(sum_grad_eps + j, n);
+        }
       }
-      const acc_t std = posterior_std(static_cast<acc_t>(logvar[i]));
-      grad_mu[i] = static_cast<scalar_t>(sum_grad);
-      grad_logvar[i] = static_cast<scalar_t>(reparameterize_logvar_backward(std, sum_grad_eps));
+      for (int64_t j = 0; j < count; j += W) {
+        const int64_t n = std::min(W, count - j), i = block + j;
+        const auto std = posterior_std(load_vec(logvar + i, n));
+        store_vec(grad_mu + i, Vec::loadu(sum_grad + j, n), n);
+        store_vec(grad_logvar + i, reparameterize_logvar_backward(std, Vec::loadu(sum_grad_eps + j, n)), n);
+      }
     }
   });
 }

@@ -24,6 +24,8 @@ struct Math<at::vec::Vectorized<T>> {
   static V log(const V& x) { return x.log(); }
   static V log1p(const V& x) { return x.log1p(); }
   static V log1p_unit(const V& x) { return x.log1p(); }
+  static V sqrt(const V& x) { return x.sqrt(); }
+  static V cos(const V& x) { return x.cos(); }
   static V abs(const V& x) { return x.abs(); }
   static V maximum(const V& a, const V& b) { return at::vec::maximum(a, b); }
   static V where_nonneg(const V& c, const V& a, const V& b) { return V::blendv(b, a, c >= V(T(0))); }
@@ -34,11 +36,13 @@ struct Math<at::vec::Vectorized<T>> {
 // memory traffic of the loss kernels. Both are within a few ULP (tests compare them
 // with the float64 oracle).
 template <>
-struct Math<at::vec::Vectorized<float>> : Math<at::vec::Vectorized<double>> {
+struct Math<at::vec::Vectorized<float>> {
   using V = at::vec::Vectorized<float>;
   using VInt = at::vec::Vectorized<int32_t>;
   static V log(const V& x) { return x.log(); }
   static V log1p(const V& x) { return x.log1p(); }
+  static V sqrt(const V& x) { return x.sqrt(); }
+  static V cos(const V& x) { return x.cos(); }
   static V abs(const V& x) { return x.abs(); }
   static V maximum(const V& a, const V& b) { return at::vec::maximum(a, b); }
   static V where_nonneg(const V& c, const V& a, const V& b) { return V::blendv(b, a, c >= V(0.f)); }

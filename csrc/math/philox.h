@@ -39,13 +39,26 @@ VK_INLINE float uint32_to_uniform(uint32_t bits) {
   return static_cast<float>(x) * 4.6566127342e-10f;
 }
 
-// The standard normal number at position `index` of the stream keyed by `seed`.
-VK_INLINE float philox_standard_normal(uint64_t seed, uint64_t index) {
+// The two uniforms of position `index` of the stream keyed by `seed` (u1 floored at
+// 1e-7, as Triton does, so log(u1) is finite).
+VK_INLINE void philox_uniform_pair(uint64_t seed, uint64_t index, float& u1, float& u2) {
   uint32_t bits0, bits1;
   philox4x32_10(seed, index, bits0, bits1);
-  const float u1 = Math<float>::maximum(1.0e-7f, uint32_to_uniform(bits0));
-  const float theta = 6.283185307179586f * uint32_to_uniform(bits1);
-  return ::sqrtf(-2.0f * ::logf(u1)) * ::cosf(theta);
+  u1 = Math<float>::maximum(1.0e-7f, uint32_to_uniform(bits0));
+  u2 = uint32_to_uniform(bits1);
+}
+
+// Box-Muller (the cosine half, as tl.randn): a standard normal from two uniforms.
+template <typename V>
+VK_INLINE V box_muller(V u1, V u2) {
+  return Math<V>::sqrt(V(-2.0f) * Math<V>::log(u1)) * Math<V>::cos(V(6.283185307179586f) * u2);
+}
+
+// The standard normal number at position `index` of the stream keyed by `seed`.
+VK_INLINE float philox_standard_normal(uint64_t seed, uint64_t index) {
+  float u1, u2;
+  philox_uniform_pair(seed, index, u1, u2);
+  return box_muller(u1, u2);
 }
 
 }  // namespace vae_kernels

@@ -18,7 +18,7 @@
 namespace vae_kernels {
 
 template <typename V>
-struct Math;  // exp, log, log1p, log1p_unit, abs, maximum, where_nonneg
+struct Math;  // exp, log, log1p, log1p_unit, sqrt, cos, abs, maximum, where_nonneg
 
 template <typename T>
 struct ScalarMath {
@@ -27,6 +27,8 @@ struct ScalarMath {
   static VK_INLINE T log1p(T x) { return ::log1p(x); }
   // log1p for x in [0, 1] only; SIMD types evaluate a short polynomial there.
   static VK_INLINE T log1p_unit(T x) { return log1p(x); }
+  static VK_INLINE T sqrt(T x) { return ::sqrt(x); }
+  static VK_INLINE T cos(T x) { return ::cos(x); }
   static VK_INLINE T abs(T x) { return ::fabs(x); }
   // NaN-propagating, like at::vec::maximum and torch.maximum.
   static VK_INLINE T maximum(T a, T b) { return (a != a) ? a : ((b != b) ? b : (a > b ? a : b)); }
@@ -40,6 +42,8 @@ struct Math<float> : ScalarMath<float> {
   static VK_INLINE float log(float x) { return ::logf(x); }
   static VK_INLINE float log1p(float x) { return ::log1pf(x); }
   static VK_INLINE float log1p_unit(float x) { return ::log1pf(x); }
+  static VK_INLINE float sqrt(float x) { return ::sqrtf(x); }
+  static VK_INLINE float cos(float x) { return ::cosf(x); }
   static VK_INLINE float abs(float x) { return ::fabsf(x); }
 };
 template <>
