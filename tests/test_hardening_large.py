@@ -1,7 +1,7 @@
 """Tensors with more than 2^31 elements: no int32 overflow in any offset (loss loop,
 per-row sums, the backward kernel, sampling with K samples).
 
-Marked slow (deselected by default); run manually, memory permitting (about 13 GiB):
+Marked slow (deselected by default); run manually, memory permitting (about 15 GiB free):
     python -m pytest -m slow tests/test_hardening_large.py
 
 The oracle is cheap by construction: all-zero inputs with a few ones at known positions,
@@ -51,7 +51,7 @@ def _free_memory():
 
 @pytest.mark.parametrize("shape", [(1, N), (2, N // 2 + 1)], ids=["one-row", "two-rows"])
 def test_squared_error_past_2_pow_31_elements(shape):
-    _needs(14)
+    _needs(15)
     numel = shape[0] * shape[1]
     flat_positions = [0, 2**31 - 1, 2**31, 2**31 + 4097, numel - 1]
     inp = torch.zeros(shape, dtype=torch.bfloat16, requires_grad=True)
@@ -60,7 +60,8 @@ def test_squared_error_past_2_pow_31_elements(shape):
     rows = torch.tensor(flat_positions) // shape[1]
     expected_rows = torch.bincount(rows, minlength=shape[0]).to(torch.float64)
 
-    out = vk.mse_loss(inp, target, reduction="per_sample", backend="cpu")
+    with torch.no_grad():  # (no 4 GiB local-gradient buffer kept alive by a graph)
+        out = vk.mse_loss(inp, target, reduction="per_sample", backend="cpu")
     assert out.dtype == torch.bfloat16 and out.shape == (shape[0],)
     torch.testing.assert_close(out.double(), expected_rows, rtol=0, atol=0)
 
@@ -71,7 +72,7 @@ def test_squared_error_past_2_pow_31_elements(shape):
     total.backward()
     grad = inp.grad.view(-1)
     assert grad[flat_positions].eq(-2).all()
-    assert grad.sum(dtype=torch.float32).item() == -2 * len(flat_positions)
+    assert grad.sum().item() == -2 * len(flat_positions)  # float accumulation, exact here
     assert grad[numel // 2 : numel // 2 + 1000].eq(0).all()
     inp.grad = None
     del grad, total
@@ -82,7 +83,7 @@ def test_squared_error_past_2_pow_31_elements(shape):
         elementwise = vk.mse_loss(inp, target, reduction="none", backend="cpu")
     flat = elementwise.view(-1)
     assert flat[flat_positions].eq(1).all()
-    assert flat.sum(dtype=torch.float32).item() == len(flat_positions)
+    assert flat.sum().item() == len(flat_positions)
 
 
 def test_bernoulli_logits_mean_past_2_pow_31_elements():
