@@ -236,13 +236,6 @@ def test_elbo_target_and_noise_gradients(backend):
 
 
 @requires_cpu
-@pytest.mark.skip(
-    reason="KNOWN BUG (vae_kernels/ops.py, _chain): a requested gradient of an EMPTY "
-    "input has numel 0 and is taken for the 'not computed' sentinel when the reduced "
-    "output's shape differs (reduction sum/mean/batchmean/per_sample), so backward "
-    "raises 'an input needs a gradient that the forward pass was not asked to "
-    "compute'. Fix: compare the local gradient with the input's saved shape instead."
-)
 @pytest.mark.parametrize("shape", [(0,), (0, 5), (3, 0)])
 @pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean", "per_sample"])
 def test_empty_batch_backward(shape, reduction):

@@ -229,6 +229,10 @@ def _save_loss_context(ctx, op, inputs, output, n_reduced: int, reduction_index:
     local_grads = output[n_reduced:]
     ctx.mark_non_differentiable(*local_grads)
     ctx.reduction, ctx.divisor = inputs[reduction_index], inputs[reduction_index + 1]
+    # Local gradient k belongs to input k; one that was not computed is an empty (0,) tensor.
+    ctx.input_shapes = [
+        inputs[k].shape if isinstance(inputs[k], Tensor) else None for k in range(len(local_grads))
+    ]
     # Only when the caller discards the local-gradient outputs (the public API does), and
     # never while tracing (torch.compile, AOTAutograd), which runs on tensor subclasses.
     ctx.consumes_local_grads = getattr(_consumable, "active", False) and all(
@@ -262,15 +266,16 @@ def _chain(
     ctx,
     needs_grad: Sequence[bool],
     local_grads: Sequence[Tensor],
+    input_shapes: Sequence[Optional[torch.Size]],
     upstream: Optional[Tensor],
     in_place: bool,
 ) -> list[Optional[Tensor]]:
     """The input gradients: local gradient * upstream / divisor where needed, else None."""
     grads: list[Optional[Tensor]] = []
-    for needed, local in zip(needs_grad, local_grads):
+    for needed, local, shape in zip(needs_grad, local_grads, input_shapes):
         if not needed or upstream is None:
             grads.append(None)
-        elif local.numel() == 0 and local.shape != upstream.shape:
+        elif local.shape != shape:
             raise RuntimeError(
                 "vae_kernels: an input needs a gradient that the forward pass was not asked "
                 "to compute (grad_mask); call the public vae_kernels functions, not the raw op"
@@ -380,7 +385,8 @@ def register_autograd(namespace: str) -> None:
             if grad_loss is None:
                 return (None,) * n_args
             local_grads, in_place = _take_local_grads(ctx)
-            grads = _chain(ctx, ctx.needs_input_grad[:n_inputs], local_grads, grad_loss, in_place)
+            needs = ctx.needs_input_grad[:n_inputs]
+            grads = _chain(ctx, needs, local_grads, ctx.input_shapes, grad_loss, in_place)
             return (*grads, *([None] * (n_args - n_inputs)))
 
         torch.library.register_autograd(lib + name, backward, setup_context=setup)
@@ -407,8 +413,9 @@ def register_autograd(namespace: str) -> None:
             return (None,) * 9
         local_grads, in_place = _take_local_grads(ctx)
         needs = ctx.needs_input_grad
-        recon_grads = _chain(ctx, needs[:2], local_grads[:2], recon_upstream, in_place)
-        kl_grads = _chain(ctx, needs[2:4], local_grads[2:], kl_upstream, in_place)
+        shapes = ctx.input_shapes
+        recon_grads = _chain(ctx, needs[:2], local_grads[:2], shapes[:2], recon_upstream, in_place)
+        kl_grads = _chain(ctx, needs[2:4], local_grads[2:], shapes[2:], kl_upstream, in_place)
         return (*recon_grads, *kl_grads, None, None, None, None, None)
 
     torch.library.register_autograd(lib + "elbo", elbo_backward, setup_context=elbo_setup)
