@@ -26,7 +26,7 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from hypothesis import assume, given  # noqa: E402
+from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import vae_kernels as vk  # noqa: E402
@@ -72,27 +72,7 @@ def _on_device(tensors):
     return {k: v.to(DEVICE) for k, v in tensors.items()}
 
 
-TRITON_EPS_BUG = (
-    "KNOWN BUG (vae_kernels/triton/math.py, BCE_GRAD_EPSILON): PyTorch floors p*(1-p) at "
-    "EPSILON = 1e-12 as a float even in float64 (9.9999999600e-13); the Triton kernels use "
-    "the double 1e-12, so float64 probability gradients at p*(1-p) < 1e-12 differ from "
-    "F.binary_cross_entropy (and the C++ kernels) by 4e-9 relative"
-)
-
-
-TRITON_EMPTY_BUG = (
-    "KNOWN BUG (vae_kernels/triton/ops.py, the [0, 1] range check after the loss pass): "
-    "an empty input (a batch of 0) raises IndexError 'amax(): Expected reduction dim 0 "
-    "to have non-zero size' instead of returning an empty / zero loss"
-)
-
-
-def _nonempty(case) -> bool:
-    return all(inp.view(inp.base).numel() > 0 for inp in case.inputs.values())
-
-
 @requires_triton
-@pytest.mark.skip(reason=TRITON_EMPTY_BUG)
 @pytest.mark.parametrize("reduction", ["none", "sum", "per_sample"])
 def test_empty_batch(reduction):
     z = torch.zeros(0, 4, device=DEVICE)
@@ -100,17 +80,7 @@ def test_empty_batch(reduction):
     assert out.numel() == 0 or out.item() == 0.0
 
 
-def _avoid_known_eps_bug(case):
-    """Keep float64 probabilities where p*(1-p) >= 1e-12 (see TRITON_EPS_BUG)."""
-    name = "input" if case.op == "bernoulli_probs" else "recon"
-    probs = case.op == "bernoulli_probs" or case.options.get("likelihood") == "bernoulli_probs"
-    if probs and case.dtype == torch.float64:
-        case.inputs[name].base = case.inputs[name].base.clamp(1e-9, 1 - 1e-9)
-    return case
-
-
 @requires_triton
-@pytest.mark.skip(reason=TRITON_EPS_BUG)
 def test_float64_probability_gradient_equals_binary_cross_entropy():
     p = torch.tensor([0.0, 1.0, 1e-30, 1 - 1e-15], dtype=torch.float64, device=DEVICE)
     x = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64, device=DEVICE)
@@ -125,8 +95,6 @@ def test_float64_probability_gradient_equals_binary_cross_entropy():
 @pytest.mark.parametrize("reduction", ["none", "sum", "per_sample"])
 @pytest.mark.parametrize("case", list(numerics.WIDE_CASES))
 def test_extremes_match_float64_oracle(case, reduction, dtype):
-    if case == "bce_probs" and dtype == torch.float64:
-        pytest.skip(TRITON_EPS_BUG)
     call, tensors = numerics.WIDE_CASES[case]
     tensors = {k: v.unsqueeze(0) for k, v in tensors.items()}
     out, gs = numerics._run(call, _on_device(tensors), dtype, "triton", reduction)
@@ -184,9 +152,8 @@ def _to_device_case(case):
 @fuzz._examples(0.1)
 @given(case=fuzz.loss_cases(dtypes=tuple(DTYPES), small=True), retain=st.booleans())
 def test_fuzz_losses(case, retain):
-    assume(_nonempty(case))  # TRITON_EMPTY_BUG
     fuzz._count("loss/triton")
-    fuzz.check_case(_to_device_case(_avoid_known_eps_bug(case)), "triton", _call_cpu_oracle(fuzz.call_loss),
+    fuzz.check_case(_to_device_case(case), "triton", _call_cpu_oracle(fuzz.call_loss),
                     fuzz.loss_magnitudes, retain)
 
 
@@ -194,9 +161,8 @@ def test_fuzz_losses(case, retain):
 @fuzz._examples(0.06)
 @given(case=fuzz.elbo_cases(dtypes=tuple(DTYPES), small=True), retain=st.booleans())
 def test_fuzz_elbo(case, retain):
-    assume(_nonempty(case))  # TRITON_EMPTY_BUG
     fuzz._count("elbo/triton")
-    fuzz.check_elbo(_avoid_known_eps_bug(case), "triton", retain)
+    fuzz.check_elbo(case, "triton", retain)
 
 
 @requires_triton
@@ -204,7 +170,6 @@ def test_fuzz_elbo(case, retain):
 @given(case=fuzz.sample_cases(dtypes=tuple(DTYPES), small=True), retain=st.booleans())
 def test_fuzz_reparameterize(case, retain):
     dtype, k, ins, seed = case
-    assume(all(i.view(i.base).numel() > 0 for i in ins.values()))  # TRITON_EMPTY_BUG
     fuzz._count("sample/triton")
     fuzz.check_reparameterize(dtype, k, ins, seed, "triton", retain)
 

@@ -17,7 +17,7 @@ import triton.language as tl
 # Schema constants (csrc/math/*.h); tl.constexpr, as Triton requires of globals.
 LOG_2PI = tl.constexpr(1.8378770664093453)  # log(2*pi)
 BCE_LOG_CLAMP = tl.constexpr(-100.0)  # PyTorch's binary_cross_entropy clamps each log at -100
-BCE_GRAD_EPSILON = tl.constexpr(1e-12)  # ... and floors p*(1-p) at 1e-12 in its gradient
+BCE_GRAD_EPSILON = tl.constexpr(9.999999960041972e-13)  # float(1e-12): torch's EPSILON is a float  # ... and floors p*(1-p) at 1e-12 in its gradient
 
 
 @triton.jit
