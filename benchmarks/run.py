@@ -67,6 +67,8 @@ QUIET_LOAD_CORES = 0.1
 ATTEMPTS = 3
 MAX_IDLE_WAIT_S = 60.0
 TOTAL_IDLE_WAIT_S = 25 * 60.0
+# A case timed while others used more than this is marked "disturbed" in the summary.
+DISTURBED_LOAD_CORES = 0.25
 waited_s = 0.0  # so far in this run
 NO_WAIT = False  # --no-wait
 
@@ -220,7 +222,7 @@ def write_rows(rows: list[dict], meta: dict, out: Path) -> None:
         for row in rows:
             writer.writerow({k: _csv_value(row.get(k)) for k in ROW_FIELDS})
     with open(out / "results.json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        json.dump({"meta": meta, "rows": rows}, f)
 
 
 def _csv_value(value):
@@ -236,6 +238,13 @@ def _ms(value: float) -> str:
 def _mb(nbytes) -> str:
     mib = nbytes / 2**20
     return f"{mib:.3f}" if mib < 10 else f"{mib:.0f}"
+
+
+def _load(row: dict) -> str:
+    load = row.get("other_load_cores")
+    if load is None:
+        return "-"
+    return f"{load:.2f}" + (" (disturbed)" if load > DISTURBED_LOAD_CORES else "")
 
 
 def _percent(fraction: float) -> str:
@@ -269,7 +278,10 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
         "- load: cores' worth of CPU time other processes used while the case was timed "
         f"(full runs wait for an idle machine first, {meta.get('idle_wait_seconds', 0) / 60:.1f} "
         "min of waiting in this run, and repeat a timing disturbed by more than "
-        f"{QUIET_LOAD_CORES} cores up to {ATTEMPTS} times, keeping the quietest)",
+        f"{QUIET_LOAD_CORES} cores up to {ATTEMPTS} times, keeping the quietest). Cases "
+        f"timed while others used more than {DISTURBED_LOAD_CORES} cores are marked "
+        "(disturbed): on 2 cores their times include scheduler stalls of several ms and "
+        "are not reliable",
         f"- compile: torch.compile(dynamic=False) of the eager formulas; compile cache "
         f"{meta['compile_cache']}; first-compile start-up {meta['compiler_startup_s']:.1f} s "
         "(excluded from the per-case compile times below)",
@@ -326,8 +338,7 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
         cells += [_percent(peers[p]["fraction_of_copy_bw"]) for p in providers]
         cells.append("/".join(_mb(peers[p]["peak_extra_bytes"]) for p in providers))
         cells.append("/".join(str(peers[p]["kernels_per_step"]) for p in providers))
-        load = first.get("other_load_cores")
-        cells.append("-" if load is None else f"{load:.2f}")
+        cells.append(_load(first))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
 
@@ -336,15 +347,16 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
         lines.append("None.")
     else:
         lines += [
-            "| backend | op | mode | dtype | shape | ms | compile ms | x compile | %BW | compile %BW |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| backend | op | mode | dtype | shape | ms | compile ms | x compile | %BW "
+            "| compile %BW | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p, r, c in slower:
             lines.append(
                 f"| {p} | {r['op']} | {r['mode']} | {r['dtype']} | {r['shape']} | "
                 f"{_ms(r['median_ms'])} | {_ms(c['median_ms'])} | "
                 f"{r['speedup_vs_compile']:.2f} | {_percent(r['fraction_of_copy_bw'])} | "
-                f"{_percent(c['fraction_of_copy_bw'])} |"
+                f"{_percent(c['fraction_of_copy_bw'])} | {_load(r)} |"
             )
     lines.append("")
 
