@@ -171,3 +171,29 @@ def test_repeated_backward_with_retain_graph_gives_the_same_gradients(reduction)
         second = torch.autograd.grad(loss, (recon, mu, lv), upstream, allow_unused=True)
         for a, b in zip(first, second):
             assert (a is None and b is None) or torch.equal(a, b), name
+
+
+def test_large_outputs_held_by_the_caller_are_never_recycled():
+    """Outputs of 8 MiB and more reuse the memory of earlier outputs once nothing
+    references them; anything still referenced (a gradient, a view of an elementwise
+    loss) must keep its values through later calls."""
+    g = torch.Generator().manual_seed(15)
+    shape = (64, 40_000)  # 10 MB in float32
+    logits = [torch.randn(shape, generator=g).requires_grad_() for _ in range(3)]
+    x = torch.rand(shape, generator=g)
+    expected = [torch.sigmoid(l.detach()) - x for l in logits]  # d sum(BCE) / d logits
+    held = []
+    for l in logits:
+        (grad,) = torch.autograd.grad(vk.bernoulli_nll(l, x, reduction="sum"), l)
+        held.append(grad)
+    elementwise = vk.bernoulli_nll(logits[0].detach(), x, reduction="none")
+    first_row = elementwise[0]  # a view keeps the storage referenced
+    del elementwise
+    reference_row = vk.bernoulli_nll(logits[0].detach()[0], x[0], reduction="none", backend="torch")
+    for l in logits:  # more calls that may recycle released memory
+        (torch.autograd.grad(vk.bernoulli_nll(l, x, reduction="sum"), l)[0]).sum()
+        vk.mse_loss(l.detach(), x, reduction="none")
+    for grad, want in zip(held, expected):
+        torch.testing.assert_close(grad, want)
+    torch.testing.assert_close(first_row, reference_row)
+    assert len({h.data_ptr() for h in held}) == 3
