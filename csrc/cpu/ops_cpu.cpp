@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "../op_checks.h"
 #include "kernels.h"
 
 namespace vae_kernels::cpu {
@@ -23,31 +24,8 @@ namespace {
 
 using at::Tensor;
 
-enum Reduction : int64_t { kNone = 0, kPerSample = 1, kSum = 2 };
-
-void check_reduction(int64_t reduction) {
-  TORCH_CHECK_VALUE(reduction >= kNone && reduction <= kSum,
-                    "vae_kernels: reduction must be 0 (none), 1 (per_sample) or 2 (sum), got ",
-                    reduction);
-}
-
-// `t` must be a CPU floating-point tensor with `ref`'s dtype (and shape, if asked).
-void check_like(const char* op, const char* name, const Tensor& t, const char* ref_name,
-                const Tensor& ref, bool same_shape = true) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), "vae_kernels.", op, ": ", name,
-                    " must be a CPU tensor, got one on ", t.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "vae_kernels.", op, ": ", name,
-                   " must have the dtype of ", ref_name, " (", ref.scalar_type(), "), got ",
-                   t.scalar_type());
-  TORCH_CHECK_VALUE(!same_shape || t.sizes() == ref.sizes(), "vae_kernels.", op, ": ", name,
-                    " must have the shape of ", ref_name, " ", ref.sizes(), ", got ", t.sizes());
-}
-
 void check_floating(const char* op, const char* name, const Tensor& t) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "vae_kernels.", op, ": ", name,
-                   " must be a floating-point tensor, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device().is_cpu(), "vae_kernels.", op, ": ", name,
-                    " must be a CPU tensor, got one on ", t.device());
+  vae_kernels::check_floating(op, name, t, c10::DeviceType::CPU);
 }
 
 constexpr size_t kLargeOutputBytes = size_t(8) << 20;
@@ -120,12 +98,6 @@ Tensor empty_output(const Tensor& like) {
   return out;
 }
 
-int64_t batch_rows(const Tensor& t) { return t.dim() == 0 ? 1 : t.size(0); }
-int64_t row_length(const Tensor& t) {
-  const int64_t rows = batch_rows(t);
-  return rows == 0 ? 0 : t.numel() / rows;
-}
-
 // Buffers over `inputs` (made contiguous; kept alive in `keep`), with the elementwise
 // loss and the local gradients that `grad_mask` asks for allocated.
 struct LossCall {
@@ -190,11 +162,6 @@ Tensor reduce_rows(const std::vector<double>& row_sums, const Tensor& elementwis
     }
   });
   return out;
-}
-
-template <size_t N>
-std::vector<bool> mask_vector(const std::array<bool, N>& mask) {
-  return std::vector<bool>(mask.begin(), mask.end());
 }
 
 // ------------------------------------------------------------------ sampling

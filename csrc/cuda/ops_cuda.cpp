@@ -22,20 +22,13 @@
 #include <array>
 #include <vector>
 
+#include "../op_checks.h"
 #include "launchers.h"
 
 namespace vae_kernels::cuda {
 namespace {
 
 using at::Tensor;
-
-enum Reduction : int64_t { kNone = 0, kPerSample = 1, kSum = 2 };
-
-void check_reduction(int64_t reduction) {
-  TORCH_CHECK_VALUE(reduction >= kNone && reduction <= kSum,
-                    "vae_kernels: reduction must be 0 (none), 1 (per_sample) or 2 (sum), got ",
-                    reduction);
-}
 
 DType dtype_of(const char* op, const Tensor& t) {
   switch (t.scalar_type()) {
@@ -51,36 +44,14 @@ DType dtype_of(const char* op, const Tensor& t) {
   return DType::kFloat32;  // not reached
 }
 
-// `t` must be a CUDA tensor on `ref`'s device with `ref`'s dtype (and shape, if asked).
-void check_like(const char* op, const char* name, const Tensor& t, const char* ref_name,
-                const Tensor& ref, bool same_shape = true) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), "vae_kernels.", op, ": ", name,
-                    " must be on the device of ", ref_name, " (", ref.device(), "), got ",
-                    t.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "vae_kernels.", op, ": ", name,
-                   " must have the dtype of ", ref_name, " (", ref.scalar_type(), "), got ",
-                   t.scalar_type());
-  TORCH_CHECK_VALUE(!same_shape || t.sizes() == ref.sizes(), "vae_kernels.", op, ": ", name,
-                    " must have the shape of ", ref_name, " ", ref.sizes(), ", got ", t.sizes());
-}
-
 void check_floating(const char* op, const char* name, const Tensor& t) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "vae_kernels.", op, ": ", name,
-                   " must be a floating-point tensor, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device().is_cuda(), "vae_kernels.", op, ": ", name,
-                    " must be a CUDA tensor, got one on ", t.device());
+  vae_kernels::check_floating(op, name, t, c10::DeviceType::CUDA);
   dtype_of(op, t);
 }
 
 // The current stream of `t`'s device (the caller holds a CUDAGuard for that device).
 cudaStream_t stream_of(const Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
-}
-
-int64_t batch_rows(const Tensor& t) { return t.dim() == 0 ? 1 : t.size(0); }
-int64_t row_length(const Tensor& t) {
-  const int64_t rows = batch_rows(t);
-  return rows == 0 ? 0 : t.numel() / rows;
 }
 
 bool capturing_cuda_graph() {
@@ -175,11 +146,6 @@ Tensor reduce(const LossCall& call, int64_t reduction, int64_t divisor,
   C10_CUDA_CHECK(launch_finish_total(dtype, partials, call.partial_count(), nullptr, 0, 0.0, scale,
                                      out.data_ptr(), nullptr, nullptr, stream));
   return out;
-}
-
-template <size_t N>
-std::vector<bool> mask_vector(const std::array<bool, N>& mask) {
-  return std::vector<bool>(mask.begin(), mask.end());
 }
 
 // ------------------------------------------------------------------ sampling
