@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include <array>
+#include <optional>
 #include <vector>
 
 namespace vae_kernels {
@@ -48,6 +49,69 @@ inline int64_t batch_rows(const at::Tensor& t) { return t.dim() == 0 ? 1 : t.siz
 inline int64_t row_length(const at::Tensor& t) {
   const int64_t rows = batch_rows(t);
   return rows == 0 ? 0 : t.numel() / rows;
+}
+
+// ---------------------------------------------------------- each op's arguments
+
+// mu, logvar[, prior_mu, prior_logvar] of gaussian_kl, checked, in kernel order.
+inline std::vector<at::Tensor> gaussian_kl_inputs(const at::Tensor& mu, const at::Tensor& logvar,
+                                                  const std::optional<at::Tensor>& prior_mu,
+                                                  const std::optional<at::Tensor>& prior_logvar,
+                                                  int64_t reduction, c10::DeviceType device) {
+  check_floating("gaussian_kl", "mu", mu, device);
+  check_like("gaussian_kl", "logvar", logvar, "mu", mu);
+  check_reduction(reduction);
+  TORCH_CHECK_VALUE(prior_mu.has_value() == prior_logvar.has_value(),
+                    "vae_kernels.gaussian_kl: pass both prior_mu and prior_logvar or neither");
+  std::vector<at::Tensor> inputs{mu, logvar};
+  if (prior_mu.has_value()) {
+    check_like("gaussian_kl", "prior_mu", *prior_mu, "mu", mu);
+    check_like("gaussian_kl", "prior_logvar", *prior_logvar, "mu", mu);
+    inputs.push_back(*prior_mu);
+    inputs.push_back(*prior_logvar);
+  }
+  return inputs;
+}
+
+// input, target[, logvar] of bernoulli_nll, gaussian_nll and squared_error, checked,
+// in kernel order.
+inline std::vector<at::Tensor> reconstruction_inputs(const char* op, const at::Tensor& input,
+                                                     const at::Tensor& target,
+                                                     const std::optional<at::Tensor>& logvar,
+                                                     int64_t reduction, c10::DeviceType device) {
+  check_floating(op, "input", input, device);
+  check_like(op, "target", target, "input", input);
+  check_reduction(reduction);
+  std::vector<at::Tensor> inputs{input, target};
+  if (logvar.has_value()) {
+    check_like(op, "logvar", *logvar, "input", input);
+    inputs.push_back(*logvar);
+  }
+  return inputs;
+}
+
+inline void check_elbo_args(const at::Tensor& recon, const at::Tensor& x, const at::Tensor& mu,
+                            const at::Tensor& logvar, int64_t likelihood, int64_t reduction,
+                            c10::DeviceType device) {
+  check_floating("elbo", "recon", recon, device);
+  check_like("elbo", "x", x, "recon", recon);
+  check_like("elbo", "mu", mu, "recon", recon, /*same_shape=*/false);
+  check_like("elbo", "logvar", logvar, "mu", mu);
+  TORCH_CHECK_VALUE(reduction == kPerSample || reduction == kSum,
+                    "vae_kernels.elbo: reduction must be 1 (per_sample) or 2 (sum), got ",
+                    reduction);
+  TORCH_CHECK_VALUE(likelihood >= 0 && likelihood <= 3,
+                    "vae_kernels.elbo: likelihood must be 0..3, got ", likelihood);
+  TORCH_CHECK_VALUE(recon.dim() > 0 && mu.dim() > 0 && recon.size(0) == mu.size(0),
+                    "vae_kernels.elbo: recon ", recon.sizes(), " and mu ", mu.sizes(),
+                    " must share their first (batch) dimension");
+}
+
+inline void check_loss_backward_args(const at::Tensor& local_grad, const at::Tensor& grad_output,
+                                     int64_t reduction, c10::DeviceType device) {
+  check_floating("loss_backward", "local_grad", local_grad, device);
+  check_like("loss_backward", "grad_output", grad_output, "local_grad", local_grad, false);
+  check_reduction(reduction);
 }
 
 template <size_t N>

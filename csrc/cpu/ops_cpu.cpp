@@ -24,8 +24,10 @@ namespace {
 
 using at::Tensor;
 
+constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
+
 void check_floating(const char* op, const char* name, const Tensor& t) {
-  vae_kernels::check_floating(op, name, t, c10::DeviceType::CPU);
+  vae_kernels::check_floating(op, name, t, kDevice);
 }
 
 constexpr size_t kLargeOutputBytes = size_t(8) << 20;
@@ -246,19 +248,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
     const Tensor& mu, const Tensor& logvar, const std::optional<Tensor>& prior_mu,
     const std::optional<Tensor>& prior_logvar, int64_t reduction, int64_t divisor,
     std::array<bool, 4> grad_mask) {
-  check_floating("gaussian_kl", "mu", mu);
-  check_like("gaussian_kl", "logvar", logvar, "mu", mu);
-  check_reduction(reduction);
-  TORCH_CHECK_VALUE(prior_mu.has_value() == prior_logvar.has_value(),
-                    "vae_kernels.gaussian_kl: pass both prior_mu and prior_logvar or neither");
+  const std::vector<Tensor> inputs =
+      gaussian_kl_inputs(mu, logvar, prior_mu, prior_logvar, reduction, kDevice);
   const bool with_prior = prior_mu.has_value();
-  std::vector<Tensor> inputs{mu, logvar};
-  if (with_prior) {
-    check_like("gaussian_kl", "prior_mu", *prior_mu, "mu", mu);
-    check_like("gaussian_kl", "prior_logvar", *prior_logvar, "mu", mu);
-    inputs.push_back(*prior_mu);
-    inputs.push_back(*prior_logvar);
-  }
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
   LossCall call(inputs, reduction, mask);
@@ -273,10 +265,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
 std::tuple<Tensor, Tensor, Tensor> bernoulli_nll(const Tensor& input, const Tensor& target,
                                                  bool logits, int64_t reduction, int64_t divisor,
                                                  std::array<bool, 2> grad_mask) {
-  check_floating("bernoulli_nll", "input", input);
-  check_like("bernoulli_nll", "target", target, "input", input);
-  check_reduction(reduction);
-  LossCall call({input, target}, reduction, mask_vector(grad_mask));
+  const std::vector<Tensor> inputs =
+      reconstruction_inputs("bernoulli_nll", input, target, std::nullopt, reduction, kDevice);
+  LossCall call(inputs, reduction, mask_vector(grad_mask));
   kernels().reconstruction_nll(input.scalar_type(),
                                logits ? Likelihood::kBernoulliLogits : Likelihood::kBernoulliProbs,
                                false, 0.0, call.buffers);
@@ -291,14 +282,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_nll(const Tensor& input, con
                                                         double logvar_value, int64_t reduction,
                                                         int64_t divisor,
                                                         std::array<bool, 3> grad_mask) {
-  check_floating("gaussian_nll", "input", input);
-  check_like("gaussian_nll", "target", target, "input", input);
-  check_reduction(reduction);
-  std::vector<Tensor> inputs{input, target};
-  if (logvar.has_value()) {
-    check_like("gaussian_nll", "logvar", *logvar, "input", input);
-    inputs.push_back(*logvar);
-  }
+  const std::vector<Tensor> inputs =
+      reconstruction_inputs("gaussian_nll", input, target, logvar, reduction, kDevice);
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
   LossCall call(inputs, reduction, mask);
@@ -312,10 +297,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_nll(const Tensor& input, con
 std::tuple<Tensor, Tensor, Tensor> squared_error(const Tensor& input, const Tensor& target,
                                                  int64_t reduction, int64_t divisor,
                                                  std::array<bool, 2> grad_mask) {
-  check_floating("squared_error", "input", input);
-  check_like("squared_error", "target", target, "input", input);
-  check_reduction(reduction);
-  LossCall call({input, target}, reduction, mask_vector(grad_mask));
+  const std::vector<Tensor> inputs =
+      reconstruction_inputs("squared_error", input, target, std::nullopt, reduction, kDevice);
+  LossCall call(inputs, reduction, mask_vector(grad_mask));
   kernels().reconstruction_nll(input.scalar_type(), Likelihood::kSquaredError, false, 0.0,
                                call.buffers);
   return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
@@ -326,18 +310,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
     const Tensor& recon, const Tensor& x, const Tensor& mu, const Tensor& logvar,
     int64_t likelihood, double beta, int64_t reduction, int64_t divisor,
     std::array<bool, 4> grad_mask) {
-  check_floating("elbo", "recon", recon);
-  check_like("elbo", "x", x, "recon", recon);
-  check_like("elbo", "mu", mu, "recon", recon, /*same_shape=*/false);
-  check_like("elbo", "logvar", logvar, "mu", mu);
-  TORCH_CHECK_VALUE(reduction == kPerSample || reduction == kSum,
-                    "vae_kernels.elbo: reduction must be 1 (per_sample) or 2 (sum), got ",
-                    reduction);
-  TORCH_CHECK_VALUE(likelihood >= 0 && likelihood <= 3,
-                    "vae_kernels.elbo: likelihood must be 0..3, got ", likelihood);
-  TORCH_CHECK_VALUE(recon.dim() > 0 && mu.dim() > 0 && recon.size(0) == mu.size(0),
-                    "vae_kernels.elbo: recon ", recon.sizes(), " and mu ", mu.sizes(),
-                    " must share their first (batch) dimension");
+  check_elbo_args(recon, x, mu, logvar, likelihood, reduction, kDevice);
   const auto kind = static_cast<Likelihood>(likelihood);
   LossCall recon_call({recon, x}, reduction, {grad_mask[0], grad_mask[1]});
   kernels().reconstruction_nll(recon.scalar_type(), kind, false, 0.0, recon_call.buffers);
@@ -363,9 +336,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
 // may be `local_grad` itself.
 void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
                         int64_t divisor, Tensor& out) {
-  check_floating("loss_backward", "local_grad", local_grad);
-  check_like("loss_backward", "grad_output", grad_output, "local_grad", local_grad, false);
-  check_reduction(reduction);
+  check_loss_backward_args(local_grad, grad_output, reduction, kDevice);
   TORCH_CHECK_VALUE(local_grad.is_contiguous() && out.is_contiguous(),
                     "vae_kernels.loss_backward: local_grad must be contiguous");
   const int64_t rows = batch_rows(local_grad), row_len = row_length(local_grad);

@@ -44,8 +44,10 @@ DType dtype_of(const char* op, const Tensor& t) {
   return DType::kFloat32;  // not reached
 }
 
+constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
+
 void check_floating(const char* op, const char* name, const Tensor& t) {
-  vae_kernels::check_floating(op, name, t, c10::DeviceType::CUDA);
+  vae_kernels::check_floating(op, name, t, kDevice);
   dtype_of(op, t);
 }
 
@@ -239,19 +241,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
     const Tensor& mu, const Tensor& logvar, const std::optional<Tensor>& prior_mu,
     const std::optional<Tensor>& prior_logvar, int64_t reduction, int64_t divisor,
     std::array<bool, 4> grad_mask) {
-  check_floating("gaussian_kl", "mu", mu);
-  check_like("gaussian_kl", "logvar", logvar, "mu", mu);
-  check_reduction(reduction);
-  TORCH_CHECK_VALUE(prior_mu.has_value() == prior_logvar.has_value(),
-                    "vae_kernels.gaussian_kl: pass both prior_mu and prior_logvar or neither");
+  const std::vector<Tensor> inputs =
+      gaussian_kl_inputs(mu, logvar, prior_mu, prior_logvar, reduction, kDevice);
   const bool with_prior = prior_mu.has_value();
-  std::vector<Tensor> inputs{mu, logvar};
-  if (with_prior) {
-    check_like("gaussian_kl", "prior_mu", *prior_mu, "mu", mu);
-    check_like("gaussian_kl", "prior_logvar", *prior_logvar, "mu", mu);
-    inputs.push_back(*prior_mu);
-    inputs.push_back(*prior_logvar);
-  }
   const c10::cuda::CUDAGuard guard(mu.device());
   const cudaStream_t stream = stream_of(mu);
   const DType dtype = dtype_of("gaussian_kl", mu);
@@ -268,13 +260,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
 std::tuple<Tensor, Tensor, Tensor> bernoulli_nll(const Tensor& input, const Tensor& target,
                                                  bool logits, int64_t reduction, int64_t divisor,
                                                  std::array<bool, 2> grad_mask) {
-  check_floating("bernoulli_nll", "input", input);
-  check_like("bernoulli_nll", "target", target, "input", input);
-  check_reduction(reduction);
+  const std::vector<Tensor> inputs =
+      reconstruction_inputs("bernoulli_nll", input, target, std::nullopt, reduction, kDevice);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = stream_of(input);
   const DType dtype = dtype_of("bernoulli_nll", input);
-  const LossCall call({input, target}, reduction, mask_vector(grad_mask),
+  const LossCall call(inputs, reduction, mask_vector(grad_mask),
                       /*check_unit_interval=*/true);
   call.launch(dtype, logits ? LossKind::kBernoulliLogits : LossKind::kBernoulliProbs, 0.0, stream);
   Tensor loss = reduce(call, reduction, divisor, input.options(), dtype, stream);
@@ -288,14 +279,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_nll(const Tensor& input, con
                                                         double logvar_value, int64_t reduction,
                                                         int64_t divisor,
                                                         std::array<bool, 3> grad_mask) {
-  check_floating("gaussian_nll", "input", input);
-  check_like("gaussian_nll", "target", target, "input", input);
-  check_reduction(reduction);
-  std::vector<Tensor> inputs{input, target};
-  if (logvar.has_value()) {
-    check_like("gaussian_nll", "logvar", *logvar, "input", input);
-    inputs.push_back(*logvar);
-  }
+  const std::vector<Tensor> inputs =
+      reconstruction_inputs("gaussian_nll", input, target, logvar, reduction, kDevice);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = stream_of(input);
   const DType dtype = dtype_of("gaussian_nll", input);
@@ -312,13 +297,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_nll(const Tensor& input, con
 std::tuple<Tensor, Tensor, Tensor> squared_error(const Tensor& input, const Tensor& target,
                                                  int64_t reduction, int64_t divisor,
                                                  std::array<bool, 2> grad_mask) {
-  check_floating("squared_error", "input", input);
-  check_like("squared_error", "target", target, "input", input);
-  check_reduction(reduction);
+  const std::vector<Tensor> inputs =
+      reconstruction_inputs("squared_error", input, target, std::nullopt, reduction, kDevice);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = stream_of(input);
   const DType dtype = dtype_of("squared_error", input);
-  const LossCall call({input, target}, reduction, mask_vector(grad_mask),
+  const LossCall call(inputs, reduction, mask_vector(grad_mask),
                       /*check_unit_interval=*/false);
   call.launch(dtype, LossKind::kSquaredError, 0.0, stream);
   return {reduce(call, reduction, divisor, input.options(), dtype, stream), call.grads[0],
@@ -329,18 +313,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
     const Tensor& recon, const Tensor& x, const Tensor& mu, const Tensor& logvar,
     int64_t likelihood, double beta, int64_t reduction, int64_t divisor,
     std::array<bool, 4> grad_mask) {
-  check_floating("elbo", "recon", recon);
-  check_like("elbo", "x", x, "recon", recon);
-  check_like("elbo", "mu", mu, "recon", recon, /*same_shape=*/false);
-  check_like("elbo", "logvar", logvar, "mu", mu);
-  TORCH_CHECK_VALUE(reduction == kPerSample || reduction == kSum,
-                    "vae_kernels.elbo: reduction must be 1 (per_sample) or 2 (sum), got ",
-                    reduction);
-  TORCH_CHECK_VALUE(likelihood >= 0 && likelihood <= 3,
-                    "vae_kernels.elbo: likelihood must be 0..3, got ", likelihood);
-  TORCH_CHECK_VALUE(recon.dim() > 0 && mu.dim() > 0 && recon.size(0) == mu.size(0),
-                    "vae_kernels.elbo: recon ", recon.sizes(), " and mu ", mu.sizes(),
-                    " must share their first (batch) dimension");
+  check_elbo_args(recon, x, mu, logvar, likelihood, reduction, kDevice);
   // The `likelihood` codes of the schema (0..3) as loss kinds.
   constexpr LossKind kRecon[] = {LossKind::kBernoulliLogits, LossKind::kBernoulliProbs,
                                  LossKind::kGaussianFixedVar, LossKind::kSquaredError};
@@ -393,9 +366,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
 // may be `local_grad` itself.
 void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
                         int64_t divisor, Tensor& out) {
-  check_floating("loss_backward", "local_grad", local_grad);
-  check_like("loss_backward", "grad_output", grad_output, "local_grad", local_grad, false);
-  check_reduction(reduction);
+  check_loss_backward_args(local_grad, grad_output, reduction, kDevice);
   TORCH_CHECK_VALUE(local_grad.is_contiguous() && out.is_contiguous(),
                     "vae_kernels.loss_backward: local_grad must be contiguous");
   int64_t rows = batch_rows(local_grad), row_len = row_length(local_grad);
