@@ -24,6 +24,10 @@ import vae_kernels as vk
 from vae_kernels import ops, reference
 
 from conftest import ALL_DTYPES, REDUCTIONS, assert_close_to_oracle, upstream_weights
+from test_elbo import LIKELIHOODS
+from test_elbo import make_inputs as make_elbo_inputs
+from test_losses import CASE_IDS, CASES
+from test_losses import make_case as make_loss_case
 
 
 def _unavailable_reason():
@@ -48,31 +52,8 @@ OPS = torch.ops.vae_kernels if ops.LIBRARY_ERROR is None else None
 
 
 def make_case(op: str, option: str, shape, seed=0) -> dict[str, torch.Tensor]:
-    """float64 CPU inputs for one loss op (the inputs of test_losses.make_case)."""
-    g = torch.Generator().manual_seed(seed)
-    rand = lambda s=shape: torch.rand(s, generator=g, dtype=torch.float64)  # noqa: E731
-    randn = lambda s=shape: torch.randn(s, generator=g, dtype=torch.float64)  # noqa: E731
-    if op == "gaussian_kl":
-        t = {"mu": randn(), "logvar": randn() * 0.7}
-        if option == "prior":
-            t.update(prior_mu=randn() * 0.5, prior_logvar=randn() * 0.5)
-        elif option == "broadcast_prior":
-            t.update(prior_mu=randn(shape[-1:]), prior_logvar=randn(shape[-1:]) * 0.3)
-        return t
-    if op == "bernoulli_nll":
-        if option == "logits":
-            return {"input": randn() * 3, "target": rand()}
-        return {"input": rand() * 0.9 + 0.05, "target": rand().round()}
-    if op == "gaussian_nll":
-        t = {"input": randn(), "target": randn()}
-        if option == "learned":
-            t["logvar"] = randn() * 0.5
-        elif option == "broadcast_learned":
-            t["logvar"] = randn(shape[-1:]) * 0.5
-        return t
-    if op == "mse_loss":
-        return {"input": randn(), "target": randn()}
-    raise AssertionError(op)
+    """float64 CPU inputs for one loss op: the cases of test_losses."""
+    return make_loss_case(op, shape, torch.float64, option, seed)[0]
 
 
 def run(impl, op: str, option: str, t: dict, reduction: str) -> torch.Tensor:
@@ -84,21 +65,6 @@ def run(impl, op: str, option: str, t: dict, reduction: str) -> torch.Tensor:
     if op == "gaussian_nll":
         return impl.gaussian_nll(t["input"], t["target"], t.get("logvar", -0.3), reduction)
     return impl.mse_loss(t["input"], t["target"], reduction)
-
-
-CASES = [
-    ("gaussian_kl", "std_normal"),
-    ("gaussian_kl", "prior"),
-    ("gaussian_kl", "broadcast_prior"),
-    ("bernoulli_nll", "logits"),
-    ("bernoulli_nll", "probs"),
-    ("gaussian_nll", "fixed"),
-    ("gaussian_nll", "learned"),
-    ("gaussian_nll", "broadcast_learned"),
-    ("mse_loss", "plain"),
-]
-CASE_IDS = [f"{op}-{opt}" for op, opt in CASES]
-LIKELIHOODS = ["bernoulli", "bernoulli_probs", "gaussian", "mse"]
 
 
 def grad_names(op: str, tensors: dict) -> list[str]:
@@ -252,21 +218,6 @@ def test_wrong_device_mix_is_a_clear_error():
 
 
 # ---------------------------------------------------------------- elbo
-
-
-def make_elbo_inputs(likelihood: str, batch=6, data_shape=(3, 7, 5), latent=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    shape = (batch, *data_shape)
-    if likelihood == "bernoulli":
-        recon, x = torch.randn(shape, generator=g, dtype=torch.float64) * 2, torch.rand(shape, generator=g, dtype=torch.float64)
-    elif likelihood == "bernoulli_probs":
-        recon = torch.rand(shape, generator=g, dtype=torch.float64) * 0.9 + 0.05
-        x = torch.rand(shape, generator=g, dtype=torch.float64).round()
-    else:
-        recon, x = torch.randn(2, *shape, generator=g, dtype=torch.float64)
-    mu = torch.randn(batch, latent, generator=g, dtype=torch.float64)
-    logvar = torch.randn(batch, latent, generator=g, dtype=torch.float64) * 0.5
-    return recon, x, mu, logvar
 
 
 @pytest.mark.parametrize("reduction", ["batchmean", "sum", "per_sample"])
