@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <array>
@@ -42,6 +43,18 @@ inline void check_like(const char* op, const char* name, const at::Tensor& t,
                    t.scalar_type());
   TORCH_CHECK_VALUE(!same_shape || t.sizes() == ref.sizes(), "vae_kernels.", op, ": ", name,
                     " must have the shape of ", ref_name, " ", ref.sizes(), ", got ", t.sizes());
+}
+
+// The dtype of a loss op's local-gradient outputs for inputs of dtype `input`: float32
+// for float16, whose range (65504) a local gradient can exceed before the upstream
+// gradient and 1/divisor bring it back into range; the input's dtype otherwise.
+inline at::ScalarType local_grad_dtype(at::ScalarType input) {
+  return input == at::kHalf ? at::kFloat : input;
+}
+
+// An empty (0,) tensor in the local-gradient dtype: a local gradient not computed.
+inline at::Tensor no_local_grad(const at::Tensor& input) {
+  return at::empty({0}, input.options().dtype(local_grad_dtype(input.scalar_type())));
 }
 
 // Loss ops see a tensor as rows (the batch dimension) of equal length.
@@ -107,10 +120,23 @@ inline void check_elbo_args(const at::Tensor& recon, const at::Tensor& x, const 
                     " must share their first (batch) dimension");
 }
 
+// loss_backward's result has grad_output's dtype; local_grad has the matching
+// local-gradient dtype (the same, or float32 for float16). In place, the two dtypes
+// must be equal.
 inline void check_loss_backward_args(const at::Tensor& local_grad, const at::Tensor& grad_output,
-                                     int64_t reduction, c10::DeviceType device) {
-  check_floating("loss_backward", "local_grad", local_grad, device);
-  check_like("loss_backward", "grad_output", grad_output, "local_grad", local_grad, false);
+                                     int64_t reduction, c10::DeviceType device,
+                                     bool in_place = false) {
+  const char* op = in_place ? "loss_backward_" : "loss_backward";
+  check_floating(op, "grad_output", grad_output, device);
+  check_floating(op, "local_grad", local_grad, device);
+  TORCH_CHECK_VALUE(local_grad.device() == grad_output.device(), "vae_kernels.", op,
+                    ": local_grad must be on the device of grad_output (", grad_output.device(),
+                    "), got ", local_grad.device());
+  const at::ScalarType expected =
+      in_place ? grad_output.scalar_type() : local_grad_dtype(grad_output.scalar_type());
+  TORCH_CHECK_TYPE(local_grad.scalar_type() == expected, "vae_kernels.", op,
+                   ": local_grad must have dtype ", expected, " for a grad_output of dtype ",
+                   grad_output.scalar_type(), ", got ", local_grad.scalar_type());
   check_reduction(reduction);
 }
 

@@ -312,19 +312,72 @@ def test_kl_logvar_gradient_near_zero_has_float32_absolute_error(backend):
     assert err.max() <= 1.5 * 2**-24, err.max()  # half an ULP of 1 times 0.5, plus rounding
 
 
+# float16 local gradients are float32 (ops.local_grad_dtype): each case has a local
+# gradient beyond float16's 65504 and a final gradient inside it.
+FLOAT16_BACKENDS = [
+    pytest.param(b, marks=pytest.mark.skipif(
+        b not in vk.available_backends() or (b != "cpu" and not torch.cuda.is_available()),
+        reason=f"backend {b!r} cannot run float16 here"))
+    for b in ("cpu", "cuda", "triton")
+]
+
+
+def _float16_local_overflow_cases():
+    def kl(t, backend):  # d/d logvar = 0.5 (exp(12) - 1) = 81376.9, batchmean over 4
+        return vk.gaussian_kl(t["mu"], t["logvar"], reduction="batchmean", backend=backend)
+
+    def kl_scaled_sum(t, backend):  # the same local gradient, times an upstream 1/4
+        return 0.25 * vk.gaussian_kl(t["mu"], t["logvar"], reduction="sum", backend=backend)
+
+    def elbo(t, backend):  # the KL term's local gradients inside the fused elbo
+        return vk.elbo_loss(t["recon"], t["x"], t["mu"], t["logvar"], likelihood="gaussian",
+                            reduction="batchmean", backend=backend)
+
+    def learned_var(t, backend):  # d/d input = (input - x) exp(-logvar) = 2 exp(11) = 119748
+        return vk.gaussian_nll(t["input"], t["x"], logvar=t["nll_logvar"], reduction="mean",
+                               backend=backend)
+
+    latent = {"mu": torch.zeros(4, 1), "logvar": torch.full((4, 1), 12.0)}
+    recon = {"recon": torch.linspace(-1, 1, 8).reshape(4, 2), "x": torch.zeros(4, 2)}
+    nll = {"input": torch.full((2, 2), 2.0), "x": torch.zeros(2, 2),
+           "nll_logvar": torch.full((2, 2), -11.0)}
+    return [
+        pytest.param(kl, latent, id="kl-batchmean"),
+        pytest.param(kl_scaled_sum, latent, id="kl-sum-times-upstream"),
+        pytest.param(elbo, {**recon, **latent}, id="elbo-batchmean"),
+        pytest.param(learned_var, nll, id="gaussian-nll-learned-var-mean"),
+    ]
+
+
+@pytest.mark.parametrize("backend", FLOAT16_BACKENDS)
+@pytest.mark.parametrize("call,tensors", _float16_local_overflow_cases())
+def test_float16_gradient_finite_when_only_the_local_gradient_overflows(call, tensors, backend):
+    device = "cpu" if backend == "cpu" else "cuda"
+    ours = {k: v.to(device, torch.float16).requires_grad_() for k, v in tensors.items()}
+    call(ours, backend).backward()
+    oracle = {k: v.double().requires_grad_() for k, v in tensors.items()}
+    call(oracle, "torch").backward()
+    for name in tensors:
+        true = oracle[name].grad
+        assert true.abs().max() < 65504  # the case is meant to fit float16
+        got = ours[name].grad
+        assert got.dtype == torch.float16 and got.isfinite().all(), (name, got)
+        torch.testing.assert_close(got.double().cpu(), true, **TOLERANCES[torch.float16])
+
+
 @requires_cpu
-@pytest.mark.skip(
-    reason="KNOWN BUG (ops.py/loss ops design): float16 local gradients are stored in "
-    "float16 before the upstream gradient and 1/divisor are applied, so a local gradient "
-    "above 65504 becomes inf though the final gradient is finite. Needs float32 "
-    "local-gradient buffers for float16 (or scaling by 1/divisor in the forward), "
-    "which changes ops.py; see the hardening report."
-)
-def test_float16_gradient_finite_when_only_the_local_gradient_overflows():
-    mu = torch.zeros(4, 1, dtype=torch.float16, requires_grad=True)
-    lv = torch.full((4, 1), 12.0, dtype=torch.float16, requires_grad=True)
-    vk.gaussian_kl(mu, lv, reduction="batchmean", backend="cpu").backward()
-    # True gradient: 0.5 * (exp(12) - 1) / 4 = 20344.2, inside float16's range.
-    assert lv.grad.isfinite().all()
-    torch.testing.assert_close(lv.grad.double(), torch.full((4, 1), 20344.22, dtype=torch.float64),
-                               **TOLERANCES[torch.float16])
+@pytest.mark.parametrize("op", ["gaussian_kl", "bernoulli_nll", "squared_error"])
+def test_float16_local_gradients_are_float32_and_the_others_keep_their_dtype(op):
+    """The raw op's local-gradient outputs: float32 for float16 inputs (see above),
+    the input dtype otherwise; loss_backward returns the upstream gradient's dtype."""
+    for dtype, local_dtype in [(torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16),
+                               (torch.float32, torch.float32), (torch.float64, torch.float64)]:
+        a, b = torch.rand(3, 4, dtype=dtype), torch.rand(3, 4, dtype=dtype)
+        raw = getattr(torch.ops.vae_kernels, op)
+        extra = (False,) if op == "bernoulli_nll" else ()
+        extra = (None, None) if op == "gaussian_kl" else extra
+        outputs = raw(a, b, *extra, 2, 1, [True, True] + [False] * (2 if op == "gaussian_kl" else 0))
+        assert outputs[0].dtype == dtype
+        assert [g.dtype for g in outputs[1:]] == [local_dtype] * (len(outputs) - 1), dtype
+        grad = torch.ops.vae_kernels.loss_backward(outputs[1], torch.ones((), dtype=dtype), 2, 1)
+        assert grad.dtype == dtype

@@ -35,11 +35,14 @@ def opcheck_cases():
         "reparameterize_philox": [(mu, lv, seed, 3)],
         "reparameterize_philox_backward": [(torch.randn(3, 4, 3, dtype=torch.float64), lv.detach(), seed)],
         "loss_backward": [(torch.randn(4, 6, dtype=torch.float64), torch.randn(4, dtype=torch.float64), 1, 1),
-                          (torch.randn(4, 6, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64), 2, 4)],
+                          (torch.randn(4, 6, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64), 2, 4),
+                          # float16: float32 local gradients, a float16 result
+                          (torch.randn(4, 6), torch.randn(4, dtype=torch.float16), 1, 1)],
         "gaussian_kl": [(mu, lv, None, None, r, 1, [True, True, False, False]) for r in (0, 1, 2)]
         + [(mu, lv, pm, plv, 2, 4, [True, True, True, True])],
         "bernoulli_nll": [(logits, x, True, r, 1, [True, False]) for r in (0, 1, 2)]
-        + [(probs, x, False, 2, 24, [True, False])],
+        + [(probs, x, False, 2, 24, [True, False]),
+           (logits.detach().half().requires_grad_(), x.half(), True, 2, 24, [True, False])],
         "gaussian_nll": [(recon, x, None, 0.5, 1, 1, [True, False, False]),
                          (recon, x, plv.detach().repeat(1, 2).requires_grad_(), 0.0, 2, 1, [True, False, True])],
         "squared_error": [(recon, x, r, 1, [True, False]) for r in (0, 1, 2)],

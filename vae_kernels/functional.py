@@ -22,9 +22,9 @@ Numerics at the extremes (every backend; tests/test_hardening_numerics.py):
   gradients stay finite (``sigmoid(l) - x``, ``-l``).
 - NaN in an input propagates to every output and gradient that depends on it and to
   nothing else; the [0, 1] range checks let NaN through rather than raise.
-- float16 caveat: local gradients are stored in float16 before the upstream gradient
-  and the reduction's 1/divisor are applied, so one above 65504 becomes inf even where
-  the final gradient would fit.
+- float16: local gradients are stored in float32 before the upstream gradient and
+  the reduction's 1/divisor are applied, so a gradient is finite wherever its final
+  value fits float16, even if d loss_i / d input_i alone exceeds 65504.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ registered there too. This module adds what torch needs around them:
 - ``register_autograd``: each loss op returns, next to the loss, the local gradient
   of each input that requires grad (computed in the same pass as the loss); its
   backward is ``loss_backward`` = local gradient * upstream gradient / divisor.
+  Local gradients of float16 inputs are float32 (``local_grad_dtype``): one can exceed
+  float16's range where the final gradient fits.
   In eager mode that product is written in place into the local-gradient buffer
   (``loss_backward_``), which saves a tensor allocation and a pass; a repeated backward
   recomputes the local gradients. Sampling ops have their own backward ops.
@@ -44,6 +46,13 @@ LIBRARY_ERROR: Optional[str] = _load_library()
 # Schema encodings (see csrc/schemas.cpp).
 REDUCTION_NONE, REDUCTION_PER_SAMPLE, REDUCTION_SUM = 0, 1, 2
 LIKELIHOOD_CODES = {"bernoulli": 0, "bernoulli_probs": 1, "gaussian": 2, "mse": 3}
+
+
+def local_grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a loss op's local-gradient outputs for inputs of ``dtype``: float32
+    for float16 (a local gradient can exceed 65504 before the upstream gradient and
+    1/divisor bring it back into range, e.g. d KL/d logvar at logvar 12), else ``dtype``."""
+    return torch.float32 if dtype == torch.float16 else dtype
 
 
 def cpu_kernel_isa() -> str:
@@ -280,7 +289,7 @@ def _chain(
                 "vae_kernels: an input needs a gradient that the forward pass was not asked "
                 "to compute (grad_mask); call the public vae_kernels functions, not the raw op"
             )
-        elif in_place:
+        elif in_place and local.dtype == upstream.dtype:  # not float16's float32 buffers
             ctx.ops.loss_backward_(local, upstream, ctx.reduction, ctx.divisor)
             grads.append(local)
         else:
@@ -304,15 +313,18 @@ def _register_fakes() -> None:
         lambda grad_z, logvar, seed: (same(logvar), same(logvar))
     )
     torch.library.register_fake(lib + "loss_backward")(
-        lambda local_grad, grad_output, reduction, divisor: same(local_grad)
+        lambda local_grad, grad_output, reduction, divisor: local_grad.new_empty(
+            local_grad.shape, dtype=grad_output.dtype
+        )
     )
     torch.library.register_fake(lib + "loss_backward_")(
         lambda local_grad, grad_output, reduction, divisor: None
     )
 
     def local_grads(tensors, grad_mask, like):
+        dtype = local_grad_dtype(like.dtype)
         return tuple(
-            same(t) if (t is not None and needed) else like.new_empty((0,))
+            like.new_empty(t.shape if (t is not None and needed) else (0,), dtype=dtype)
             for t, needed in zip(tensors, grad_mask)
         )
 

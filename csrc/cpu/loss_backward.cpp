@@ -1,14 +1,28 @@
 // The backward pass shared by every loss op: the forward already wrote the local
 // gradient d loss_i / d input_i (csrc/math/ holds those formulas), so backward is the
-// chain rule, local gradient * upstream gradient * reduction scale, in one pass.
+// chain rule, local gradient * upstream gradient * reduction scale, in one pass. The
+// result has the upstream gradient's dtype; float16's local gradients are float32.
 #include "isa_kernels.h"
 #include "loss_loop.h"
 
 namespace vae_kernels::cpu::CPU_CAPABILITY {
 namespace {
 
+// Two vectors of float32 compute values from 2 * W elements.
+inline void load_two_vecs(const float* p, at::vec::Vectorized<float>& low,
+                          at::vec::Vectorized<float>& high) {
+  using Vec = at::vec::Vectorized<float>;
+  low = Vec::loadu(p);
+  high = Vec::loadu(p + Vec::size());
+}
 template <typename scalar_t>
-void loss_backward_typed(const scalar_t* local_grad, const scalar_t* grad_output,
+inline void load_two_vecs(const scalar_t* p, at::vec::Vectorized<float>& low,
+                          at::vec::Vectorized<float>& high) {
+  at::vec::load_to_float(p, low, high);
+}
+
+template <typename scalar_t>
+void loss_backward_typed(const local_grad_t<scalar_t>* local_grad, const scalar_t* grad_output,
                          int64_t grad_output_stride_elem, int64_t grad_output_stride_row,
                          double scale, scalar_t* out, int64_t rows, int64_t row_len) {
   using Vec = AccVec<scalar_t>;
@@ -32,7 +46,7 @@ void loss_backward_typed(const scalar_t* local_grad, const scalar_t* grad_output
           // costly step here, and converting a vector pair at once halves it.
           for (; i + 2 * W <= end; i += 2 * W) {
             Vec low, high;
-            at::vec::load_to_float(local_grad + i, low, high);
+            load_two_vecs(local_grad + i, low, high);
             at::vec::convert_from_float<scalar_t>(low * factor, high * factor).store(out + i);
           }
         }
@@ -56,7 +70,7 @@ void loss_backward(c10::ScalarType dtype, const void* local_grad, const void* gr
                    int64_t grad_output_stride_elem, int64_t grad_output_stride_row, double scale,
                    void* out, int64_t rows, int64_t row_len) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "vae_kernels_loss_backward", [&] {
-    loss_backward_typed(static_cast<const scalar_t*>(local_grad),
+    loss_backward_typed<scalar_t>(static_cast<const local_grad_t<scalar_t>*>(local_grad),
                         static_cast<const scalar_t*>(grad_output), grad_output_stride_elem,
                         grad_output_stride_row, scale, static_cast<scalar_t*>(out), rows, row_len);
   });

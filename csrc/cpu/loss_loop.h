@@ -38,10 +38,10 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, int64_t begin, int64
   constexpr int64_t W = kVecWidth<scalar_t>;
   constexpr int N = Op::kInputs;
   const scalar_t* in_ptr[N];
-  scalar_t* grad_ptr[N];
+  local_grad_t<scalar_t>* grad_ptr[N];
   for (int k = 0; k < N; ++k) {
     in_ptr[k] = static_cast<const scalar_t*>(buffers.inputs[k]);
-    grad_ptr[k] = static_cast<scalar_t*>(buffers.grads[k]);
+    grad_ptr[k] = static_cast<local_grad_t<scalar_t>*>(buffers.grads[k]);
   }
   auto* loss_ptr = static_cast<scalar_t*>(buffers.elementwise_loss);
 

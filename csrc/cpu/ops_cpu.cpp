@@ -86,10 +86,13 @@ void advise_huge_pages(const Tensor& t) {
 #endif
 }
 
-// A new contiguous CPU tensor shaped like `like`, for a kernel to fill.
-Tensor empty_output(const Tensor& like) {
-  const auto options = like.options().memory_format(at::MemoryFormat::Contiguous);
-  const size_t nbytes = static_cast<size_t>(like.numel()) * like.element_size();
+// A new contiguous CPU tensor shaped like `like` (with `like`'s dtype unless another is
+// given), for a kernel to fill.
+Tensor empty_output(const Tensor& like, std::optional<at::ScalarType> dtype = std::nullopt) {
+  const auto options = like.options()
+                           .dtype(dtype.value_or(like.scalar_type()))
+                           .memory_format(at::MemoryFormat::Contiguous);
+  const size_t nbytes = static_cast<size_t>(like.numel()) * options.dtype().itemsize();
   if (nbytes < kLargeOutputBytes) return at::empty(like.sizes(), options);
   if (auto storage = storage_cache().take(nbytes)) {
     return at::empty({0}, options).set_(*storage, 0, like.sizes());
@@ -123,10 +126,10 @@ struct LossCall {
     }
     for (size_t k = 0; k < grad_mask.size(); ++k) {
       if (grad_mask[k]) {
-        grads.push_back(empty_output(inputs[k]));
+        grads.push_back(empty_output(inputs[k], local_grad_dtype(inputs[k].scalar_type())));
         buffers.grads[k] = grads.back().data_ptr();
       } else {
-        grads.push_back(at::empty({0}, first.options()));
+        grads.push_back(no_local_grad(first));
       }
     }
   }
@@ -258,8 +261,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
   // Each output its own tensor: outputs must never alias one another.
   return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, mu.options()),
           call.grads[0], call.grads[1],
-          with_prior ? call.grads[2] : at::empty({0}, mu.options()),
-          with_prior ? call.grads[3] : at::empty({0}, mu.options())};
+          with_prior ? call.grads[2] : no_local_grad(mu),
+          with_prior ? call.grads[3] : no_local_grad(mu)};
 }
 
 std::tuple<Tensor, Tensor, Tensor> bernoulli_nll(const Tensor& input, const Tensor& target,
@@ -291,7 +294,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_nll(const Tensor& input, con
                                logvar_value, call.buffers);
   return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
           call.grads[0], call.grads[1],
-          logvar.has_value() ? call.grads[2] : at::empty({0}, input.options())};
+          logvar.has_value() ? call.grads[2] : no_local_grad(input)};
 }
 
 std::tuple<Tensor, Tensor, Tensor> squared_error(const Tensor& input, const Tensor& target,
@@ -332,11 +335,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
           recon_call.grads[0], recon_call.grads[1], kl_call.grads[0], kl_call.grads[1]};
 }
 
-// out = local_grad * grad_output (per element, per row or one value) / divisor; `out`
-// may be `local_grad` itself.
+// out = local_grad * grad_output (per element, per row or one value) / divisor, in
+// grad_output's dtype; `out` may be `local_grad` itself. Dtypes are checked by the caller.
 void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
                         int64_t divisor, Tensor& out) {
-  check_loss_backward_args(local_grad, grad_output, reduction, kDevice);
   TORCH_CHECK_VALUE(local_grad.is_contiguous() && out.is_contiguous(),
                     "vae_kernels.loss_backward: local_grad must be contiguous");
   const int64_t rows = batch_rows(local_grad), row_len = row_length(local_grad);
@@ -358,21 +360,23 @@ void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int
                       grad_output.sizes());
   }
   const Tensor upstream_c = grad_output.contiguous();
-  kernels().loss_backward(local_grad.scalar_type(), local_grad.const_data_ptr(),
+  kernels().loss_backward(grad_output.scalar_type(), local_grad.const_data_ptr(),
                           upstream_c.const_data_ptr(), stride_elem, stride_row,
                           1.0 / static_cast<double>(divisor), out.data_ptr(), rows, row_len);
 }
 
 Tensor loss_backward(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
                      int64_t divisor) {
+  check_loss_backward_args(local_grad, grad_output, reduction, kDevice);
   const Tensor local_c = local_grad.contiguous();
-  Tensor out = empty_output(local_c);
+  Tensor out = empty_output(local_c, grad_output.scalar_type());
   loss_backward_into(local_c, grad_output, reduction, divisor, out);
   return out;
 }
 
 void loss_backward_inplace(Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
                            int64_t divisor) {
+  check_loss_backward_args(local_grad, grad_output, reduction, kDevice, /*in_place=*/true);
   loss_backward_into(local_grad, grad_output, reduction, divisor, local_grad);
 }
 

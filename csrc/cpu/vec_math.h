@@ -92,6 +92,10 @@ namespace CPU_CAPABILITY {
 template <typename scalar_t>
 using acc_type_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
+// The element type of local gradients (local_grad_dtype in csrc/op_checks.h).
+template <typename scalar_t>
+using local_grad_t = std::conditional_t<std::is_same_v<scalar_t, c10::Half>, float, scalar_t>;
+
 template <typename scalar_t>
 using AccVec = at::vec::Vectorized<acc_type_t<scalar_t>>;
 

@@ -24,6 +24,11 @@ template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16
   return __bfloat162float(x);
 }
 
+// The element type of local gradients: float32 for float16 (see launchers.h).
+template <typename T> struct LocalGradOf { using type = T; };
+template <> struct LocalGradOf<__half> { using type = float; };
+template <typename T> using local_grad_t = typename LocalGradOf<T>::type;
+
 // Round to nearest even, as torch's own conversions do.
 template <typename T> __device__ __forceinline__ T from_acc(acc_t<T> x) { return x; }
 template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
@@ -50,6 +55,26 @@ template <typename T> __device__ __forceinline__ Pack<T> load_pack(const T* p) {
 }
 template <typename T> __device__ __forceinline__ void store_pack(T* p, const Pack<T>& pack) {
   *reinterpret_cast<Pack<T>*>(p) = pack;
+}
+
+// P consecutive values of G as whole 16-byte packs (P * sizeof(G) a multiple of 16):
+// how a kernel packed by its input type T moves local gradients of another width.
+template <typename G, int P> __device__ __forceinline__ void store_values(G* p, const G (&v)[P]) {
+  constexpr int Q = kPackSize<G>;
+  static_assert(P % Q == 0, "whole packs only");
+  for (int q = 0; q < P / Q; ++q) {
+    Pack<G> pack;
+    for (int j = 0; j < Q; ++j) pack.v[j] = v[q * Q + j];
+    store_pack(p + q * Q, pack);
+  }
+}
+template <typename G, int P> __device__ __forceinline__ void load_values(const G* p, G (&v)[P]) {
+  constexpr int Q = kPackSize<G>;
+  static_assert(P % Q == 0, "whole packs only");
+  for (int q = 0; q < P / Q; ++q) {
+    const Pack<G> pack = load_pack(p + q * Q);
+    for (int j = 0; j < Q; ++j) v[q * Q + j] = pack.v[j];
+  }
 }
 
 inline bool is_aligned_16(const void* p) {

@@ -2,6 +2,7 @@
 // local gradient d loss_i / d input_i, so backward is local gradient * upstream
 // gradient * reduction scale, in one pass (in place when out == local_grad).
 // Arithmetic in the order of csrc/cpu/loss_backward.cpp, so both backends round alike.
+// The result has the upstream gradient's type T; float16's local gradients are float32.
 #include "common.cuh"
 
 namespace vae_kernels::cuda {
@@ -13,7 +14,7 @@ constexpr int64_t kChunk = kLossChunk;  // elements per block
 // `local_grad` and `out` may alias (in place): no __restrict__ on them.
 template <typename T>
 struct BackwardArgs {
-  const T* local_grad;
+  const local_grad_t<T>* local_grad;
   const T* grad_output;
   T* out;
   int64_t stride_elem;  // 1 (per element) or 0 (per row / one value)
@@ -51,13 +52,14 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(BackwardArgs<T>
     constexpr int P = kPackSize<T>;
     const int64_t packed_end = begin + (end - begin) / P * P;
     for (int64_t i = begin + threadIdx.x * P; i < packed_end; i += stride * P) {
-      const Pack<T> local = load_pack(a.local_grad + i);
+      local_grad_t<T> local[P];
+      load_values(a.local_grad + i, local);
       Pack<T> up;
       if (per_element) up = load_pack(upstream + (i - row_start));
       Pack<T> result;
       for (int j = 0; j < P; ++j) {
         const A g = per_element ? to_acc(up.v[j]) : A(0);
-        result.v[j] = from_acc<T>(backward_element<T>(to_acc(local.v[j]), g, factor, per_element));
+        result.v[j] = from_acc<T>(backward_element<T>(to_acc(local[j]), g, factor, per_element));
       }
       store_pack(a.out + i, result);
     }
@@ -70,7 +72,7 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(BackwardArgs<T>
 }
 
 template <typename T>
-cudaError_t run_loss_backward(const T* local_grad, const T* grad_output, int64_t stride_elem,
+cudaError_t run_loss_backward(const local_grad_t<T>* local_grad, const T* grad_output, int64_t stride_elem,
                               int64_t stride_row, double scale, T* out, int64_t rows,
                               int64_t row_len, cudaStream_t stream) {
   if (rows <= 0 || row_len <= 0) return cudaSuccess;
@@ -103,7 +105,7 @@ cudaError_t launch_loss_backward(DType dtype, const void* local_grad, const void
                                  cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    return run_loss_backward<T>(static_cast<const T*>(local_grad),
+    return run_loss_backward<T>(static_cast<const local_grad_t<T>*>(local_grad),
                                 static_cast<const T*>(grad_output), grad_output_stride_elem,
                                 grad_output_stride_row, scale, static_cast<T*>(out), rows,
                                 row_len, stream);

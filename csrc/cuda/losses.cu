@@ -105,7 +105,7 @@ struct KLPriorOp {
 template <typename T, int N>
 struct TypedBuffers {
   const T* in[N];
-  T* grad[N];
+  local_grad_t<T>* grad[N];
   T* loss;
   double* partial_sums;
   int32_t* out_of_unit_interval;
@@ -138,6 +138,7 @@ template <typename T, typename Op, bool kWithGrad, bool kVectorized>
 __global__ void __launch_bounds__(kMaxBlockThreads)
     loss_kernel(Op op, TypedBuffers<T, Op::kInputs> b) {
   using A = acc_t<T>;
+  using G = local_grad_t<T>;
   constexpr int N = Op::kInputs;
   const int64_t block = blockIdx.x;
   const int64_t row = block / b.chunks_per_row;
@@ -156,19 +157,20 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     for (int64_t i = begin + threadIdx.x * P; i < packed_end; i += stride * P) {
       Pack<T> in_pack[N];
       for (int k = 0; k < N; ++k) in_pack[k] = load_pack(b.in[k] + i);
-      Pack<T> loss_pack, grad_pack[N];
+      Pack<T> loss_pack;
+      G grad_values[N][P];
       for (int j = 0; j < P; ++j) {
         A in[N], grad[N];
         for (int k = 0; k < N; ++k) in[k] = to_acc(in_pack[k].v[j]);
         loss_pack.v[j] = from_acc<T>(loss_element<kWithGrad>(op, in, grad, sum, outside));
         if constexpr (kWithGrad) {
-          for (int k = 0; k < N; ++k) grad_pack[k].v[j] = from_acc<T>(grad[k]);
+          for (int k = 0; k < N; ++k) grad_values[k][j] = from_acc<G>(grad[k]);
         }
       }
       if (b.loss) store_pack(b.loss + i, loss_pack);
       if constexpr (kWithGrad) {
         for (int k = 0; k < N; ++k) {
-          if (b.grad[k]) store_pack(b.grad[k] + i, grad_pack[k]);
+          if (b.grad[k]) store_values(b.grad[k] + i, grad_values[k]);
         }
       }
     }
@@ -181,7 +183,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     if (b.loss) b.loss[i] = from_acc<T>(loss);
     if constexpr (kWithGrad) {
       for (int k = 0; k < N; ++k) {
-        if (b.grad[k]) b.grad[k][i] = from_acc<T>(grad[k]);
+        if (b.grad[k]) b.grad[k][i] = from_acc<G>(grad[k]);
       }
     }
   }
@@ -219,7 +221,7 @@ cudaError_t run_loss(const Op& op, const LossBuffers& buffers, cudaStream_t stre
   bool aligned = is_aligned_16(buffers.elementwise_loss);
   for (int k = 0; k < N; ++k) {
     b.in[k] = static_cast<const T*>(buffers.inputs[k]);
-    b.grad[k] = static_cast<T*>(buffers.grads[k]);
+    b.grad[k] = static_cast<local_grad_t<T>*>(buffers.grads[k]);
     with_grad = with_grad || b.grad[k] != nullptr;
     aligned = aligned && is_aligned_16(b.in[k]) && is_aligned_16(b.grad[k]);
   }

@@ -94,10 +94,12 @@ struct LossCall {
     }
     for (size_t k = 0; k < grad_mask.size(); ++k) {
       if (grad_mask[k]) {
-        grads.push_back(at::empty_like(inputs[k]));
+        grads.push_back(
+            at::empty_like(inputs[k], inputs[k].options().dtype(
+                                          local_grad_dtype(inputs[k].scalar_type()))));
         buffers.grads[k] = grads.back().data_ptr();
       } else {
-        grads.push_back(at::empty({0}, first.options()));
+        grads.push_back(no_local_grad(first));
       }
     }
     if (check_unit_interval) {
@@ -253,8 +255,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
   call.launch(dtype, with_prior ? LossKind::kKLPrior : LossKind::kKLStdNormal, 0.0, stream);
   // Each output its own tensor: outputs must never alias one another.
   return {reduce(call, reduction, divisor, mu.options(), dtype, stream), call.grads[0],
-          call.grads[1], with_prior ? call.grads[2] : at::empty({0}, mu.options()),
-          with_prior ? call.grads[3] : at::empty({0}, mu.options())};
+          call.grads[1], with_prior ? call.grads[2] : no_local_grad(mu),
+          with_prior ? call.grads[3] : no_local_grad(mu)};
 }
 
 std::tuple<Tensor, Tensor, Tensor> bernoulli_nll(const Tensor& input, const Tensor& target,
@@ -291,7 +293,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_nll(const Tensor& input, con
               logvar.has_value() ? LossKind::kGaussianLearnedVar : LossKind::kGaussianFixedVar,
               logvar_value, stream);
   return {reduce(call, reduction, divisor, input.options(), dtype, stream), call.grads[0],
-          call.grads[1], logvar.has_value() ? call.grads[2] : at::empty({0}, input.options())};
+          call.grads[1], logvar.has_value() ? call.grads[2] : no_local_grad(input)};
 }
 
 std::tuple<Tensor, Tensor, Tensor> squared_error(const Tensor& input, const Tensor& target,
@@ -362,11 +364,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
           kl_call.grads[1]};
 }
 
-// out = local_grad * grad_output (per element, per row or one value) / divisor; `out`
-// may be `local_grad` itself.
+// out = local_grad * grad_output (per element, per row or one value) / divisor, in
+// grad_output's dtype; `out` may be `local_grad` itself. Dtypes are checked by the caller.
 void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
                         int64_t divisor, Tensor& out) {
-  check_loss_backward_args(local_grad, grad_output, reduction, kDevice);
   TORCH_CHECK_VALUE(local_grad.is_contiguous() && out.is_contiguous(),
                     "vae_kernels.loss_backward: local_grad must be contiguous");
   int64_t rows = batch_rows(local_grad), row_len = row_length(local_grad);
@@ -394,7 +395,7 @@ void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int
   }
   const c10::cuda::CUDAGuard guard(local_grad.device());
   const Tensor upstream_c = grad_output.contiguous();
-  C10_CUDA_CHECK(launch_loss_backward(dtype_of("loss_backward", local_grad),
+  C10_CUDA_CHECK(launch_loss_backward(dtype_of("loss_backward", grad_output),
                                       local_grad.const_data_ptr(), upstream_c.const_data_ptr(),
                                       stride_elem, stride_row, 1.0 / static_cast<double>(divisor),
                                       out.data_ptr(), rows, row_len, stream_of(local_grad)));
@@ -402,14 +403,16 @@ void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int
 
 Tensor loss_backward(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
                      int64_t divisor) {
+  check_loss_backward_args(local_grad, grad_output, reduction, kDevice);
   const Tensor local_c = local_grad.contiguous();
-  Tensor out = at::empty_like(local_c);
+  Tensor out = at::empty_like(local_c, local_c.options().dtype(grad_output.scalar_type()));
   loss_backward_into(local_c, grad_output, reduction, divisor, out);
   return out;
 }
 
 void loss_backward_inplace(Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
                            int64_t divisor) {
+  check_loss_backward_args(local_grad, grad_output, reduction, kDevice, /*in_place=*/true);
   loss_backward_into(local_grad, grad_output, reduction, divisor, local_grad);
 }
 

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from ..ops import local_grad_dtype
 from .launch import wrap_triton
 
 from .layout import (
@@ -284,6 +285,11 @@ def _reduction_partials(reduction: int):
     return PARTIALS_PER_ROW if reduction == REDUCTION_PER_SAMPLE else PARTIALS_PER_PROGRAM
 
 
+def no_local_grad(input: Tensor) -> Tensor:
+    """An empty (0,) tensor in the local-gradient dtype: a local gradient not computed."""
+    return input.new_empty((0,), dtype=local_grad_dtype(input.dtype))
+
+
 def elementwise_loss(
     kind: tl.constexpr,
     inputs: Sequence[Tensor],
@@ -301,8 +307,9 @@ def elementwise_loss(
         views.append(views[0])
 
     like = torch.empty(first.shape, dtype=first.dtype, device=first.device)
+    grad_dtype = local_grad_dtype(first.dtype)
     grads = [
-        torch.empty_like(like) if needed else first.new_empty((0,))
+        torch.empty_like(like, dtype=grad_dtype) if needed else no_local_grad(first)
         for needed, _ in zip(grad_mask, inputs)
     ]
     grad_ptrs = [g if g.numel() > 0 else like for g in grads]
@@ -409,10 +416,11 @@ def launch_loss_backward(
     local_grad: Tensor, grad_output: Tensor, reduction: int, divisor: int, in_place: bool = False
 ) -> Tensor:
     """local_grad * grad_output (per element, per row or scalar) / divisor, written to a
-    new contiguous tensor, or into ``local_grad`` itself with ``in_place``."""
+    new contiguous tensor of grad_output's dtype, or into ``local_grad`` itself with
+    ``in_place`` (same dtypes only)."""
     rows, row_len = batch_rows(local_grad), row_length(local_grad)
     if local_grad.numel() == 0:
-        return local_grad if in_place else torch.empty_like(local_grad)
+        return local_grad if in_place else torch.empty_like(local_grad, dtype=grad_output.dtype)
     tile = tile_shape(rows, row_len)
     local = as_rows(local_grad)
     if in_place:
@@ -422,7 +430,7 @@ def launch_loss_backward(
             # copy into it.
             return local_grad.copy_(launch_loss_backward(local_grad, grad_output, reduction, divisor))
     else:
-        result = torch.empty(local_grad.shape, dtype=local_grad.dtype, device=local_grad.device)
+        result = torch.empty(local_grad.shape, dtype=grad_output.dtype, device=local_grad.device)
         out = Rows(result, row_len, 1)  # contiguous: (row, col) is at row * row_len + col
     if reduction == REDUCTION_NONE:
         upstream = as_rows(grad_output)

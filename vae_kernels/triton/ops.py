@@ -200,7 +200,7 @@ def gaussian_kl(
         loss_pass = elementwise_loss(
             losses.KL_STD_NORMAL, [mu, logvar], grad_mask[:2], reduction
         )
-        grads = [*loss_pass.grads, mu.new_empty((0,)), mu.new_empty((0,))]
+        grads = [*loss_pass.grads, losses.no_local_grad(mu), losses.no_local_grad(mu)]
     loss, _, _ = reduce_loss(loss_pass, reduction, divisor, mu)
     return loss, grads[0], grads[1], grads[2], grads[3]
 
@@ -259,7 +259,7 @@ def gaussian_nll(
             reduction,
             fixed_logvar=logvar_value,
         )
-        grads = [*loss_pass.grads, input.new_empty((0,))]
+        grads = [*loss_pass.grads, losses.no_local_grad(input)]
     loss, _, _ = reduce_loss(loss_pass, reduction, divisor, input)
     return loss, grads[0], grads[1], grads[2]
 
@@ -328,9 +328,24 @@ def elbo(
     return loss, recon_nll, kl, *recon_pass.grads, *kl_pass.grads
 
 
-def _check_loss_backward_args(op: str, local_grad: Tensor, grad_output: Tensor, reduction: int):
+def _check_loss_backward_args(
+    op: str, local_grad: Tensor, grad_output: Tensor, reduction: int, in_place: bool = False
+):
+    """The result has grad_output's dtype; local_grad has the matching local-gradient
+    dtype (float32 for float16), or in place exactly grad_output's dtype."""
+    _check_floating(op, "grad_output", grad_output)
     _check_floating(op, "local_grad", local_grad)
-    _check_like(op, "grad_output", grad_output, "local_grad", local_grad, same_shape=False)
+    if local_grad.device != grad_output.device:
+        raise ValueError(
+            f"{NAMESPACE}.{op}: local_grad must be on the device of grad_output "
+            f"({grad_output.device}), got {local_grad.device}"
+        )
+    expected = grad_output.dtype if in_place else shared_ops.local_grad_dtype(grad_output.dtype)
+    if local_grad.dtype != expected:
+        raise TypeError(
+            f"{NAMESPACE}.{op}: local_grad must have dtype {expected} for a grad_output of "
+            f"dtype {grad_output.dtype}, got {local_grad.dtype}"
+        )
     _check_reduction(op, reduction)
     rows = batch_rows(local_grad)
     if reduction == losses.REDUCTION_NONE and grad_output.shape != local_grad.shape:
@@ -358,7 +373,7 @@ def loss_backward(local_grad: Tensor, grad_output: Tensor, reduction: int, divis
 @triton_op(f"{NAMESPACE}::loss_backward_", mutates_args={"local_grad"})
 def loss_backward_(local_grad: Tensor, grad_output: Tensor, reduction: int, divisor: int) -> None:
     """loss_backward written in place into ``local_grad`` (the forward's buffer)."""
-    _check_loss_backward_args("loss_backward_", local_grad, grad_output, reduction)
+    _check_loss_backward_args("loss_backward_", local_grad, grad_output, reduction, in_place=True)
     launch_loss_backward(local_grad, grad_output, reduction, divisor, in_place=True)
 
 
