@@ -6,10 +6,13 @@
 // Conventions:
 // - `reduction`: 0 none (elementwise), 1 per_sample (shape (B,)), 2 sum (a scalar);
 //   reduced values are divided by `divisor` (1, B for batchmean, numel for mean).
-// - Loss ops return the loss first, then the local gradients d loss_i / d input_i of
-//   their differentiable inputs, computed in the same pass when `grad_mask` asks for
-//   them (an empty tensor otherwise). `loss_backward` turns a local gradient and the
-//   upstream gradient into the input's gradient (`loss_backward_` in place).
+// - Loss ops return the loss first, then the local gradients of their differentiable
+//   inputs, computed in the same pass when `grad_mask` asks for them (an empty tensor
+//   otherwise): the gradient of the reduced loss for an upstream gradient of 1, i.e.
+//   d loss_i / d input_i / divisor. They are float32 for float16 inputs (whose range a
+//   local gradient can exceed), else in the inputs' dtype. `loss_backward` multiplies a
+//   local gradient by the upstream gradient (`loss_backward_` in place); the result has
+//   the upstream gradient's dtype.
 #include <torch/library.h>
 
 TORCH_LIBRARY(vae_kernels, m) {
@@ -36,12 +39,8 @@ TORCH_LIBRARY(vae_kernels, m) {
       "elbo(Tensor recon, Tensor x, Tensor mu, Tensor logvar, int likelihood, float beta, "
       "int reduction, SymInt divisor, bool[4] grad_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "loss_backward(Tensor local_grad, Tensor grad_output, int reduction, SymInt divisor) "
-      "-> Tensor");
+  m.def("loss_backward(Tensor local_grad, Tensor grad_output, int reduction) -> Tensor");
   // In place: the forward's local-gradient buffer becomes the input's gradient, which
   // saves an allocation and a pass. Eager autograd uses it once per forward.
-  m.def(
-      "loss_backward_(Tensor(a!) local_grad, Tensor grad_output, int reduction, "
-      "SymInt divisor) -> ()");
+  m.def("loss_backward_(Tensor(a!) local_grad, Tensor grad_output, int reduction) -> ()");
 }

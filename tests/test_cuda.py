@@ -353,11 +353,11 @@ def test_loss_backward_ops_match_cpu():
     for reduction, upstream in ((0, torch.randn(9, 1000, generator=g, dtype=torch.float64)),
                                 (1, torch.randn(9, generator=g, dtype=torch.float64)),
                                 (2, torch.tensor(1.7, dtype=torch.float64))):
-        expected = OPS.loss_backward(local, upstream, reduction, 3)
-        torch.testing.assert_close(OPS.loss_backward(local.to(DEVICE), upstream.to(DEVICE), reduction, 3).cpu(),
+        expected = OPS.loss_backward(local, upstream, reduction)
+        torch.testing.assert_close(OPS.loss_backward(local.to(DEVICE), upstream.to(DEVICE), reduction).cpu(),
                                    expected, rtol=1e-14, atol=0)
         in_place = local.to(DEVICE)
-        OPS.loss_backward_(in_place, upstream.to(DEVICE), reduction, 3)
+        OPS.loss_backward_(in_place, upstream.to(DEVICE), reduction)
         torch.testing.assert_close(in_place.cpu(), expected, rtol=1e-14, atol=0)
 
 

@@ -10,7 +10,7 @@ import torch
 import vae_kernels as vk
 from vae_kernels import ops
 
-from conftest import requires_cpu_backend
+from conftest import TOLERANCES, requires_cpu_backend
 
 pytestmark = requires_cpu_backend
 
@@ -34,10 +34,10 @@ def opcheck_cases():
                                      torch.randn(2, 4, 3, dtype=torch.float64))],
         "reparameterize_philox": [(mu, lv, seed, 3)],
         "reparameterize_philox_backward": [(torch.randn(3, 4, 3, dtype=torch.float64), lv.detach(), seed)],
-        "loss_backward": [(torch.randn(4, 6, dtype=torch.float64), torch.randn(4, dtype=torch.float64), 1, 1),
-                          (torch.randn(4, 6, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64), 2, 4),
+        "loss_backward": [(torch.randn(4, 6, dtype=torch.float64), torch.randn(4, dtype=torch.float64), 1),
+                          (torch.randn(4, 6, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64), 2),
                           # float16: float32 local gradients, a float16 result
-                          (torch.randn(4, 6), torch.randn(4, dtype=torch.float16), 1, 1)],
+                          (torch.randn(4, 6), torch.randn(4, dtype=torch.float16), 1)],
         "gaussian_kl": [(mu, lv, None, None, r, 1, [True, True, False, False]) for r in (0, 1, 2)]
         + [(mu, lv, pm, plv, 2, 4, [True, True, True, True])],
         "bernoulli_nll": [(logits, x, True, r, 1, [True, False]) for r in (0, 1, 2)]
@@ -155,25 +155,51 @@ def test_cpu_kernel_isa_reports_an_instruction_set():
     assert ops.cpu_kernel_isa() in ("DEFAULT", "AVX2", "AVX512")
 
 
-@pytest.mark.parametrize("reduction", ["none", "per_sample", "sum"])
-def test_repeated_backward_with_retain_graph_gives_the_same_gradients(reduction):
-    """Eager backward writes input gradients into the forward's local-gradient buffers;
-    a second backward over the same graph must recompute them, not reuse the result."""
+@pytest.mark.parametrize("upstream_kind", ["random", "ones"])
+@pytest.mark.parametrize("reduction", ["none", "per_sample", "sum", "mean", "batchmean"])
+def test_repeated_backward_with_retain_graph_gives_the_same_gradients(reduction, upstream_kind):
+    """Eager backward writes input gradients into the forward's local-gradient buffers
+    (or, for an upstream gradient of 1, returns them as they are); a second backward over
+    the same graph must recompute them, not reuse the result."""
     recon, mu, lv = _leaf(5, 7, seed=12), _leaf(5, 3, seed=13), _leaf(5, 3, seed=14, scale=0.3)
     x = torch.rand(5, 7, dtype=torch.float64)
     losses = {
-        "elbo": vk.elbo_loss(recon, x, mu, lv, reduction=reduction if reduction != "none" else "sum"),
+        "elbo": vk.elbo_loss(recon, x, mu, lv,
+                             reduction={"none": "sum", "mean": "batchmean"}.get(reduction, reduction)),
         "bernoulli": vk.bernoulli_nll(recon, x, reduction=reduction),
         "kl": vk.gaussian_kl(mu, lv, reduction=reduction),
         "gaussian": vk.gaussian_nll(recon, x, lv[:, :1], reduction=reduction),
         "mse": vk.mse_loss(recon, x, reduction=reduction),
     }
     for name, loss in losses.items():
-        upstream = torch.rand_like(loss) + 0.5
+        upstream = torch.rand_like(loss) + 0.5 if upstream_kind == "random" else torch.ones_like(loss)
         first = torch.autograd.grad(loss, (recon, mu, lv), upstream, retain_graph=True, allow_unused=True)
         second = torch.autograd.grad(loss, (recon, mu, lv), upstream, allow_unused=True)
         for a, b in zip(first, second):
             assert (a is None and b is None) or torch.equal(a, b), name
+
+
+def _backward_ops_run(loss, upstream) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        loss.backward(upstream)
+    return {e.name for e in prof.events() if e.name.startswith("vae_kernels::loss_backward")}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_an_upstream_gradient_of_one_needs_no_backward_pass(dtype):
+    """loss.backward() on a mean: the local gradients (already divided by the divisor)
+    are the input gradients, so no loss_backward runs, except for float16, whose float32
+    local gradients are converted; any other upstream value runs it."""
+    x = torch.rand(6, 5, dtype=dtype)
+    expected = (torch.sigmoid(torch.linspace(-3, 3, 30).reshape(6, 5).double()) - x.double()) / 30
+    for upstream, skips in [(1.0, dtype != torch.float16), (2.0, False)]:
+        logits = torch.linspace(-3, 3, 30, dtype=dtype).reshape(6, 5).requires_grad_()
+        loss = vk.bernoulli_nll(logits, x, reduction="mean")
+        ran = _backward_ops_run(loss, torch.tensor(upstream, dtype=dtype))
+        assert (not ran) if skips else ran == {"vae_kernels::loss_backward_" if dtype != torch.float16
+                                               else "vae_kernels::loss_backward"}, (upstream, ran)
+        assert logits.grad.dtype == dtype
+        torch.testing.assert_close(logits.grad.double(), upstream * expected, **TOLERANCES[dtype])
 
 
 def test_large_outputs_held_by_the_caller_are_never_recycled():

@@ -6,13 +6,15 @@ registered there too. This module adds what torch needs around them:
 
 - ``register_fake``: output shapes without running a kernel, for torch.compile.
 - ``register_autograd``: each loss op returns, next to the loss, the local gradient
-  of each input that requires grad (computed in the same pass as the loss); its
-  backward is ``loss_backward`` = local gradient * upstream gradient / divisor.
+  of each input that requires grad, computed in the same pass as the loss: the
+  gradient of the reduced loss for an upstream gradient of 1 (d loss_i / d input_i /
+  divisor). Its backward is ``loss_backward`` = local gradient * upstream gradient.
   Local gradients of float16 inputs are float32 (``local_grad_dtype``): one can exceed
   float16's range where the final gradient fits.
   In eager mode that product is written in place into the local-gradient buffer
-  (``loss_backward_``), which saves a tensor allocation and a pass; a repeated backward
-  recomputes the local gradients. Sampling ops have their own backward ops.
+  (``loss_backward_``), which saves a tensor allocation and a pass, and a CPU upstream
+  gradient of exactly 1 (``loss.backward()``) skips the pass altogether; a repeated
+  backward recomputes the local gradients. Sampling ops have their own backward ops.
   Backward passes run custom ops without
   autograd formulas of their own, so a double backward raises instead of returning
   a silently wrong second derivative.
@@ -237,7 +239,7 @@ def _save_loss_context(ctx, op, inputs, output, n_reduced: int, reduction_index:
     ctx.set_materialize_grads(False)  # unused outputs get None, not a tensor of zeros
     local_grads = output[n_reduced:]
     ctx.mark_non_differentiable(*local_grads)
-    ctx.reduction, ctx.divisor = inputs[reduction_index], inputs[reduction_index + 1]
+    ctx.reduction = inputs[reduction_index]
     # Local gradient k belongs to input k; one that was not computed is an empty (0,) tensor.
     ctx.input_shapes = [
         inputs[k].shape if isinstance(inputs[k], Tensor) else None for k in range(len(local_grads))
@@ -279,7 +281,16 @@ def _chain(
     upstream: Optional[Tensor],
     in_place: bool,
 ) -> list[Optional[Tensor]]:
-    """The input gradients: local gradient * upstream / divisor where needed, else None."""
+    """The input gradients: local gradient * upstream where needed, else None."""
+    # In place, an upstream gradient of exactly 1 (a CPU scalar, so reading it does not
+    # synchronize a device) leaves the local gradients as they are: they are the answer.
+    upstream_is_one = (
+        in_place
+        and upstream is not None
+        and upstream.numel() == 1
+        and upstream.device.type == "cpu"
+        and upstream.item() == 1
+    )
     grads: list[Optional[Tensor]] = []
     for needed, local, shape in zip(needs_grad, local_grads, input_shapes):
         if not needed or upstream is None:
@@ -290,10 +301,11 @@ def _chain(
                 "to compute (grad_mask); call the public vae_kernels functions, not the raw op"
             )
         elif in_place and local.dtype == upstream.dtype:  # not float16's float32 buffers
-            ctx.ops.loss_backward_(local, upstream, ctx.reduction, ctx.divisor)
+            if not upstream_is_one:
+                ctx.ops.loss_backward_(local, upstream, ctx.reduction)
             grads.append(local)
         else:
-            grads.append(ctx.ops.loss_backward(local, upstream, ctx.reduction, ctx.divisor))
+            grads.append(ctx.ops.loss_backward(local, upstream, ctx.reduction))
     return grads
 
 
@@ -313,12 +325,12 @@ def _register_fakes() -> None:
         lambda grad_z, logvar, seed: (same(logvar), same(logvar))
     )
     torch.library.register_fake(lib + "loss_backward")(
-        lambda local_grad, grad_output, reduction, divisor: local_grad.new_empty(
+        lambda local_grad, grad_output, reduction: local_grad.new_empty(
             local_grad.shape, dtype=grad_output.dtype
         )
     )
     torch.library.register_fake(lib + "loss_backward_")(
-        lambda local_grad, grad_output, reduction, divisor: None
+        lambda local_grad, grad_output, reduction: None
     )
 
     def local_grads(tensors, grad_mask, like):

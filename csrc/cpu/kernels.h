@@ -28,9 +28,10 @@ struct LossBuffers {
   int64_t row_len = 0;
   const void* inputs[kMaxInputs] = {};
   void* elementwise_loss = nullptr;
-  // d loss_i / d inputs[k]_i (unscaled local gradients), float32 for float16 inputs
-  // (local_grad_dtype in csrc/op_checks.h), else of the inputs' dtype.
+  // grad_scale * d loss_i / d inputs[k]_i (local gradients), float32 for float16
+  // inputs (local_grad_dtype in csrc/op_checks.h), else of the inputs' dtype.
   void* grads[kMaxInputs] = {};
+  double grad_scale = 1.0;  // 1 / the reduction's divisor
   // Results: the per-row sums (length `rows`, summed in a fixed order, so bitwise
   // independent of the thread count), and which inputs had values outside [0, 1]
   // (only inputs the loss requires to lie there are checked).
@@ -57,12 +58,12 @@ struct KernelTable {
   void (*reparameterize_philox_backward)(c10::ScalarType dtype, const void* grad_z,
                                          const void* logvar, uint64_t seed, void* grad_mu,
                                          void* grad_logvar, int64_t numel, int64_t num_samples);
-  // out[r, j] = local_grad[r, j] * grad_output[r or j or 0] * scale, where
-  // grad_output has one value per element, per row, or a single value. `dtype` is that
-  // of grad_output and out; local_grad has the local-gradient dtype (float32 for float16).
+  // out[r, j] = local_grad[r, j] * grad_output[r or j or 0], where grad_output has one
+  // value per element, per row, or a single value. `dtype` is that of grad_output and
+  // out; local_grad has the local-gradient dtype (float32 for float16).
   void (*loss_backward)(c10::ScalarType dtype, const void* local_grad, const void* grad_output,
                         int64_t grad_output_stride_elem, int64_t grad_output_stride_row,
-                        double scale, void* out, int64_t rows, int64_t row_len);
+                        void* out, int64_t rows, int64_t row_len);
 };
 
 namespace DEFAULT { const KernelTable& kernel_table(); }

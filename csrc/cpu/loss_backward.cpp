@@ -1,7 +1,7 @@
 // The backward pass shared by every loss op: the forward already wrote the local
-// gradient d loss_i / d input_i (csrc/math/ holds those formulas), so backward is the
-// chain rule, local gradient * upstream gradient * reduction scale, in one pass. The
-// result has the upstream gradient's dtype; float16's local gradients are float32.
+// gradient, d loss_i / d input_i / divisor (csrc/math/ holds the formulas), so backward
+// is the chain rule, local gradient * upstream gradient, in one pass. The result has the
+// upstream gradient's dtype; float16's local gradients are float32.
 #include "isa_kernels.h"
 #include "loss_loop.h"
 
@@ -24,7 +24,7 @@ inline void load_two_vecs(const scalar_t* p, at::vec::Vectorized<float>& low,
 template <typename scalar_t>
 void loss_backward_typed(const local_grad_t<scalar_t>* local_grad, const scalar_t* grad_output,
                          int64_t grad_output_stride_elem, int64_t grad_output_stride_row,
-                         double scale, scalar_t* out, int64_t rows, int64_t row_len) {
+                         scalar_t* out, int64_t rows, int64_t row_len) {
   using Vec = AccVec<scalar_t>;
   using acc_t = acc_type_t<scalar_t>;
   constexpr int64_t W = kVecWidth<scalar_t>;
@@ -39,7 +39,7 @@ void loss_backward_typed(const local_grad_t<scalar_t>* local_grad, const scalar_
       const int64_t end = std::min(begin + kChunk, row_start + row_len);
       const scalar_t* upstream = grad_output + row * grad_output_stride_row;
       if (grad_output_stride_elem == 0) {  // one upstream value for the whole row
-        const Vec factor(static_cast<acc_t>(static_cast<acc_t>(*upstream) * scale));
+        const Vec factor(static_cast<acc_t>(*upstream));
         int64_t i = begin;
         if constexpr (at::vec::is_reduced_floating_point_v<scalar_t>) {
           // Two float vectors per conversion: float -> bfloat16/half rounding is the
@@ -55,11 +55,10 @@ void loss_backward_typed(const local_grad_t<scalar_t>* local_grad, const scalar_
           store_vec(out + i, load_vec(local_grad + i, count) * factor, count);
         }
       } else {
-        const Vec factor(static_cast<acc_t>(scale));
         for (int64_t i = begin; i < end; i += W) {
           const int64_t count = std::min(W, end - i);
           const auto g = load_vec(upstream + (i - row_start), count);
-          store_vec(out + i, load_vec(local_grad + i, count) * g * factor, count);
+          store_vec(out + i, load_vec(local_grad + i, count) * g, count);
         }
       }
     }
@@ -67,12 +66,13 @@ void loss_backward_typed(const local_grad_t<scalar_t>* local_grad, const scalar_
 }
 
 void loss_backward(c10::ScalarType dtype, const void* local_grad, const void* grad_output,
-                   int64_t grad_output_stride_elem, int64_t grad_output_stride_row, double scale,
-                   void* out, int64_t rows, int64_t row_len) {
+                   int64_t grad_output_stride_elem, int64_t grad_output_stride_row, void* out,
+                   int64_t rows, int64_t row_len) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "vae_kernels_loss_backward", [&] {
     loss_backward_typed<scalar_t>(static_cast<const local_grad_t<scalar_t>*>(local_grad),
-                        static_cast<const scalar_t*>(grad_output), grad_output_stride_elem,
-                        grad_output_stride_row, scale, static_cast<scalar_t*>(out), rows, row_len);
+                                  static_cast<const scalar_t*>(grad_output),
+                                  grad_output_stride_elem, grad_output_stride_row,
+                                  static_cast<scalar_t*>(out), rows, row_len);
   });
 }
 

@@ -45,6 +45,7 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, int64_t begin, int64
   }
   auto* loss_ptr = static_cast<scalar_t*>(buffers.elementwise_loss);
 
+  const Vec grad_scale(static_cast<acc_t>(buffers.grad_scale));
   Vec sum(acc_t(0));
   Vec outside[N];
   for (int k = 0; k < N; ++k) outside[k] = Vec(acc_t(0));
@@ -64,7 +65,7 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, int64_t begin, int64
     if (loss_ptr) store_vec(loss_ptr + i, loss, count);
     if constexpr (kWithGrad) {
       for (int k = 0; k < N; ++k) {
-        if (grad_ptr[k]) store_vec(grad_ptr[k] + i, grad[k], count);
+        if (grad_ptr[k]) store_vec(grad_ptr[k] + i, grad[k] * grad_scale, count);
       }
     }
     for (int k = 0; k < N; ++k) {

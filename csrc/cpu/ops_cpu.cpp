@@ -104,7 +104,7 @@ Tensor empty_output(const Tensor& like, std::optional<at::ScalarType> dtype = st
 }
 
 // Buffers over `inputs` (made contiguous; kept alive in `keep`), with the elementwise
-// loss and the local gradients that `grad_mask` asks for allocated.
+// loss and the local gradients that `grad_mask` asks for (scaled by 1/divisor) allocated.
 struct LossCall {
   std::vector<Tensor> inputs;  // contiguous
   Tensor elementwise;          // defined for reduction none
@@ -112,13 +112,15 @@ struct LossCall {
   std::vector<double> row_sums;
   LossBuffers buffers;
 
-  LossCall(std::vector<Tensor> ins, int64_t reduction, const std::vector<bool>& grad_mask) {
+  LossCall(std::vector<Tensor> ins, int64_t reduction, int64_t divisor,
+           const std::vector<bool>& grad_mask) {
     const Tensor& first = ins.front();
     for (auto& t : ins) inputs.push_back(t.contiguous());
     buffers.rows = batch_rows(first);
     buffers.row_len = row_length(first);
     row_sums.resize(buffers.rows);
     buffers.row_sums = row_sums.data();
+    buffers.grad_scale = 1.0 / static_cast<double>(divisor);
     for (size_t k = 0; k < inputs.size(); ++k) buffers.inputs[k] = inputs[k].const_data_ptr();
     if (reduction == kNone) {
       elementwise = empty_output(inputs.front());
@@ -256,7 +258,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
   const bool with_prior = prior_mu.has_value();
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
-  LossCall call(inputs, reduction, mask);
+  LossCall call(inputs, reduction, divisor, mask);
   kernels().gaussian_kl(mu.scalar_type(), with_prior, call.buffers);
   // Each output its own tensor: outputs must never alias one another.
   return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, mu.options()),
@@ -270,7 +272,7 @@ std::tuple<Tensor, Tensor, Tensor> bernoulli_nll(const Tensor& input, const Tens
                                                  std::array<bool, 2> grad_mask) {
   const std::vector<Tensor> inputs =
       reconstruction_inputs("bernoulli_nll", input, target, std::nullopt, reduction, kDevice);
-  LossCall call(inputs, reduction, mask_vector(grad_mask));
+  LossCall call(inputs, reduction, divisor, mask_vector(grad_mask));
   kernels().reconstruction_nll(input.scalar_type(),
                                logits ? Likelihood::kBernoulliLogits : Likelihood::kBernoulliProbs,
                                false, 0.0, call.buffers);
@@ -289,7 +291,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_nll(const Tensor& input, con
       reconstruction_inputs("gaussian_nll", input, target, logvar, reduction, kDevice);
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
-  LossCall call(inputs, reduction, mask);
+  LossCall call(inputs, reduction, divisor, mask);
   kernels().reconstruction_nll(input.scalar_type(), Likelihood::kGaussian, logvar.has_value(),
                                logvar_value, call.buffers);
   return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
@@ -302,7 +304,7 @@ std::tuple<Tensor, Tensor, Tensor> squared_error(const Tensor& input, const Tens
                                                  std::array<bool, 2> grad_mask) {
   const std::vector<Tensor> inputs =
       reconstruction_inputs("squared_error", input, target, std::nullopt, reduction, kDevice);
-  LossCall call(inputs, reduction, mask_vector(grad_mask));
+  LossCall call(inputs, reduction, divisor, mask_vector(grad_mask));
   kernels().reconstruction_nll(input.scalar_type(), Likelihood::kSquaredError, false, 0.0,
                                call.buffers);
   return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
@@ -315,13 +317,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
     std::array<bool, 4> grad_mask) {
   check_elbo_args(recon, x, mu, logvar, likelihood, reduction, kDevice);
   const auto kind = static_cast<Likelihood>(likelihood);
-  LossCall recon_call({recon, x}, reduction, {grad_mask[0], grad_mask[1]});
+  LossCall recon_call({recon, x}, reduction, divisor, {grad_mask[0], grad_mask[1]});
   kernels().reconstruction_nll(recon.scalar_type(), kind, false, 0.0, recon_call.buffers);
   if (kind == Likelihood::kBernoulliLogits || kind == Likelihood::kBernoulliProbs) {
     recon_call.check_unit_interval(
         "elbo_loss", {kind == Likelihood::kBernoulliProbs ? "recon (probabilities)" : nullptr, "x"});
   }
-  LossCall kl_call({mu, logvar}, reduction, {grad_mask[2], grad_mask[3]});
+  LossCall kl_call({mu, logvar}, reduction, divisor, {grad_mask[2], grad_mask[3]});
   kernels().gaussian_kl(mu.scalar_type(), false, kl_call.buffers);
 
   std::vector<double> loss_rows(recon_call.row_sums.size());
@@ -335,10 +337,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
           recon_call.grads[0], recon_call.grads[1], kl_call.grads[0], kl_call.grads[1]};
 }
 
-// out = local_grad * grad_output (per element, per row or one value) / divisor, in
-// grad_output's dtype; `out` may be `local_grad` itself. Dtypes are checked by the caller.
+// out = local_grad * grad_output (per element, per row or one value), in grad_output's
+// dtype; `out` may be `local_grad` itself. Dtypes are checked by the caller.
 void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
-                        int64_t divisor, Tensor& out) {
+                        Tensor& out) {
   TORCH_CHECK_VALUE(local_grad.is_contiguous() && out.is_contiguous(),
                     "vae_kernels.loss_backward: local_grad must be contiguous");
   const int64_t rows = batch_rows(local_grad), row_len = row_length(local_grad);
@@ -361,23 +363,21 @@ void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int
   }
   const Tensor upstream_c = grad_output.contiguous();
   kernels().loss_backward(grad_output.scalar_type(), local_grad.const_data_ptr(),
-                          upstream_c.const_data_ptr(), stride_elem, stride_row,
-                          1.0 / static_cast<double>(divisor), out.data_ptr(), rows, row_len);
+                          upstream_c.const_data_ptr(), stride_elem, stride_row, out.data_ptr(),
+                          rows, row_len);
 }
 
-Tensor loss_backward(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
-                     int64_t divisor) {
+Tensor loss_backward(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction) {
   check_loss_backward_args(local_grad, grad_output, reduction, kDevice);
   const Tensor local_c = local_grad.contiguous();
   Tensor out = empty_output(local_c, grad_output.scalar_type());
-  loss_backward_into(local_c, grad_output, reduction, divisor, out);
+  loss_backward_into(local_c, grad_output, reduction, out);
   return out;
 }
 
-void loss_backward_inplace(Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
-                           int64_t divisor) {
+void loss_backward_inplace(Tensor& local_grad, const Tensor& grad_output, int64_t reduction) {
   check_loss_backward_args(local_grad, grad_output, reduction, kDevice, /*in_place=*/true);
-  loss_backward_into(local_grad, grad_output, reduction, divisor, local_grad);
+  loss_backward_into(local_grad, grad_output, reduction, local_grad);
 }
 
 std::string cpu_kernel_isa() { return kernels().name; }

@@ -56,9 +56,10 @@ struct LossBuffers {
   int64_t row_len = 0;
   const void* inputs[kMaxInputs] = {};
   void* elementwise_loss = nullptr;
-  // d loss_i / d inputs[k]_i (unscaled local gradients): float32 for kFloat16 (whose
-  // range a local gradient can exceed), else of `dtype`.
+  // grad_scale * d loss_i / d inputs[k]_i (local gradients): float32 for kFloat16
+  // (whose range a local gradient can exceed), else of `dtype`.
   void* grads[kMaxInputs] = {};
+  double grad_scale = 1.0;  // 1 / the reduction's divisor
   // rows * loss_chunks_per_row(row_len) slots, slot [r * chunks + c] = the sum over
   // chunk c of row r; null when no sum is needed.
   double* partial_sums = nullptr;
@@ -109,14 +110,13 @@ cudaError_t launch_reparameterize_philox_backward(DType dtype, const void* grad_
                                                   void* grad_mu, void* grad_logvar, int64_t numel,
                                                   int64_t num_samples, cudaStream_t stream);
 
-// out[r, j] = local_grad[r, j] * grad_output[r * stride_row + j * stride_elem] * scale over
+// out[r, j] = local_grad[r, j] * grad_output[r * stride_row + j * stride_elem] over
 // `rows` rows of `row_len` elements: stride_elem = 1 (one upstream value per element;
 // then stride_row = row_len), or 0 (one per row: stride_row = 1; or a single value:
 // stride_row = 0). `dtype` is that of grad_output and out; local_grad is float32 for
 // kFloat16 (see LossBuffers::grads). `out` may be `local_grad` itself (in place).
 cudaError_t launch_loss_backward(DType dtype, const void* local_grad, const void* grad_output,
                                  int64_t grad_output_stride_elem, int64_t grad_output_stride_row,
-                                 double scale, void* out, int64_t rows, int64_t row_len,
-                                 cudaStream_t stream);
+                                 void* out, int64_t rows, int64_t row_len, cudaStream_t stream);
 
 }  // namespace vae_kernels::cuda

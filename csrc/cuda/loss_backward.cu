@@ -1,6 +1,6 @@
 // The backward pass shared by every loss op on CUDA: the forward already wrote the
-// local gradient d loss_i / d input_i, so backward is local gradient * upstream
-// gradient * reduction scale, in one pass (in place when out == local_grad).
+// local gradient d loss_i / d input_i / divisor, so backward is local gradient *
+// upstream gradient, in one pass (in place when out == local_grad).
 // Arithmetic in the order of csrc/cpu/loss_backward.cpp, so both backends round alike.
 // The result has the upstream gradient's type T; float16's local gradients are float32.
 #include "common.cuh"
@@ -19,17 +19,9 @@ struct BackwardArgs {
   T* out;
   int64_t stride_elem;  // 1 (per element) or 0 (per row / one value)
   int64_t stride_row;
-  double scale;
   int64_t row_len;
   int64_t chunks_per_row;
 };
-
-template <typename T>
-__device__ __forceinline__ acc_t<T> backward_element(acc_t<T> local, acc_t<T> upstream,
-                                                     acc_t<T> factor, bool per_element) {
-  // One upstream value: factor = upstream * scale (the CPU's order); else factor = scale.
-  return per_element ? local * upstream * factor : local * factor;
-}
 
 // Block b handles chunk (b % chunks_per_row) of row (b / chunks_per_row).
 template <typename T, bool kVectorized>
@@ -43,8 +35,7 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(BackwardArgs<T>
   // This row's upstream values: element j of the row reads upstream[j * stride_elem].
   const T* upstream = a.grad_output + row * a.stride_row;
   const bool per_element = a.stride_elem != 0;
-  const A factor = per_element ? static_cast<A>(a.scale)
-                               : static_cast<A>(static_cast<A>(to_acc(*upstream)) * a.scale);
+  const A row_upstream = per_element ? A(0) : to_acc(*upstream);  // one value for the row
   const int64_t stride = blockDim.x;
 
   int64_t scalar_begin = begin;
@@ -58,29 +49,29 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(BackwardArgs<T>
       if (per_element) up = load_pack(upstream + (i - row_start));
       Pack<T> result;
       for (int j = 0; j < P; ++j) {
-        const A g = per_element ? to_acc(up.v[j]) : A(0);
-        result.v[j] = from_acc<T>(backward_element<T>(to_acc(local[j]), g, factor, per_element));
+        const A g = per_element ? to_acc(up.v[j]) : row_upstream;
+        result.v[j] = from_acc<T>(to_acc(local[j]) * g);
       }
       store_pack(a.out + i, result);
     }
     scalar_begin = packed_end;
   }
   for (int64_t i = scalar_begin + threadIdx.x; i < end; i += stride) {
-    const A g = per_element ? to_acc(upstream[(i - row_start) * a.stride_elem]) : A(0);
-    a.out[i] = from_acc<T>(backward_element<T>(to_acc(a.local_grad[i]), g, factor, per_element));
+    const A g = per_element ? to_acc(upstream[(i - row_start) * a.stride_elem]) : row_upstream;
+    a.out[i] = from_acc<T>(to_acc(a.local_grad[i]) * g);
   }
 }
 
 template <typename T>
-cudaError_t run_loss_backward(const local_grad_t<T>* local_grad, const T* grad_output, int64_t stride_elem,
-                              int64_t stride_row, double scale, T* out, int64_t rows,
+cudaError_t run_loss_backward(const local_grad_t<T>* local_grad, const T* grad_output,
+                              int64_t stride_elem, int64_t stride_row, T* out, int64_t rows,
                               int64_t row_len, cudaStream_t stream) {
   if (rows <= 0 || row_len <= 0) return cudaSuccess;
   const int64_t chunks_per_row = loss_chunks_per_row(row_len);
   const int64_t blocks = rows * chunks_per_row;
   if (blocks > int64_t(0x7fffffff)) return cudaErrorInvalidConfiguration;
-  const BackwardArgs<T> args{local_grad, grad_output, out,     stride_elem,
-                             stride_row, scale,       row_len, chunks_per_row};
+  const BackwardArgs<T> args{local_grad, grad_output, out,           stride_elem,
+                             stride_row, row_len,     chunks_per_row};
   constexpr int P = kPackSize<T>;
   // Packed loads need every block's first element (and its upstream) 16-byte aligned;
   // the packed path reads upstream values contiguously, so only for stride_elem 0 or 1.
@@ -101,14 +92,13 @@ cudaError_t run_loss_backward(const local_grad_t<T>* local_grad, const T* grad_o
 
 cudaError_t launch_loss_backward(DType dtype, const void* local_grad, const void* grad_output,
                                  int64_t grad_output_stride_elem, int64_t grad_output_stride_row,
-                                 double scale, void* out, int64_t rows, int64_t row_len,
-                                 cudaStream_t stream) {
+                                 void* out, int64_t rows, int64_t row_len, cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     return run_loss_backward<T>(static_cast<const local_grad_t<T>*>(local_grad),
                                 static_cast<const T*>(grad_output), grad_output_stride_elem,
-                                grad_output_stride_row, scale, static_cast<T*>(out), rows,
-                                row_len, stream);
+                                grad_output_stride_row, static_cast<T*>(out), rows, row_len,
+                                stream);
   });
 }
 

@@ -106,6 +106,7 @@ template <typename T, int N>
 struct TypedBuffers {
   const T* in[N];
   local_grad_t<T>* grad[N];
+  double grad_scale;
   T* loss;
   double* partial_sums;
   int32_t* out_of_unit_interval;
@@ -147,6 +148,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   const int64_t end = min(begin + kLossChunk, row_start + b.row_len);
   const int64_t stride = blockDim.x;
 
+  const A grad_scale = static_cast<A>(b.grad_scale);
   A sum(0);
   bool outside[N] = {};
   int64_t scalar_begin = begin;
@@ -164,7 +166,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
         for (int k = 0; k < N; ++k) in[k] = to_acc(in_pack[k].v[j]);
         loss_pack.v[j] = from_acc<T>(loss_element<kWithGrad>(op, in, grad, sum, outside));
         if constexpr (kWithGrad) {
-          for (int k = 0; k < N; ++k) grad_values[k][j] = from_acc<G>(grad[k]);
+          for (int k = 0; k < N; ++k) grad_values[k][j] = from_acc<G>(grad[k] * grad_scale);
         }
       }
       if (b.loss) store_pack(b.loss + i, loss_pack);
@@ -183,7 +185,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     if (b.loss) b.loss[i] = from_acc<T>(loss);
     if constexpr (kWithGrad) {
       for (int k = 0; k < N; ++k) {
-        if (b.grad[k]) b.grad[k][i] = from_acc<G>(grad[k]);
+        if (b.grad[k]) b.grad[k][i] = from_acc<G>(grad[k] * grad_scale);
       }
     }
   }
@@ -225,6 +227,7 @@ cudaError_t run_loss(const Op& op, const LossBuffers& buffers, cudaStream_t stre
     with_grad = with_grad || b.grad[k] != nullptr;
     aligned = aligned && is_aligned_16(b.in[k]) && is_aligned_16(b.grad[k]);
   }
+  b.grad_scale = buffers.grad_scale;
   b.loss = static_cast<T*>(buffers.elementwise_loss);
   b.partial_sums = buffers.partial_sums;
   b.out_of_unit_interval = buffers.out_of_unit_interval;

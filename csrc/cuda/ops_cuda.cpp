@@ -72,9 +72,10 @@ struct LossCall {
   int64_t batch = 0;           // rows of the per_sample result
   LossBuffers buffers;
 
-  LossCall(const std::vector<Tensor>& ins, int64_t reduction, const std::vector<bool>& grad_mask,
-           bool check_unit_interval) {
+  LossCall(const std::vector<Tensor>& ins, int64_t reduction, int64_t divisor,
+           const std::vector<bool>& grad_mask, bool check_unit_interval) {
     const Tensor& first = ins.front();
+    buffers.grad_scale = 1.0 / static_cast<double>(divisor);
     for (const auto& t : ins) inputs.push_back(t.contiguous());
     batch = batch_rows(first);
     if (reduction == kPerSample) {
@@ -251,7 +252,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
   const DType dtype = dtype_of("gaussian_kl", mu);
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
-  const LossCall call(inputs, reduction, mask, /*check_unit_interval=*/false);
+  const LossCall call(inputs, reduction, divisor, mask, /*check_unit_interval=*/false);
   call.launch(dtype, with_prior ? LossKind::kKLPrior : LossKind::kKLStdNormal, 0.0, stream);
   // Each output its own tensor: outputs must never alias one another.
   return {reduce(call, reduction, divisor, mu.options(), dtype, stream), call.grads[0],
@@ -267,7 +268,7 @@ std::tuple<Tensor, Tensor, Tensor> bernoulli_nll(const Tensor& input, const Tens
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = stream_of(input);
   const DType dtype = dtype_of("bernoulli_nll", input);
-  const LossCall call(inputs, reduction, mask_vector(grad_mask),
+  const LossCall call(inputs, reduction, divisor, mask_vector(grad_mask),
                       /*check_unit_interval=*/true);
   call.launch(dtype, logits ? LossKind::kBernoulliLogits : LossKind::kBernoulliProbs, 0.0, stream);
   Tensor loss = reduce(call, reduction, divisor, input.options(), dtype, stream);
@@ -288,7 +289,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_nll(const Tensor& input, con
   const DType dtype = dtype_of("gaussian_nll", input);
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
-  const LossCall call(inputs, reduction, mask, /*check_unit_interval=*/false);
+  const LossCall call(inputs, reduction, divisor, mask, /*check_unit_interval=*/false);
   call.launch(dtype,
               logvar.has_value() ? LossKind::kGaussianLearnedVar : LossKind::kGaussianFixedVar,
               logvar_value, stream);
@@ -304,7 +305,7 @@ std::tuple<Tensor, Tensor, Tensor> squared_error(const Tensor& input, const Tens
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = stream_of(input);
   const DType dtype = dtype_of("squared_error", input);
-  const LossCall call(inputs, reduction, mask_vector(grad_mask),
+  const LossCall call(inputs, reduction, divisor, mask_vector(grad_mask),
                       /*check_unit_interval=*/false);
   call.launch(dtype, LossKind::kSquaredError, 0.0, stream);
   return {reduce(call, reduction, divisor, input.options(), dtype, stream), call.grads[0],
@@ -326,9 +327,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
   const c10::cuda::CUDAGuard guard(recon.device());
   const cudaStream_t stream = stream_of(recon);
   const DType dtype = dtype_of("elbo", recon);
-  const LossCall recon_call({recon, x}, reduction, {grad_mask[0], grad_mask[1]}, bernoulli);
+  const LossCall recon_call({recon, x}, reduction, divisor, {grad_mask[0], grad_mask[1]},
+                            bernoulli);
   recon_call.launch(dtype, recon_kind, /*logvar_value=*/0.0, stream);
-  const LossCall kl_call({mu, logvar}, reduction, {grad_mask[2], grad_mask[3]}, false);
+  const LossCall kl_call({mu, logvar}, reduction, divisor, {grad_mask[2], grad_mask[3]}, false);
   kl_call.launch(dtype, LossKind::kKLStdNormal, 0.0, stream);
 
   // loss = recon + beta * kl, per row or in total, each divided by `divisor`.
@@ -364,10 +366,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
           kl_call.grads[1]};
 }
 
-// out = local_grad * grad_output (per element, per row or one value) / divisor, in
-// grad_output's dtype; `out` may be `local_grad` itself. Dtypes are checked by the caller.
+// out = local_grad * grad_output (per element, per row or one value), in grad_output's
+// dtype; `out` may be `local_grad` itself. Dtypes are checked by the caller.
 void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
-                        int64_t divisor, Tensor& out) {
+                        Tensor& out) {
   TORCH_CHECK_VALUE(local_grad.is_contiguous() && out.is_contiguous(),
                     "vae_kernels.loss_backward: local_grad must be contiguous");
   int64_t rows = batch_rows(local_grad), row_len = row_length(local_grad);
@@ -397,23 +399,21 @@ void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int
   const Tensor upstream_c = grad_output.contiguous();
   C10_CUDA_CHECK(launch_loss_backward(dtype_of("loss_backward", grad_output),
                                       local_grad.const_data_ptr(), upstream_c.const_data_ptr(),
-                                      stride_elem, stride_row, 1.0 / static_cast<double>(divisor),
-                                      out.data_ptr(), rows, row_len, stream_of(local_grad)));
+                                      stride_elem, stride_row, out.data_ptr(), rows, row_len,
+                                      stream_of(local_grad)));
 }
 
-Tensor loss_backward(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
-                     int64_t divisor) {
+Tensor loss_backward(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction) {
   check_loss_backward_args(local_grad, grad_output, reduction, kDevice);
   const Tensor local_c = local_grad.contiguous();
   Tensor out = at::empty_like(local_c, local_c.options().dtype(grad_output.scalar_type()));
-  loss_backward_into(local_c, grad_output, reduction, divisor, out);
+  loss_backward_into(local_c, grad_output, reduction, out);
   return out;
 }
 
-void loss_backward_inplace(Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
-                           int64_t divisor) {
+void loss_backward_inplace(Tensor& local_grad, const Tensor& grad_output, int64_t reduction) {
   check_loss_backward_args(local_grad, grad_output, reduction, kDevice, /*in_place=*/true);
-  loss_backward_into(local_grad, grad_output, reduction, divisor, local_grad);
+  loss_backward_into(local_grad, grad_output, reduction, local_grad);
 }
 
 }  // namespace

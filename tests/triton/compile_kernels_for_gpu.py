@@ -68,9 +68,12 @@ for index, (dtype, kind, reduction, int_type) in enumerate(itertools.product(
                       WRITE_GRAD2=n_inputs > 2, WRITE_GRAD3=n_inputs > 3, WRITE_LOSS=reduction == 0,
                       PARTIALS=reduction, CHECK_RANGE0=kind == 3, CHECK_RANGE1=kind in (2, 3),
                       BLOCK_ROWS=4, BLOCK_COLS=256)
+    ptrs = PARTIAL_PTRS(acc)
+    if dtype == "fp16":  # float16's local gradients are float32
+        ptrs.update({f"grad{k}_ptr": "*fp32" for k in range(4)})
     check(f"elementwise_loss {dtype} kind={kind} reduction={reduction} {int_type}",
-          losses.elementwise_loss_kernel, dtype, constexprs, int_type, PARTIAL_PTRS(acc), 4)
-for dtype in ["fp32", "bf16", "fp64"] if ALL else ["bf16", "fp64"]:
+          losses.elementwise_loss_kernel, dtype, constexprs, int_type, ptrs, 4)
+for dtype in ["fp32", "bf16", "fp16", "fp64"] if ALL else ["bf16", "fp64"]:
     acc = "fp64" if dtype == "fp64" else "fp32"
     ptrs = {"first_ptr": "*" + acc, "second_ptr": "*" + acc}
     for has_second in (False, True):
@@ -79,8 +82,9 @@ for dtype in ["fp32", "bf16", "fp64"] if ALL else ["bf16", "fp64"]:
         check(f"partials_total {dtype} second={has_second}", losses.partials_total_kernel, dtype,
               dict(HAS_SECOND=has_second, BLOCK=1024), "i32", ptrs)
     for upstream in range(3):
+        local = {"local_ptr": "*fp32"} if dtype == "fp16" else None
         check(f"loss_backward {dtype} upstream={upstream}", losses.loss_backward_kernel, dtype,
-              dict(UPSTREAM=upstream, BLOCK_ROWS=1, BLOCK_COLS=4096), "i32", None, 8)
+              dict(UPSTREAM=upstream, BLOCK_ROWS=1, BLOCK_COLS=4096), "i32", local, 8)
     for kernel in (sampling.reparameterize_kernel, sampling.reparameterize_backward_kernel):
         check(f"{kernel.fn.__name__} {dtype}", kernel, dtype, dict(BLOCK_ROWS=16, BLOCK_COLS=64))
     for kernel in (sampling.reparameterize_philox_kernel, sampling.reparameterize_philox_backward_kernel):

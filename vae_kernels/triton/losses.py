@@ -2,16 +2,16 @@
 reduction of its partial sums, and the shared backward pass.
 
 - ``elementwise_loss_kernel`` computes, for one tile, the loss of every element
-  (formulas: ``vae_kernels/triton/math.py``), the local gradients d loss_i / d input_i
-  that were asked for, the tile's partial sums, and whether inputs that must lie in
+  (formulas: ``vae_kernels/triton/math.py``), the local gradients
+  d loss_i / d input_i / divisor that were asked for, the tile's partial sums, and whether inputs that must lie in
   [0, 1] do. This is the Triton counterpart of ``csrc/cpu/loss_loop.h``.
 - Partial sums are written to fixed positions: one per (row, column block) when the
   result is per row, one per program when it is a single sum. No atomics.
 - ``partials_per_row_kernel`` / ``partials_total_kernel`` then add the partials in a
   fixed order (a sequential loop over blocks, a fixed-shape ``tl.sum`` at the end), so
   two runs give bitwise-equal results.
-- ``loss_backward_kernel``: local gradient * upstream gradient / divisor, with the
-  upstream gradient per element, per row or a scalar.
+- ``loss_backward_kernel``: local gradient * upstream gradient, with the upstream
+  gradient per element, per row or a scalar.
 
 The launchers take and return torch tensors and launch through
 ``torch.library.wrap_triton`` (see ``launch.py``), so torch.compile sees the kernels.
@@ -101,6 +101,7 @@ def elementwise_loss_kernel(
     partials_ptr,  # see PARTIALS
     out_of_range_ptr,  # int32 [programs, 2]: input 0 / input 1 outside [0, 1] in this tile
     rows, row_len, col_blocks,
+    divisor,  # the local gradients are divided by it (the reduction's divisor)
     fixed_logvar_hi, fixed_logvar_lo,  # GAUSSIAN_FIXED_VAR's log-variance, split in two
     KIND: tl.constexpr,
     NUM_INPUTS: tl.constexpr,
@@ -145,6 +146,12 @@ def elementwise_loss_kernel(
         tl.static_assert(KIND == SQUARED_ERROR)
         loss, grad0, grad1 = squared_error_and_grad(a, b)
     loss = tl.where(mask, loss, 0.0)
+    # The reciprocal in the compute dtype (a float argument would be float32), once.
+    grad_scale = tl.full([], 1.0, a.dtype) / divisor
+    grad0 = grad0 * grad_scale
+    grad1 = grad1 * grad_scale
+    grad2 = grad2 * grad_scale
+    grad3 = grad3 * grad_scale
 
     out = row[:, None] * row_len + col[None, :]
     if WRITE_GRAD0:
@@ -246,7 +253,7 @@ def loss_backward_kernel(
     local_ptr, local_stride_row, local_stride_col,
     upstream_ptr, upstream_stride_row, upstream_stride_col,
     out_ptr, out_stride_row, out_stride_col,  # may be local_ptr itself (in place)
-    rows, row_len, col_blocks, divisor,
+    rows, row_len, col_blocks,
     UPSTREAM: tl.constexpr,
     BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):  # fmt: skip
@@ -259,9 +266,7 @@ def loss_backward_kernel(
         upstream = upstream[:, None]
     else:
         upstream = to_compute_dtype(tl.load(upstream_ptr))
-    # Dividing the upstream value promotes the divisor to the compute dtype (a float
-    # reciprocal would be a float32 kernel argument, too coarse for float64).
-    grad = local * (upstream / divisor)
+    grad = local * upstream
     out = row[:, None] * out_stride_row + col[None, :] * out_stride_col
     tl.store(out_ptr + out, grad.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -295,10 +300,12 @@ def elementwise_loss(
     inputs: Sequence[Tensor],
     grad_mask: Sequence[bool],
     reduction: int,
+    divisor: int,
     fixed_logvar: float = 0.0,
     check_range: tuple[bool, bool] = (False, False),
 ) -> LossPass:
-    """Run ``elementwise_loss_kernel`` over ``inputs`` (same shape, dtype and device)."""
+    """Run ``elementwise_loss_kernel`` over ``inputs`` (same shape, dtype and device);
+    the local gradients it writes are divided by ``divisor``."""
     first = inputs[0]
     rows, row_len = batch_rows(first), row_length(first)
     tile = tile_shape(rows, row_len)
@@ -342,6 +349,7 @@ def elementwise_loss(
             like if partials.numel() == 0 else partials,
             like if out_of_range is None else out_of_range,
             rows, row_len, tile.col_blocks,
+            divisor,
             logvar_hi, logvar_lo,
             KIND=kind.value,
             NUM_INPUTS=len(inputs),
@@ -413,9 +421,9 @@ def reduce_loss(
 
 
 def launch_loss_backward(
-    local_grad: Tensor, grad_output: Tensor, reduction: int, divisor: int, in_place: bool = False
+    local_grad: Tensor, grad_output: Tensor, reduction: int, in_place: bool = False
 ) -> Tensor:
-    """local_grad * grad_output (per element, per row or scalar) / divisor, written to a
+    """local_grad * grad_output (per element, per row or scalar), written to a
     new contiguous tensor of grad_output's dtype, or into ``local_grad`` itself with
     ``in_place`` (same dtypes only)."""
     rows, row_len = batch_rows(local_grad), row_length(local_grad)
@@ -428,7 +436,7 @@ def launch_loss_backward(
         if out is None:
             # No (rows, row_len) view of local_grad exists: compute out of place, then
             # copy into it.
-            return local_grad.copy_(launch_loss_backward(local_grad, grad_output, reduction, divisor))
+            return local_grad.copy_(launch_loss_backward(local_grad, grad_output, reduction))
     else:
         result = torch.empty(local_grad.shape, dtype=grad_output.dtype, device=local_grad.device)
         out = Rows(result, row_len, 1)  # contiguous: (row, col) is at row * row_len + col
@@ -446,7 +454,7 @@ def launch_loss_backward(
         local.data, local.stride_row, local.stride_col,
         upstream_data, stride_row, stride_col,
         out.data, out.stride_row, out.stride_col,
-        rows, row_len, tile.col_blocks, divisor,
+        rows, row_len, tile.col_blocks,
         UPSTREAM=upstream_kind.value,
         BLOCK_ROWS=tile.block_rows,
         BLOCK_COLS=tile.block_cols,

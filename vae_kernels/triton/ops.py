@@ -193,12 +193,12 @@ def gaussian_kl(
         _check_like(op, "prior_mu", prior_mu, "mu", mu)
         _check_like(op, "prior_logvar", prior_logvar, "mu", mu)
         loss_pass = elementwise_loss(
-            losses.KL_PRIOR, [mu, logvar, prior_mu, prior_logvar], grad_mask, reduction
+            losses.KL_PRIOR, [mu, logvar, prior_mu, prior_logvar], grad_mask, reduction, divisor
         )
         grads = loss_pass.grads
     else:
         loss_pass = elementwise_loss(
-            losses.KL_STD_NORMAL, [mu, logvar], grad_mask[:2], reduction
+            losses.KL_STD_NORMAL, [mu, logvar], grad_mask[:2], reduction, divisor
         )
         grads = [*loss_pass.grads, losses.no_local_grad(mu), losses.no_local_grad(mu)]
     loss, _, _ = reduce_loss(loss_pass, reduction, divisor, mu)
@@ -221,7 +221,7 @@ def bernoulli_nll(
     _check_grad_mask(op, grad_mask, 2)
     kind = losses.BERNOULLI_LOGITS if logits else losses.BERNOULLI_PROBS
     loss_pass = elementwise_loss(
-        kind, [input, target], grad_mask, reduction, check_range=(not logits, True)
+        kind, [input, target], grad_mask, reduction, divisor, check_range=(not logits, True)
     )
     _raise_if_outside_unit_interval(
         op, loss_pass, (None if logits else "input (probabilities, logits=False)", "target")
@@ -248,7 +248,7 @@ def gaussian_nll(
     if logvar is not None:
         _check_like(op, "logvar", logvar, "input", input)
         loss_pass = elementwise_loss(
-            losses.GAUSSIAN_LEARNED_VAR, [input, target, logvar], grad_mask, reduction
+            losses.GAUSSIAN_LEARNED_VAR, [input, target, logvar], grad_mask, reduction, divisor
         )
         grads = loss_pass.grads
     else:
@@ -257,6 +257,7 @@ def gaussian_nll(
             [input, target],
             grad_mask[:2],
             reduction,
+            divisor,
             fixed_logvar=logvar_value,
         )
         grads = [*loss_pass.grads, losses.no_local_grad(input)]
@@ -277,7 +278,9 @@ def squared_error(
     _check_like(op, "target", target, "input", input)
     _check_reduction(op, reduction)
     _check_grad_mask(op, grad_mask, 2)
-    loss_pass = elementwise_loss(losses.SQUARED_ERROR, [input, target], grad_mask, reduction)
+    loss_pass = elementwise_loss(
+        losses.SQUARED_ERROR, [input, target], grad_mask, reduction, divisor
+    )
     loss, _, _ = reduce_loss(loss_pass, reduction, divisor, input)
     return loss, loss_pass.grads[0], loss_pass.grads[1]
 
@@ -316,12 +319,15 @@ def elbo(
         [recon, x],
         grad_mask[:2],
         reduction,
+        divisor,
         check_range=(is_probs, is_bernoulli),
     )
     _raise_if_outside_unit_interval(
         "elbo_loss", recon_pass, ("recon (probabilities)" if is_probs else None, "x")
     )
-    kl_pass = elementwise_loss(losses.KL_STD_NORMAL, [mu, logvar], grad_mask[2:], reduction)
+    kl_pass = elementwise_loss(
+        losses.KL_STD_NORMAL, [mu, logvar], grad_mask[2:], reduction, divisor
+    )
     loss, recon_nll, kl = reduce_loss(
         recon_pass, reduction, divisor, recon, second=kl_pass, second_weight=beta
     )
@@ -365,16 +371,16 @@ def _check_loss_backward_args(
 
 
 @triton_op(f"{NAMESPACE}::loss_backward", mutates_args=())
-def loss_backward(local_grad: Tensor, grad_output: Tensor, reduction: int, divisor: int) -> Tensor:
+def loss_backward(local_grad: Tensor, grad_output: Tensor, reduction: int) -> Tensor:
     _check_loss_backward_args("loss_backward", local_grad, grad_output, reduction)
-    return launch_loss_backward(local_grad, grad_output, reduction, divisor)
+    return launch_loss_backward(local_grad, grad_output, reduction)
 
 
 @triton_op(f"{NAMESPACE}::loss_backward_", mutates_args={"local_grad"})
-def loss_backward_(local_grad: Tensor, grad_output: Tensor, reduction: int, divisor: int) -> None:
+def loss_backward_(local_grad: Tensor, grad_output: Tensor, reduction: int) -> None:
     """loss_backward written in place into ``local_grad`` (the forward's buffer)."""
     _check_loss_backward_args("loss_backward_", local_grad, grad_output, reduction, in_place=True)
-    launch_loss_backward(local_grad, grad_output, reduction, divisor, in_place=True)
+    launch_loss_backward(local_grad, grad_output, reduction, in_place=True)
 
 
 def _keep_opaque(mode, op, types, args, kwargs):
