@@ -8,19 +8,6 @@
 namespace vae_kernels::cpu::CPU_CAPABILITY {
 namespace {
 
-// Two vectors of float32 compute values from 2 * W elements.
-inline void load_two_vecs(const float* p, at::vec::Vectorized<float>& low,
-                          at::vec::Vectorized<float>& high) {
-  using Vec = at::vec::Vectorized<float>;
-  low = Vec::loadu(p);
-  high = Vec::loadu(p + Vec::size());
-}
-template <typename scalar_t>
-inline void load_two_vecs(const scalar_t* p, at::vec::Vectorized<float>& low,
-                          at::vec::Vectorized<float>& high) {
-  at::vec::load_to_float(p, low, high);
-}
-
 template <typename scalar_t>
 void loss_backward_typed(const local_grad_t<scalar_t>* local_grad, const scalar_t* grad_output,
                          int64_t grad_output_stride_elem, int64_t grad_output_stride_row,
@@ -42,12 +29,10 @@ void loss_backward_typed(const local_grad_t<scalar_t>* local_grad, const scalar_
         const Vec factor(static_cast<acc_t>(*upstream));
         int64_t i = begin;
         if constexpr (at::vec::is_reduced_floating_point_v<scalar_t>) {
-          // Two float vectors per conversion: float -> bfloat16/half rounding is the
-          // costly step here, and converting a vector pair at once halves it.
-          for (; i + 2 * W <= end; i += 2 * W) {
+          for (; i + 2 * W <= end; i += 2 * W) {  // vector pairs: see store_pair
             Vec low, high;
-            load_two_vecs(local_grad + i, low, high);
-            at::vec::convert_from_float<scalar_t>(low * factor, high * factor).store(out + i);
+            load_pair(local_grad + i, low, high);
+            store_pair(out + i, low * factor, high * factor);
           }
         }
         for (; i < end; i += W) {

@@ -49,28 +49,53 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, int64_t begin, int64
   Vec sum(acc_t(0));
   Vec outside[N];
   for (int k = 0; k < N; ++k) outside[k] = Vec(acc_t(0));
-  for (int64_t i = begin; i < end; i += W) {
-    const int64_t count = std::min(W, end - i);
-    Vec in[N];
-    Vec grad[N];
-    for (int k = 0; k < N; ++k) in[k] = load_vec(in_ptr[k] + i, count);
+  // One vector (`count` valid lanes): the loss, added to `sum`, the local gradients
+  // into `grad` (scaled) and the [0, 1] checks.
+  auto compute = [&](const Vec* in, Vec* grad, int64_t count) {
     Vec loss;
     if constexpr (kWithGrad) {
       loss = op.loss_and_grad(in, grad);
+      for (int k = 0; k < N; ++k) grad[k] = grad[k] * grad_scale;
     } else {
       loss = op.loss(in);
     }
     if (count < W) loss = Vec::set(Vec(acc_t(0)), loss, count);  // padding lanes add nothing
     sum = sum + loss;
-    if (loss_ptr) store_vec(loss_ptr + i, loss, count);
-    if constexpr (kWithGrad) {
-      for (int k = 0; k < N; ++k) {
-        if (grad_ptr[k]) store_vec(grad_ptr[k] + i, grad[k] * grad_scale, count);
-      }
-    }
     for (int k = 0; k < N; ++k) {
       if (Op::kUnitInterval[k]) {  // zero padding lies inside [0, 1]; NaN passes through
         outside[k] = outside[k] | (in[k] < Vec(acc_t(0))) | (in[k] > Vec(acc_t(1)));
+      }
+    }
+    return loss;
+  };
+
+  int64_t i = begin;
+  if constexpr (at::vec::is_reduced_floating_point_v<scalar_t>) {
+    // Two vectors per step, so each float -> bfloat16/half store converts a pair (the
+    // costly step). The sum sees the same vectors in the same order as below.
+    for (; i + 2 * W <= end; i += 2 * W) {
+      Vec in_lo[N], in_hi[N], grad_lo[N], grad_hi[N];
+      for (int k = 0; k < N; ++k) load_pair(in_ptr[k] + i, in_lo[k], in_hi[k]);
+      const Vec loss_lo = compute(in_lo, grad_lo, W);
+      const Vec loss_hi = compute(in_hi, grad_hi, W);
+      if (loss_ptr) store_pair(loss_ptr + i, loss_lo, loss_hi);
+      if constexpr (kWithGrad) {
+        for (int k = 0; k < N; ++k) {
+          if (grad_ptr[k]) store_pair(grad_ptr[k] + i, grad_lo[k], grad_hi[k]);
+        }
+      }
+    }
+  }
+  for (; i < end; i += W) {
+    const int64_t count = std::min(W, end - i);
+    Vec in[N];
+    Vec grad[N];
+    for (int k = 0; k < N; ++k) in[k] = load_vec(in_ptr[k] + i, count);
+    const Vec loss = compute(in, grad, count);
+    if (loss_ptr) store_vec(loss_ptr + i, loss, count);
+    if constexpr (kWithGrad) {
+      for (int k = 0; k < N; ++k) {
+        if (grad_ptr[k]) store_vec(grad_ptr[k] + i, grad[k], count);
       }
     }
   }

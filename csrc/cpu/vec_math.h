@@ -130,6 +130,31 @@ inline void store_vec(scalar_t* ptr, const AccVec<scalar_t>& v, int64_t count) {
   }
 }
 
+// Two float32 vectors from 2 * W elements (one conversion for bfloat16/half).
+template <typename T>
+inline void load_pair(const T* ptr, at::vec::Vectorized<float>& low,
+                      at::vec::Vectorized<float>& high) {
+  if constexpr (std::is_same_v<T, float>) {
+    low = at::vec::Vectorized<float>::loadu(ptr);
+    high = at::vec::Vectorized<float>::loadu(ptr + at::vec::Vectorized<float>::size());
+  } else {
+    at::vec::load_to_float(ptr, low, high);
+  }
+}
+
+// Two float32 vectors stored as 2 * W elements. For bfloat16/half the float rounding
+// is the costly step, and converting a pair at once halves it.
+template <typename T>
+inline void store_pair(T* ptr, const at::vec::Vectorized<float>& low,
+                       const at::vec::Vectorized<float>& high) {
+  if constexpr (std::is_same_v<T, float>) {
+    low.store(ptr);
+    high.store(ptr + at::vec::Vectorized<float>::size());
+  } else {
+    at::vec::convert_from_float<T>(low, high).store(ptr);
+  }
+}
+
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace vae_kernels
