@@ -13,7 +13,8 @@ Modes (inputs always require grad, as in training):
 
 - ``forward``: the call alone. Note that the ``cpu`` backend's losses compute their
   local gradients in this pass when inputs require grad, so its forward includes
-  that work and its backward is a cheap scaling pass.
+  that work and its backward is a cheap pass (none on CPU for an upstream gradient
+  of exactly 1, as here: the local gradients are the input gradients).
 - ``backward``: ``torch.autograd.grad`` of the output; the forward runs before the
   timer starts.
 - ``forward_backward``: both, timed together (one training step of the op).

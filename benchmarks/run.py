@@ -269,7 +269,8 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
         f"{meta['copy_gbps_end']:.1f}); the reference for the floor and %BW",
         "- times: median [p20, p80] of wall time per step, providers interleaved round by "
         "round; inputs require grad in every mode (training). The `cpu` backend computes "
-        "its losses' local gradients in `forward`, so its `backward` is a scaling pass",
+        "its losses' local gradients in `forward`, so its `backward` is one multiply by the "
+        "upstream gradient, skipped when that is exactly 1 (as here)",
         "- floor: fewest bytes the step must move / copy bandwidth; `%BW` = floor bytes / "
         "median time as a share of copy bandwidth",
         f"- peak: {meta['memory_method']}, extra over the step's inputs; ops: "
