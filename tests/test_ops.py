@@ -179,6 +179,31 @@ def test_repeated_backward_with_retain_graph_gives_the_same_gradients(reduction,
             assert (a is None and b is None) or torch.equal(a, b), name
 
 
+def test_under_a_dispatch_mode_the_registered_autograd_gives_the_same_gradients():
+    """A dispatch mode (a tracer, a FLOP counter) sees the op through the registered,
+    functional autograd instead of the eager path; the gradients are the same."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class RecordOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    recon, mu, lv = _leaf(4, 6, seed=16), _leaf(4, 3, seed=17), _leaf(4, 3, seed=18)
+    x = torch.rand(4, 6, dtype=torch.float64)
+    expected = torch.autograd.grad(vk.elbo_loss(recon, x, mu, lv, beta=0.5), (recon, mu, lv))
+    with RecordOps() as mode:
+        got = torch.autograd.grad(vk.elbo_loss(recon, x, mu, lv, beta=0.5), (recon, mu, lv))
+    assert "vae_kernels.loss_backward.default" in mode.names  # functional, not in place
+    assert "vae_kernels.loss_backward_.default" not in mode.names
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+
+
 def _backward_ops_run(loss, upstream) -> set[str]:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         loss.backward(upstream)

@@ -10,24 +10,27 @@ registered there too. This module adds what torch needs around them:
   gradient of the reduced loss for an upstream gradient of 1 (d loss_i / d input_i /
   divisor). Its backward is ``loss_backward`` = local gradient * upstream gradient.
   Local gradients of float16 inputs are float32 (``local_grad_dtype``): one can exceed
-  float16's range where the final gradient fits.
-  In eager mode that product is written in place into the local-gradient buffer
-  (``loss_backward_``), which saves a tensor allocation and a pass, and a CPU upstream
-  gradient of exactly 1 (``loss.backward()``) skips the pass altogether; a repeated
-  backward recomputes the local gradients. Sampling ops have their own backward ops.
-  Backward passes run custom ops without
+  float16's range where the final gradient fits. This registration serves
+  torch.compile and direct calls of the ops; its graphs stay functional.
+- ``EagerLoss``: the autograd of the public API's eager calls, with the same gradient
+  rule (``loss_input_grads``) and less per-call overhead. The local gradients stay
+  inside: backward writes the input gradients into their buffers (``loss_backward_``),
+  which saves a tensor allocation and a pass, and a CPU upstream gradient of exactly 1
+  (``loss.backward()``) needs no pass at all. A repeated backward recomputes them.
+- Sampling ops have their own backward ops. Backward passes run custom ops without
   autograd formulas of their own, so a double backward raises instead of returning
   a silently wrong second derivative.
 """
 
 from __future__ import annotations
 
-import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 LIBRARY_PATH = Path(__file__).with_name("libvae_kernels_C.so")
 
@@ -77,19 +80,16 @@ def reduction_args(reduction: str, t: Tensor) -> tuple[int, Union[int, torch.Sym
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
-_consumable = threading.local()
+def _runs_eagerly(args) -> bool:
+    """Whether a call may take the eager path (EagerLoss): not while torch.compile or
+    another tracer (a dispatch mode, tensor subclasses) runs, where the registered
+    autograd keeps the graph functional."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    return all(type(a) in _PLAIN_TENSOR_TYPES for a in args if isinstance(a, Tensor))
 
 
-def _call_discarding_local_grads(op, *args) -> Tensor:
-    """Run a loss op for its loss values only, letting its backward reuse the buffers of
-    the local-gradient outputs (which no caller sees) for the input gradients."""
-    if torch.compiler.is_compiling():
-        return op(*args)
-    _consumable.active = True
-    try:
-        return op(*args)
-    finally:
-        _consumable.active = False
+_PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
 
 
 def _needs_grad(t: Optional[Tensor]) -> bool:
@@ -119,6 +119,13 @@ class OpsBackend:
     @property
     def ops(self):
         return getattr(torch.ops, self.namespace)
+
+    def _loss(self, name: str, *args) -> tuple[Tensor, ...]:
+        """The reduced outputs of loss op ``name``; its local gradients stay internal."""
+        spec = LossSpec(self.namespace, name)
+        if _runs_eagerly(args):
+            return EagerLoss.apply(spec, *args)
+        return tuple(spec.op(*args)[: spec.n_reduced])
 
     def reparameterize(
         self,
@@ -154,16 +161,12 @@ class OpsBackend:
                 for p in (prior_mu, prior_logvar)
             ]
         mask = [_needs_grad(t) for t in (mu, logvar, prior_mu, prior_logvar)]
-        return _call_discarding_local_grads(
-            self.ops.gaussian_kl, mu, logvar, *priors, mode, divisor, mask
-        )[0]
+        return self._loss("gaussian_kl", mu, logvar, *priors, mode, divisor, mask)[0]
 
     def bernoulli_nll(self, input: Tensor, target: Tensor, logits: bool, reduction: str) -> Tensor:
         mode, divisor = reduction_args(reduction, input)
         mask = [_needs_grad(input), _needs_grad(target)]
-        return _call_discarding_local_grads(
-            self.ops.bernoulli_nll, input, target, logits, mode, divisor, mask
-        )[0]
+        return self._loss("bernoulli_nll", input, target, logits, mode, divisor, mask)[0]
 
     def gaussian_nll(
         self, input: Tensor, target: Tensor, logvar: Union[float, Tensor], reduction: str
@@ -175,16 +178,14 @@ class OpsBackend:
         else:
             logvar_tensor, logvar_value = None, float(logvar)
         mask = [_needs_grad(input), _needs_grad(target), _needs_grad(logvar_tensor)]
-        return _call_discarding_local_grads(
-            self.ops.gaussian_nll, input, target, logvar_tensor, logvar_value, mode, divisor, mask
+        return self._loss(
+            "gaussian_nll", input, target, logvar_tensor, logvar_value, mode, divisor, mask
         )[0]
 
     def mse_loss(self, input: Tensor, target: Tensor, reduction: str) -> Tensor:
         mode, divisor = reduction_args(reduction, input)
         mask = [_needs_grad(input), _needs_grad(target)]
-        return _call_discarding_local_grads(
-            self.ops.squared_error, input, target, mode, divisor, mask
-        )[0]
+        return self._loss("squared_error", input, target, mode, divisor, mask)[0]
 
     def elbo_loss(
         self,
@@ -198,9 +199,8 @@ class OpsBackend:
     ) -> tuple[Tensor, Tensor, Tensor]:
         mode, divisor = reduction_args(reduction, recon)
         mask = [_needs_grad(t) for t in (recon, x, mu, logvar)]
-        loss, recon_nll, kl, *_ = _call_discarding_local_grads(
-            self.ops.elbo, recon, x, mu, logvar, LIKELIHOOD_CODES[likelihood], beta, mode,
-            divisor, mask,
+        loss, recon_nll, kl = self._loss(
+            "elbo", recon, x, mu, logvar, LIKELIHOOD_CODES[likelihood], beta, mode, divisor, mask
         )
         return loss, recon_nll, kl
 
@@ -227,54 +227,90 @@ def _reduced_like(t: Tensor, reduction: int) -> Tensor:
     return t.new_empty(())
 
 
-def _save_loss_context(ctx, op, inputs, output, n_reduced: int, reduction_index: int) -> None:
-    """Keep what a loss op's backward needs.
-
-    The local gradients (the outputs after the ``n_reduced`` loss values) are ordinary
-    saved tensors, except in eager calls from the public API, which discard them. There
-    they are kept as attributes instead, because backward consumes them: it writes the
-    input gradient into the same buffer (``loss_backward_``). A repeated eager backward
-    (``retain_graph=True``) finds them consumed and recomputes them from the saved inputs.
-    """
-    ctx.set_materialize_grads(False)  # unused outputs get None, not a tensor of zeros
-    local_grads = output[n_reduced:]
-    ctx.mark_non_differentiable(*local_grads)
-    ctx.reduction = inputs[reduction_index]
-    # Local gradient k belongs to input k; one that was not computed is an empty (0,) tensor.
-    ctx.input_shapes = [
-        inputs[k].shape if isinstance(inputs[k], Tensor) else None for k in range(len(local_grads))
-    ]
-    # Only when the caller discards the local-gradient outputs (the public API does), and
-    # never while tracing (torch.compile, AOTAutograd), which runs on tensor subclasses.
-    ctx.consumes_local_grads = getattr(_consumable, "active", False) and all(
-        type(t) is Tensor for t in output
-    )
-    if not ctx.consumes_local_grads:
-        ctx.save_for_backward(*local_grads)
-        return
-    ctx.local_grads = list(local_grads)
-    ctx.op, ctx.n_reduced = op, n_reduced
-    ctx.tensor_positions = [i for i, a in enumerate(inputs) if isinstance(a, Tensor)]
-    ctx.other_args = [None if isinstance(a, Tensor) else a for a in inputs]
-    ctx.save_for_backward(*(inputs[i] for i in ctx.tensor_positions))
+# The loss ops' arguments: the differentiable tensors come first, in the order of their
+# local-gradient outputs; `reduction` sits at `reduction_index`; the elbo has 3 reduced
+# outputs (loss, recon_nll, kl) and `beta` at index 5.
+_LOSS_LAYOUT = {  # name: (inputs, reduced outputs, reduction index, arguments)
+    "gaussian_kl": (4, 1, 4, 7),
+    "bernoulli_nll": (2, 1, 3, 6),
+    "gaussian_nll": (3, 1, 4, 7),
+    "squared_error": (2, 1, 2, 5),
+    "elbo": (4, 3, 6, 9),
+}
 
 
-def _take_local_grads(ctx) -> tuple[list[Tensor], bool]:
-    """The local gradients for this backward, and whether it may overwrite them."""
-    if not ctx.consumes_local_grads:
-        return list(ctx.saved_tensors), False  # traced graphs stay functional
-    local_grads, ctx.local_grads = ctx.local_grads, None
-    if local_grads is None:  # a repeated backward: recompute what the first one consumed
-        args = list(ctx.other_args)
-        for position, tensor in zip(ctx.tensor_positions, ctx.saved_tensors):
-            args[position] = tensor
-        with torch.no_grad():
-            local_grads = list(ctx.op(*args)[ctx.n_reduced:])
-    return local_grads, True
+@dataclass(frozen=True)
+class LossSpec:
+    """One loss op of one namespace, and where its arguments and outputs are."""
+
+    namespace: str
+    name: str
+
+    @property
+    def ops(self):
+        return getattr(torch.ops, self.namespace)
+
+    @property
+    def op(self):
+        return getattr(self.ops, self.name)
+
+    @property
+    def n_inputs(self) -> int:
+        return _LOSS_LAYOUT[self.name][0]
+
+    @property
+    def n_reduced(self) -> int:
+        return _LOSS_LAYOUT[self.name][1]
+
+    def reduction(self, args) -> int:
+        return args[_LOSS_LAYOUT[self.name][2]]
+
+    def beta(self, args) -> Optional[float]:
+        return args[5] if self.name == "elbo" else None
+
+
+def input_shapes_and_options(args: Sequence) -> tuple[list, list]:
+    """What a loss op's backward needs of its arguments: the tensors' shapes (None for
+    the other arguments) and the other arguments (None for the tensors)."""
+    shapes = [a.shape if isinstance(a, Tensor) else None for a in args]
+    options = [None if isinstance(a, Tensor) else a for a in args]
+    return shapes, options
+
+
+def loss_input_grads(
+    spec: LossSpec,
+    shapes: Sequence[Optional[torch.Size]],
+    options: Sequence,
+    needs_grad: Sequence[bool],
+    grad_outputs: Sequence[Optional[Tensor]],
+    local_grads: Sequence[Tensor],
+    in_place: bool,
+) -> list[Optional[Tensor]]:
+    """The gradients of a loss op's differentiable inputs (None where not needed), from
+    its local gradients and the upstream gradients of its reduced outputs (``shapes``
+    and ``options``: see ``input_shapes_and_options``). For the elbo, the recon term's
+    gradients scale with d loss + d recon_nll and the KL term's with
+    beta * d loss + d kl."""
+    chain = lambda k, upstream: _chain(  # noqa: E731  (inputs k of the term)
+        spec.ops, spec.reduction(options), [needs_grad[i] for i in k],
+        [local_grads[i] for i in k], [shapes[i] for i in k], upstream, in_place,
+    )  # fmt: skip
+    beta = spec.beta(options)
+    if beta is None:
+        return chain(range(spec.n_inputs), grad_outputs[0])
+    grad_loss, grad_recon_nll, grad_kl = grad_outputs[:3]
+    recon_upstream = _add(grad_loss, grad_recon_nll)
+    kl_upstream = _add(grad_loss if grad_loss is None or beta == 1 else grad_loss * beta, grad_kl)
+    return chain(range(2), recon_upstream) + chain(range(2, 4), kl_upstream)
+
+
+def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    return b if a is None else (a if b is None else a + b)
 
 
 def _chain(
-    ctx,
+    ops,
+    reduction: int,
     needs_grad: Sequence[bool],
     local_grads: Sequence[Tensor],
     input_shapes: Sequence[Optional[torch.Size]],
@@ -302,11 +338,54 @@ def _chain(
             )
         elif in_place and local.dtype == upstream.dtype:  # not float16's float32 buffers
             if not upstream_is_one:
-                ctx.ops.loss_backward_(local, upstream, ctx.reduction)
+                ops.loss_backward_(local, upstream, reduction)
             grads.append(local)
         else:
-            grads.append(ctx.ops.loss_backward(local, upstream, ctx.reduction))
+            grads.append(ops.loss_backward(local, upstream, reduction))
     return grads
+
+
+class EagerLoss(torch.autograd.Function):
+    """Autograd of a loss op called eagerly from the public API (see the module doc).
+
+    ``EagerLoss.apply(spec, *args)`` returns the op's reduced outputs. The forward runs
+    the op below autograd; its local-gradient outputs never leave this function, so
+    backward may overwrite them with the input gradients. A repeated backward
+    (``retain_graph=True``) finds them consumed and recomputes them from the saved
+    inputs.
+    """
+
+    @staticmethod
+    def forward(ctx, spec: LossSpec, *args):
+        outputs = _run_below_autograd(spec, args)
+        ctx.set_materialize_grads(False)  # unused outputs get None, not a tensor of zeros
+        ctx.spec, ctx.local_grads = spec, list(outputs[spec.n_reduced :])
+        ctx.shapes, ctx.options = input_shapes_and_options(args)
+        ctx.save_for_backward(*(a for a in args if isinstance(a, Tensor)))
+        return tuple(outputs[: spec.n_reduced])
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        spec: LossSpec = ctx.spec
+        n_args = len(ctx.options)
+        if all(g is None for g in grad_outputs):
+            return (None,) * (1 + n_args)
+        local_grads, ctx.local_grads = ctx.local_grads, None
+        if local_grads is None:  # a repeated backward: recompute what the first consumed
+            saved = iter(ctx.saved_tensors)
+            args = [next(saved) if shape is not None else option
+                    for shape, option in zip(ctx.shapes, ctx.options)]  # fmt: skip
+            local_grads = list(_run_below_autograd(spec, args)[spec.n_reduced :])
+        needs = ctx.needs_input_grad[1 : 1 + spec.n_inputs]
+        grads = loss_input_grads(
+            spec, ctx.shapes, ctx.options, needs, grad_outputs, local_grads, in_place=True
+        )
+        return (None, *grads, *([None] * (n_args - spec.n_inputs)))
+
+
+def _run_below_autograd(spec: LossSpec, args) -> tuple[Tensor, ...]:
+    with torch._C._AutoDispatchBelowAutograd():
+        return spec.op(*args)
 
 
 def _register_fakes() -> None:
@@ -399,50 +478,34 @@ def register_autograd(namespace: str) -> None:
         lib + "reparameterize_philox", philox_backward, setup_context=philox_setup
     )
 
-    # -- losses: outputs are (loss, local gradients...); backward = loss_backward
-    def register_loss(name: str, reduction_index: int, n_inputs: int, n_args: int) -> None:
-        def setup(ctx, inputs, output):
-            ctx.ops = ops
-            _save_loss_context(ctx, getattr(ops, name), inputs, output, 1, reduction_index)
+    # -- losses: outputs are (reduced losses..., local gradients...); backward =
+    # loss_backward, out of place (graphs stay functional). EagerLoss is the eager path.
+    def register_loss(name: str) -> None:
+        spec = LossSpec(namespace, name)
 
-        def backward(ctx, grad_loss, *_):
-            if grad_loss is None:
+        def setup(ctx, inputs, output):
+            ctx.set_materialize_grads(False)  # unused outputs get None, not zeros
+            local_grads = output[spec.n_reduced :]
+            ctx.mark_non_differentiable(*local_grads)
+            ctx.save_for_backward(*local_grads)
+            ctx.shapes, ctx.options = input_shapes_and_options(inputs)
+
+        def backward(ctx, *grad_outputs):
+            grad_outputs = grad_outputs[: spec.n_reduced]
+            n_args = len(ctx.options)
+            if all(g is None for g in grad_outputs):
                 return (None,) * n_args
-            local_grads, in_place = _take_local_grads(ctx)
-            needs = ctx.needs_input_grad[:n_inputs]
-            grads = _chain(ctx, needs, local_grads, ctx.input_shapes, grad_loss, in_place)
-            return (*grads, *([None] * (n_args - n_inputs)))
+            needs = ctx.needs_input_grad[: spec.n_inputs]
+            grads = loss_input_grads(
+                spec, ctx.shapes, ctx.options, needs, grad_outputs, ctx.saved_tensors,
+                in_place=False,
+            )
+            return (*grads, *([None] * (n_args - spec.n_inputs)))
 
         torch.library.register_autograd(lib + name, backward, setup_context=setup)
 
-    register_loss("gaussian_kl", reduction_index=4, n_inputs=4, n_args=7)
-    register_loss("bernoulli_nll", reduction_index=3, n_inputs=2, n_args=6)
-    register_loss("gaussian_nll", reduction_index=4, n_inputs=3, n_args=7)
-    register_loss("squared_error", reduction_index=2, n_inputs=2, n_args=5)
-
-    # -- elbo: loss = recon_nll + beta * kl, each reduced the same way
-    def elbo_setup(ctx, inputs, output):
-        ctx.ops = ops
-        _save_loss_context(ctx, ops.elbo, inputs, output, 3, reduction_index=6)
-        ctx.beta = inputs[5]
-
-    def elbo_backward(ctx, grad_loss, grad_recon_nll, grad_kl, *_):
-        def add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
-            return b if a is None else (a if b is None else a + b)
-
-        # The recon term's gradients scale with recon_upstream, the KL term's with kl_upstream.
-        recon_upstream = add(grad_loss, grad_recon_nll)
-        kl_upstream = add(None if grad_loss is None else grad_loss * ctx.beta, grad_kl)
-        if recon_upstream is None and kl_upstream is None:
-            return (None,) * 9
-        local_grads, in_place = _take_local_grads(ctx)
-        needs = ctx.needs_input_grad
-        shapes = ctx.input_shapes
-        recon_grads = _chain(ctx, needs[:2], local_grads[:2], shapes[:2], recon_upstream, in_place)
-        kl_grads = _chain(ctx, needs[2:4], local_grads[2:], shapes[2:], kl_upstream, in_place)
-        return (*recon_grads, *kl_grads, None, None, None, None, None)
-
-    torch.library.register_autograd(lib + "elbo", elbo_backward, setup_context=elbo_setup)
+    for name in _LOSS_LAYOUT:
+        register_loss(name)
 
 
 if LIBRARY_ERROR is None:
