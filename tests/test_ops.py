@@ -129,12 +129,17 @@ def test_bitwise_deterministic_across_runs_and_thread_counts(dtype):
 
 
 def test_double_backward_is_refused_not_wrong():
+    """A gradient penalty needs the second derivative, which the hand-written backward
+    passes do not provide: create_graph=True raises instead of treating it as zero."""
     l = _leaf(3, 4, seed=9)
     x = torch.rand(3, 4, dtype=torch.float64)
-    loss = vk.bernoulli_nll(l, x)
-    (grad,) = torch.autograd.grad(loss, l, create_graph=True)
-    with pytest.raises(RuntimeError):
-        torch.autograd.grad(grad.sum(), l)
+    with pytest.raises(RuntimeError, match="create_graph=True"):
+        torch.autograd.grad(vk.bernoulli_nll(l, x), l, create_graph=True)
+    mu, lv = _leaf(3, 2, seed=19), _leaf(3, 2, seed=20)
+    with pytest.raises(RuntimeError, match="create_graph=True"):
+        torch.autograd.grad(vk.reparameterize(mu, lv).sum(), mu, create_graph=True)
+    (grad,) = torch.autograd.grad(vk.bernoulli_nll(l, x, backend="torch"), l, create_graph=True)
+    assert grad.requires_grad  # the eager reference supports it
 
 
 def test_raw_op_refuses_gradients_it_was_not_asked_to_compute():

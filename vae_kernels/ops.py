@@ -12,14 +12,15 @@ registered there too. This module adds what torch needs around them:
   Local gradients of float16 inputs are float32 (``local_grad_dtype``): one can exceed
   float16's range where the final gradient fits. This registration serves
   torch.compile and direct calls of the ops; its graphs stay functional.
-- ``EagerLoss``: the autograd of the public API's eager calls, with the same gradient
-  rule (``loss_input_grads``) and less per-call overhead. The local gradients stay
+- ``EagerLoss`` (``EagerSample`` for sampling): the autograd of the public API's eager
+  calls, with the same gradient rule (``loss_input_grads``, ``sample_input_grads``)
+  and less per-call overhead (the op runs below autograd). The local gradients stay
   inside: backward writes the input gradients into their buffers (``loss_backward_``),
   which saves a tensor allocation and a pass, and a CPU upstream gradient of exactly 1
   (``loss.backward()``) needs no pass at all. A repeated backward recomputes them.
-- Sampling ops have their own backward ops. Backward passes run custom ops without
-  autograd formulas of their own, so a double backward raises instead of returning
-  a silently wrong second derivative.
+- Sampling ops have their own backward ops. There are no second derivatives: an
+  eager backward with create_graph=True raises instead of returning gradients whose
+  own graph is missing.
 """
 
 from __future__ import annotations
@@ -137,11 +138,16 @@ class OpsBackend:
     ) -> Tensor:
         if eps is None:
             seed = _draw_seed(generator, mu.device)
-            z = self.ops.reparameterize_philox(mu, logvar, seed, num_samples or 1)
+            z = self._sample("reparameterize_philox", mu, logvar, seed, num_samples or 1)
         else:
             samples = eps if num_samples is not None else eps.unsqueeze(0)
-            z = self.ops.reparameterize(mu, logvar, samples)
+            z = self._sample("reparameterize", mu, logvar, samples)
         return z if num_samples is not None else z.squeeze(0)
+
+    def _sample(self, name: str, *args) -> Tensor:
+        if _runs_eagerly(args):
+            return EagerSample.apply(self.ops, name, *args)
+        return getattr(self.ops, name)(*args)
 
     def gaussian_kl(
         self,
@@ -366,6 +372,7 @@ class EagerLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grad_outputs):
+        _refuse_double_backward()
         spec: LossSpec = ctx.spec
         n_args = len(ctx.options)
         if all(g is None for g in grad_outputs):
@@ -381,6 +388,51 @@ class EagerLoss(torch.autograd.Function):
             spec, ctx.shapes, ctx.options, needs, grad_outputs, local_grads, in_place=True
         )
         return (None, *grads, *([None] * (n_args - spec.n_inputs)))
+
+
+def sample_input_grads(
+    ops, name: str, grad_z: Tensor, logvar: Tensor, noise: Tensor, needs_noise_grad: bool
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """(grad_mu, grad_logvar, grad of the noise) of ``reparameterize`` (noise = eps) or
+    ``reparameterize_philox`` (noise = the seed: no gradient)."""
+    if name == "reparameterize_philox":
+        return (*ops.reparameterize_philox_backward(grad_z, logvar, noise), None)
+    grad_mu, grad_logvar = ops.reparameterize_backward(grad_z, logvar, noise)
+    # Noise that itself requires grad (rare): dz/deps = std.
+    grad_eps = grad_z * torch.exp(0.5 * logvar) if needs_noise_grad else None
+    return grad_mu, grad_logvar, grad_eps
+
+
+class EagerSample(torch.autograd.Function):
+    """Autograd of a sampling op called eagerly from the public API:
+    ``EagerSample.apply(ops, name, mu, logvar, noise, *options)`` runs the op below
+    autograd, with less per-call overhead than the registered autograd."""
+
+    @staticmethod
+    def forward(ctx, ops, name: str, mu: Tensor, logvar: Tensor, noise: Tensor, *options):
+        with torch._C._AutoDispatchBelowAutograd():
+            z = getattr(ops, name)(mu, logvar, noise, *options)
+        ctx.ops, ctx.name, ctx.n_options = ops, name, len(options)
+        ctx.save_for_backward(logvar, noise)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        _refuse_double_backward()
+        logvar, noise = ctx.saved_tensors
+        needs_noise_grad = ctx.needs_input_grad[4]
+        grads = sample_input_grads(ctx.ops, ctx.name, grad_z, logvar, noise, needs_noise_grad)
+        return (None, None, *grads, *([None] * ctx.n_options))
+
+
+def _refuse_double_backward() -> None:
+    # Grad mode is on in a backward pass only under create_graph=True: the caller wants
+    # the gradient's own graph, which these hand-written backward passes do not build.
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "vae_kernels: backward with create_graph=True (a second derivative, e.g. a "
+            "gradient penalty) is not supported by the fused kernels; use backend='torch'"
+        )
 
 
 def _run_below_autograd(spec: LossSpec, args) -> tuple[Tensor, ...]:
@@ -449,34 +501,21 @@ def register_autograd(namespace: str) -> None:
     lib = namespace + "::"
     ops = getattr(torch.ops, namespace)
 
-    # -- sampling: backward ops of their own
-    def reparameterize_setup(ctx, inputs, output):
-        _, logvar, eps = inputs
-        ctx.save_for_backward(logvar, eps)
+    # -- sampling: backward ops of their own (sample_input_grads)
+    def sample_setup(ctx, inputs, output):
+        _, logvar, noise, *_ = inputs
+        ctx.save_for_backward(logvar, noise)
 
-    def reparameterize_backward(ctx, grad_z):
-        logvar, eps = ctx.saved_tensors
-        grad_mu, grad_logvar = ops.reparameterize_backward(grad_z, logvar, eps)
-        # Noise that itself requires grad (rare): dz/deps = std.
-        grad_eps = grad_z * torch.exp(0.5 * logvar) if ctx.needs_input_grad[2] else None
-        return grad_mu, grad_logvar, grad_eps
+    def register_sample(name: str) -> None:
+        def backward(ctx, grad_z):
+            logvar, noise = ctx.saved_tensors
+            grads = sample_input_grads(ops, name, grad_z, logvar, noise, ctx.needs_input_grad[2])
+            return (*grads, *([None] * (len(ctx.needs_input_grad) - 3)))
 
-    torch.library.register_autograd(
-        lib + "reparameterize", reparameterize_backward, setup_context=reparameterize_setup
-    )
+        torch.library.register_autograd(lib + name, backward, setup_context=sample_setup)
 
-    def philox_setup(ctx, inputs, output):
-        _, logvar, seed, _ = inputs
-        ctx.save_for_backward(logvar, seed)
-
-    def philox_backward(ctx, grad_z):
-        logvar, seed = ctx.saved_tensors
-        grad_mu, grad_logvar = ops.reparameterize_philox_backward(grad_z, logvar, seed)
-        return grad_mu, grad_logvar, None, None
-
-    torch.library.register_autograd(
-        lib + "reparameterize_philox", philox_backward, setup_context=philox_setup
-    )
+    register_sample("reparameterize")
+    register_sample("reparameterize_philox")
 
     # -- losses: outputs are (reduced losses..., local gradients...); backward =
     # loss_backward, out of place (graphs stay functional). EagerLoss is the eager path.
