@@ -81,16 +81,16 @@ def reduction_args(reduction: str, t: Tensor) -> tuple[int, Union[int, torch.Sym
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
+_PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
+
+
 def _runs_eagerly(args) -> bool:
-    """Whether a call may take the eager path (EagerLoss): not while torch.compile or
-    another tracer (a dispatch mode, tensor subclasses) runs, where the registered
-    autograd keeps the graph functional."""
+    """Whether a call may take the eager path (EagerLoss, EagerSample): not while
+    torch.compile or another tracer (a dispatch mode, tensor subclasses) runs, where the
+    registered autograd keeps the graph functional."""
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return False
     return all(type(a) in _PLAIN_TENSOR_TYPES for a in args if isinstance(a, Tensor))
-
-
-_PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
 
 
 def _needs_grad(t: Optional[Tensor]) -> bool:
@@ -233,15 +233,15 @@ def _reduced_like(t: Tensor, reduction: int) -> Tensor:
     return t.new_empty(())
 
 
-# The loss ops' arguments: the differentiable tensors come first, in the order of their
-# local-gradient outputs; `reduction` sits at `reduction_index`; the elbo has 3 reduced
-# outputs (loss, recon_nll, kl) and `beta` at index 5.
-_LOSS_LAYOUT = {  # name: (inputs, reduced outputs, reduction index, arguments)
-    "gaussian_kl": (4, 1, 4, 7),
-    "bernoulli_nll": (2, 1, 3, 6),
-    "gaussian_nll": (3, 1, 4, 7),
-    "squared_error": (2, 1, 2, 5),
-    "elbo": (4, 3, 6, 9),
+# The loss ops' arguments (csrc/schemas.cpp): the differentiable tensors come first, in
+# the order of their local-gradient outputs; then the options, with `reduction` at the
+# index below. The elbo has 3 reduced outputs (loss, recon_nll, kl) and `beta` at index 5.
+_LOSS_LAYOUT = {  # name: (differentiable inputs, reduced outputs, reduction index)
+    "gaussian_kl": (4, 1, 4),
+    "bernoulli_nll": (2, 1, 3),
+    "gaussian_nll": (3, 1, 4),
+    "squared_error": (2, 1, 2),
+    "elbo": (4, 3, 6),
 }
 
 
