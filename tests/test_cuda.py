@@ -25,6 +25,7 @@ from vae_kernels import ops, reference
 
 from conftest import ALL_DTYPES, REDUCTIONS, assert_close_to_oracle, upstream_weights
 from test_elbo import LIKELIHOODS
+from test_hardening_numerics import kl_near_the_prior
 from test_elbo import make_inputs as make_elbo_inputs
 from test_losses import CASE_IDS, CASES
 from test_losses import make_case as make_loss_case
@@ -465,3 +466,9 @@ def test_public_api_backend_cuda():
     assert "cuda" in vk.available_backends()
     got = vk.bernoulli_nll(l, x, reduction="per_sample", backend="cuda")
     assert torch.equal(got, CUDA.bernoulli_nll(l, x, True, "per_sample"))
+
+
+@pytest.mark.parametrize("with_prior", [False, True], ids=["standard-normal", "learned-prior"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_kl_near_the_prior_is_accurate_relative_to_its_size(dtype, with_prior):
+    kl_near_the_prior("cuda", dtype, with_prior, device=DEVICE)

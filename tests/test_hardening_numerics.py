@@ -300,16 +300,49 @@ def test_float32_exp_overflow_window_matches_torch():
     assert ours[0, 0].isfinite() and ours[0, 1:].isinf().all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_kl_logvar_gradient_near_zero_has_float32_absolute_error(backend):
-    """exp(lv) - 1 near lv = 0 cancels in float32 (as torch's float32 does): the
-    gradient 0.5*(exp(lv) - 1) has an absolute error of about one float32 ULP of 1,
-    not a relative one. An expm1-based formula would remove it (see the report)."""
-    lv = torch.linspace(-1e-3, 1e-3, 101).reshape(1, -1).requires_grad_()
-    vk.gaussian_kl(torch.zeros_like(lv), lv, reduction="sum", backend=backend).backward()
-    true = 0.5 * torch.expm1(lv.detach().double())
-    err = (lv.grad.double() - true).abs()
-    assert err.max() <= 1.5 * 2**-24, err.max()  # half an ULP of 1 times 0.5, plus rounding
+def kl_near_the_prior(backend: str, dtype: torch.dtype, with_prior: bool, device="cpu"):
+    """The KL, d logvar and d prior_logvar where logvar - prior_logvar = d is tiny (a
+    collapsed latent dimension), against exact values (mpmath). The KL per element is
+    then ~d^2/4, and the plain exp(d) - 1 - d leaves only rounding error: 70 % of the
+    value at |d| = 1e-4 in float32, with d logvar = 0.5 (exp(d) - 1) off by ~1e-4 of
+    itself. Asserts both relative to their own size, from |d| = 1e-7 to past the
+    kernels' series/exp switch at |d| = 1."""
+    mpmath = pytest.importorskip("mpmath")
+    magnitudes = torch.cat([torch.logspace(-7, 0.5, 61, dtype=torch.float64),
+                            torch.tensor([0.999, 1.0, 1.001], dtype=torch.float64)])
+    d = torch.cat([-magnitudes, magnitudes]).reshape(2, -1)
+    prior_lv = torch.full_like(d, 0.3 if with_prior else 0.0).to(dtype)
+    lv = (prior_lv.double() + d).to(dtype)
+    d = lv.double() - prior_lv.double()  # exact: what the kernels see after rounding
+    mu = torch.zeros_like(lv)
+    leaves = [lv.to(device).requires_grad_()]
+    if with_prior:
+        leaves.append(prior_lv.to(device).requires_grad_())
+        out = vk.gaussian_kl(mu.to(device), leaves[0], torch.zeros_like(leaves[1]), leaves[1],
+                             reduction="none", backend=backend)
+    else:
+        out = vk.gaussian_kl(mu.to(device), leaves[0], reduction="none", backend=backend)
+    grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
+
+    def exact(f):
+        return torch.tensor([float(f(mpmath.mpf(v))) for v in d.flatten().tolist()],
+                            dtype=torch.float64).reshape(d.shape)
+
+    with mpmath.workdps(40):
+        kl = exact(lambda x: (mpmath.expm1(x) - x) / 2)
+        d_logvar = exact(lambda x: mpmath.expm1(x) / 2)
+    rtol = {torch.float32: 1e-6, torch.float64: 1e-13}[dtype]  # a few ulp
+    torch.testing.assert_close(out.detach().cpu().double(), kl, rtol=rtol, atol=0)
+    torch.testing.assert_close(grads[0].cpu().double(), d_logvar, rtol=rtol, atol=0)
+    if with_prior:
+        torch.testing.assert_close(grads[1].cpu().double(), -d_logvar, rtol=rtol, atol=0)
+
+
+@requires_cpu
+@pytest.mark.parametrize("with_prior", [False, True], ids=["standard-normal", "learned-prior"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_kl_near_the_prior_is_accurate_relative_to_its_size(dtype, with_prior):
+    kl_near_the_prior("cpu", dtype, with_prior)
 
 
 # float16 local gradients are float32 (ops.local_grad_dtype): each case has a local

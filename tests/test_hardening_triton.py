@@ -106,6 +106,13 @@ def test_extremes_match_float64_oracle(case, reduction, dtype):
 
 
 @requires_triton
+@pytest.mark.parametrize("with_prior", [False, True], ids=["standard-normal", "learned-prior"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_kl_near_the_prior_is_accurate_relative_to_its_size(dtype, with_prior):
+    numerics.kl_near_the_prior("triton", dtype, with_prior, device=DEVICE)
+
+
+@requires_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_logit_gradient_and_infinite_logits(dtype):
     l = torch.tensor([[-1e4, -1e4, 1e4, 0.0, float("inf"), float("-inf")]], dtype=dtype,

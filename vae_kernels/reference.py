@@ -57,14 +57,17 @@ def gaussian_kl_elementwise(
     With no prior given the prior is N(0, I). A missing prior_mu means 0 and a
     missing prior_logvar means 0 when only the other is given.
     """
+    # exp(lv) - 1 - lv as expm1(lv) - lv: the plain form keeps only rounding error near
+    # the prior (lv ~ 0), where the kernels are accurate (csrc/math/gaussian_kl.h).
     if prior_mu is None and prior_logvar is None:
-        return 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar)
+        return 0.5 * (mu * mu + (torch.expm1(logvar) - logvar))
     prior_mu = torch.zeros_like(mu) if prior_mu is None else prior_mu
     prior_logvar = torch.zeros_like(mu) if prior_logvar is None else prior_logvar
     # (mu - pm)^2 / exp(plv) as t*t with t = (mu - pm) * exp(-plv/2), as the kernels do:
     # never inf * 0 where the true value is finite.
     t = (mu - prior_mu) * torch.exp(-0.5 * prior_logvar)
-    return 0.5 * (prior_logvar - logvar + torch.exp(logvar - prior_logvar) + t * t - 1.0)
+    log_ratio = logvar - prior_logvar
+    return 0.5 * ((torch.expm1(log_ratio) - log_ratio) + t * t)
 
 
 def bernoulli_nll_elementwise(input: Tensor, target: Tensor, logits: bool = True) -> Tensor:

@@ -20,6 +20,7 @@ namespace vae_kernels {
 template <typename T>
 struct Math<at::vec::Vectorized<T>> {
   using V = at::vec::Vectorized<T>;
+  using Scalar = T;
   static V exp(const V& x) { return x.exp(); }
   static V log(const V& x) { return x.log(); }
   static V log1p(const V& x) { return x.log1p(); }
@@ -38,6 +39,7 @@ struct Math<at::vec::Vectorized<T>> {
 template <>
 struct Math<at::vec::Vectorized<float>> {
   using V = at::vec::Vectorized<float>;
+  using Scalar = float;
   using VInt = at::vec::Vectorized<int32_t>;
   static V log(const V& x) { return x.log(); }
   static V log1p(const V& x) { return x.log1p(); }

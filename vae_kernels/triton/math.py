@@ -73,12 +73,40 @@ def reparameterize_logvar_backward(std, sum_grad_eps):
 
 
 @triton.jit
+def exp_series_nested(x, LAST_TERM: tl.constexpr):
+    """1 + x/3 * (1 + x/4 * (... (1 + x/LAST_TERM))), so that x^2/2 times it is the
+    Taylor series of e^x - 1 - x."""
+    nested = x * 0.0 + 1.0
+    for k in tl.static_range(LAST_TERM, 2, -1):
+        nested = 1.0 + x * nested / k
+    return nested
+
+
+@triton.jit
+def exp_minus_one_minus_x(x):
+    """(e^x - 1 - x, e^x - 1), each accurate relative to its own size, as
+    csrc/math/primitives.h: the Taylor series on |x| <= 1 (through x^11/11! in float32,
+    x^18/18! in float64), exp(x) - 1 - x beyond. Near the prior (lv ~ 0) the plain
+    exp(lv) - 1 - lv of the KL keeps only rounding error."""
+    if x.dtype == tl.float64:
+        nested = exp_series_nested(x, 18)
+    else:
+        nested = exp_series_nested(x, 11)
+    series = 0.5 * x * x * nested
+    exp_x = tl.exp(x)
+    series_holds = tl.abs(x) <= 1.0  # False for NaN, which then takes exp(x)
+    excess = tl.where(series_holds, series, exp_x - 1.0 - x)
+    exp_minus_one = tl.where(series_holds, series + x, exp_x - 1.0)
+    return excess, exp_minus_one
+
+
+@triton.jit
 def gaussian_kl_std_normal_and_grad(mu, logvar):
     """KL(N(mu, e^lv) || N(0, 1)) = 0.5 (mu^2 + e^lv - 1 - lv); returns (kl, d mu, d lv)."""
-    var = tl.exp(logvar)
+    var_excess, var_minus_one = exp_minus_one_minus_x(logvar)
     d_mu = mu
-    d_logvar = 0.5 * (var - 1.0)
-    kl = 0.5 * (mu * mu + var - 1.0 - logvar)
+    d_logvar = 0.5 * var_minus_one
+    kl = 0.5 * (mu * mu + var_excess)
     return kl, d_mu, d_logvar
 
 
@@ -86,18 +114,19 @@ def gaussian_kl_std_normal_and_grad(mu, logvar):
 def gaussian_kl_and_grad(mu, logvar, prior_mu, prior_logvar):
     """KL(N(mu, e^lv) || N(pm, e^plv)); returns (kl, d mu, d lv, d pm, d plv).
 
-    (mu - pm)^2 / e^plv is t*t with the standardized t = (mu - pm) e^(-plv/2), never
-    (mu - pm)^2 * e^-plv, which overflows to inf * 0 = NaN where the true value is finite.
+    With d = lv - plv: kl = 0.5 (e^d - 1 - d + (mu - pm)^2 / e^plv). (mu - pm)^2 / e^plv
+    is t*t with the standardized t = (mu - pm) e^(-plv/2), never (mu - pm)^2 * e^-plv,
+    which overflows to inf * 0 = NaN where the true value is finite.
     """
     inv_prior_std = tl.exp(-0.5 * prior_logvar)
     t = (mu - prior_mu) * inv_prior_std
-    ratio = tl.exp(logvar - prior_logvar)
+    ratio_excess, ratio_minus_one = exp_minus_one_minus_x(logvar - prior_logvar)
     scaled_sq = t * t
     d_mu = t * inv_prior_std
     d_prior_mu = 0.0 - d_mu
-    d_logvar = 0.5 * (ratio - 1.0)
-    d_prior_logvar = 0.5 * (1.0 - ratio - scaled_sq)
-    kl = 0.5 * (prior_logvar - logvar + ratio + scaled_sq - 1.0)
+    d_logvar = 0.5 * ratio_minus_one
+    d_prior_logvar = -0.5 * (ratio_minus_one + scaled_sq)
+    kl = 0.5 * (ratio_excess + scaled_sq)
     return kl, d_mu, d_logvar, d_prior_mu, d_prior_logvar
 
 
