@@ -25,8 +25,8 @@ from vae_kernels import ops, reference
 
 from conftest import ALL_DTYPES, REDUCTIONS, assert_close_to_oracle, upstream_weights
 from test_elbo import LIKELIHOODS
-from test_hardening_numerics import kl_near_the_prior
 from test_elbo import make_inputs as make_elbo_inputs
+from test_hardening_numerics import kl_near_the_prior
 from test_losses import CASE_IDS, CASES
 from test_losses import make_case as make_loss_case
 

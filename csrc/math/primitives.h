@@ -57,10 +57,10 @@ VK_HOST_DEVICE constexpr double inverse_factorial(int k) {
 // e^x - 1 - x, returned, and e^x - 1 in `exp_minus_one`, each accurate relative to its
 // own size: e^lv - 1 - lv is the Gaussian KL's variance term, ~lv^2/2 near the prior,
 // where exp(lv) - 1 - lv in float32 leaves only rounding error (KL per element wrong
-// by ~6e-8: 8 % of the value at |lv| ~ 1e-3, 8 times it at 1e-4). For |x| <= 1 it is the Taylor series
-// x^2 * (1/2! + x/3! + ... + x^(n-2)/n!), truncated below an ulp (n = 11 for float,
-// 18 for double); beyond, exp(x) - 1 - x loses at most a few ulp. Only exp and
-// arithmetic, so every value type of Math<> gets it.
+// by ~6e-8: 8 % of the value at |lv| ~ 1e-3, 8 times it at 1e-4). For |x| <= 1 it is
+// the Taylor series x^2 * (1/2! + x/3! + ... + x^(n-2)/n!), truncated below an ulp
+// (n = 11 for float, 18 for double); beyond, exp(x) - 1 - x loses at most a few ulp.
+// Only exp and arithmetic, so every value type of Math<> gets it.
 template <typename V>
 VK_INLINE V exp_minus_one_minus_x(V x, V& exp_minus_one) {
   using S = typename Math<V>::Scalar;

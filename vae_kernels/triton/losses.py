@@ -3,8 +3,9 @@ reduction of its partial sums, and the shared backward pass.
 
 - ``elementwise_loss_kernel`` computes, for one tile, the loss of every element
   (formulas: ``vae_kernels/triton/math.py``), the local gradients
-  d loss_i / d input_i / divisor that were asked for, the tile's partial sums, and whether inputs that must lie in
-  [0, 1] do. This is the Triton counterpart of ``csrc/cpu/loss_loop.h``.
+  d loss_i / d input_i / divisor that were asked for, the tile's partial sums, and
+  whether inputs that must lie in [0, 1] do. This is the Triton counterpart of
+  ``csrc/cpu/loss_loop.h``.
 - Partial sums are written to fixed positions: one per (row, column block) when the
   result is per row, one per program when it is a single sum. No atomics.
 - ``partials_per_row_kernel`` / ``partials_total_kernel`` then add the partials in a
