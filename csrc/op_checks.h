@@ -120,9 +120,9 @@ inline void check_elbo_args(const at::Tensor& recon, const at::Tensor& x, const 
                     " must share their first (batch) dimension");
 }
 
-// loss_backward's result has grad_output's dtype; local_grad has the matching
-// local-gradient dtype (the same, or float32 for float16). In place, the two dtypes
-// must be equal.
+// loss_backward's result has grad_output's dtype; the kernels read local_grad in the
+// matching local-gradient dtype (the same, or float32 for float16). In place, local_grad
+// is also the result, so both dtypes must be that one: float16 cannot go in place.
 inline void check_loss_backward_args(const at::Tensor& local_grad, const at::Tensor& grad_output,
                                      int64_t reduction, c10::DeviceType device,
                                      bool in_place = false) {
@@ -132,11 +132,14 @@ inline void check_loss_backward_args(const at::Tensor& local_grad, const at::Ten
   TORCH_CHECK_VALUE(local_grad.device() == grad_output.device(), "vae_kernels.", op,
                     ": local_grad must be on the device of grad_output (", grad_output.device(),
                     "), got ", local_grad.device());
-  const at::ScalarType expected =
-      in_place ? grad_output.scalar_type() : local_grad_dtype(grad_output.scalar_type());
-  TORCH_CHECK_TYPE(local_grad.scalar_type() == expected, "vae_kernels.", op,
-                   ": local_grad must have dtype ", expected, " for a grad_output of dtype ",
+  const at::ScalarType read = local_grad_dtype(grad_output.scalar_type());
+  TORCH_CHECK_TYPE(local_grad.scalar_type() == read, "vae_kernels.", op,
+                   ": local_grad must have dtype ", read, " for a grad_output of dtype ",
                    grad_output.scalar_type(), ", got ", local_grad.scalar_type());
+  TORCH_CHECK_TYPE(!in_place || read == grad_output.scalar_type(), "vae_kernels.", op,
+                   ": cannot write a result of grad_output's dtype ", grad_output.scalar_type(),
+                   " in place of a local_grad of dtype ", read,
+                   "; use loss_backward (out of place)");
   check_reduction(reduction);
 }
 

@@ -158,7 +158,9 @@ RAW = [
     ("loss_backward-int", lambda o: o.loss_backward(x2, torch.ones(1, dtype=torch.long), 2), TypeError, r"grad_output must be a floating-point tensor"),
     ("loss_backward-dtype", lambda o: o.loss_backward(x2, torch.ones(1, dtype=torch.float64), 2), TypeError, r"local_grad must have dtype .*(Double|float64) for a grad_output of dtype .*(Double|float64), got .*(Float|float32)"),
     ("loss_backward-float16-local", lambda o: o.loss_backward(x2.half(), torch.ones(1, dtype=torch.float16), 2), TypeError, r"local_grad must have dtype .*(Float|float32) for a grad_output of dtype .*(Half|float16)"),
-    ("loss_backward_-float16", lambda o: o.loss_backward_(x2, torch.ones(1, dtype=torch.float16), 2), TypeError, r"loss_backward_: local_grad must have dtype .*(Half|float16)"),
+    ("loss_backward_-float16", lambda o: o.loss_backward_(x2, torch.ones(1, dtype=torch.float16), 2), TypeError, r"loss_backward_: cannot write a result of grad_output's dtype .*(Half|float16) in place of a local_grad of dtype .*(Float|float32)"),
+    # float16 local gradients are read as float32: a float16 buffer would be misread.
+    ("loss_backward_-float16-local", lambda o: o.loss_backward_(torch.full((4, 1000), 0.5, dtype=torch.float16), torch.tensor(2.0, dtype=torch.float16), 2), TypeError, r"loss_backward_: local_grad must have dtype .*(Float|float32) for a grad_output of dtype .*(Half|float16), got .*(Half|float16)"),
     ("loss_backward-reduction", lambda o: o.loss_backward(x2, torch.rand(()), 7), ValueError, r"reduction must be 0 \(none\), 1 \(per_sample\) or 2 \(sum\), got 7"),
     ("loss_backward_-strided", lambda o: o.loss_backward_(torch.rand(6, 4).t(), torch.rand(()), 2), ValueError, r"local_grad must be contiguous"),
     ("gaussian_kl-prior-shape", lambda o: o.gaussian_kl(x2, x2, torch.rand(6), torch.rand(6), 2, 1, [True] * 4), ValueError, r"prior_mu must have the shape of mu"),

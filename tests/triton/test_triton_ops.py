@@ -199,6 +199,11 @@ def test_backend_dispatch(monkeypatch):
          "reduction must be one of 1 \\(per_sample\\), 2 \\(sum\\), got 0"),
         (lambda o, t: o.elbo(t, t, t, t, 7, 1.0, 1, 1, [False] * 4), ValueError, "likelihood must be 0..3"),
         (lambda o, t: o.loss_backward(t, t[0], 1), ValueError, "grad_output must have 3 elements"),
+        (lambda o, t: o.loss_backward_(t.half(), torch.tensor(2.0, device=DEVICE).half(), 2),
+         TypeError, "local_grad must have dtype torch.float32 for a grad_output of dtype "
+         "torch.float16, got torch.float16"),
+        (lambda o, t: o.loss_backward_(t, torch.tensor(2.0, device=DEVICE).half(), 2),
+         TypeError, "cannot write a result of grad_output's dtype torch.float16 in place"),
         (lambda o, t: o.squared_error(t.long(), t.long(), 0, 1, [False] * 2), TypeError,
          "input must be a floating-point tensor"),
     ],

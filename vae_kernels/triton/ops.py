@@ -338,7 +338,8 @@ def _check_loss_backward_args(
     op: str, local_grad: Tensor, grad_output: Tensor, reduction: int, in_place: bool = False
 ):
     """The result has grad_output's dtype; local_grad has the matching local-gradient
-    dtype (float32 for float16), or in place exactly grad_output's dtype."""
+    dtype (float32 for float16). In place, local_grad is also the result, so both dtypes
+    must be that one: float16 cannot go in place."""
     _check_floating(op, "grad_output", grad_output)
     _check_floating(op, "local_grad", local_grad)
     if local_grad.device != grad_output.device:
@@ -346,11 +347,17 @@ def _check_loss_backward_args(
             f"{NAMESPACE}.{op}: local_grad must be on the device of grad_output "
             f"({grad_output.device}), got {local_grad.device}"
         )
-    expected = grad_output.dtype if in_place else shared_ops.local_grad_dtype(grad_output.dtype)
+    expected = shared_ops.local_grad_dtype(grad_output.dtype)
     if local_grad.dtype != expected:
         raise TypeError(
             f"{NAMESPACE}.{op}: local_grad must have dtype {expected} for a grad_output of "
             f"dtype {grad_output.dtype}, got {local_grad.dtype}"
+        )
+    if in_place and expected != grad_output.dtype:
+        raise TypeError(
+            f"{NAMESPACE}.{op}: cannot write a result of grad_output's dtype "
+            f"{grad_output.dtype} in place of a local_grad of dtype {expected}; use "
+            "loss_backward (out of place)"
         )
     _check_reduction(op, reduction)
     rows = batch_rows(local_grad)
