@@ -11,6 +11,8 @@
 #include <optional>
 #include <vector>
 
+#include "math/losses.h"
+
 namespace vae_kernels {
 
 // The `reduction` argument of the loss ops (csrc/schemas.cpp).
@@ -64,7 +66,7 @@ inline int64_t row_length(const at::Tensor& t) {
   return rows == 0 ? 0 : t.numel() / rows;
 }
 
-// ---------------------------------------------------------- each op's arguments
+// ---------------------------------------------------------- loss ops
 
 // mu, logvar[, prior_mu, prior_logvar] of gaussian_kl, checked, in kernel order.
 inline std::vector<at::Tensor> gaussian_kl_inputs(const at::Tensor& mu, const at::Tensor& logvar,
@@ -103,6 +105,59 @@ inline std::vector<at::Tensor> reconstruction_inputs(const char* op, const at::T
   return inputs;
 }
 
+// ---------------------------------------------------------- sampling ops
+
+inline void check_reparameterize_args(const at::Tensor& mu, const at::Tensor& logvar,
+                                      const at::Tensor& eps, c10::DeviceType device) {
+  check_floating("reparameterize", "mu", mu, device);
+  check_like("reparameterize", "logvar", logvar, "mu", mu);
+  check_like("reparameterize", "eps", eps, "mu", mu, /*same_shape=*/false);
+  TORCH_CHECK_VALUE(eps.dim() == mu.dim() + 1 && eps.sizes().slice(1) == mu.sizes(),
+                    "vae_kernels.reparameterize: eps must have shape (num_samples, *mu.shape) = "
+                    "(K, ", mu.sizes(), "), got ", eps.sizes());
+}
+
+inline void check_reparameterize_backward_args(const at::Tensor& grad_z, const at::Tensor& logvar,
+                                               const at::Tensor& eps, c10::DeviceType device) {
+  check_floating("reparameterize_backward", "eps", eps, device);
+  check_like("reparameterize_backward", "grad_z", grad_z, "eps", eps);
+  check_like("reparameterize_backward", "logvar", logvar, "eps", eps, /*same_shape=*/false);
+  TORCH_CHECK_VALUE(eps.dim() == logvar.dim() + 1 && eps.sizes().slice(1) == logvar.sizes(),
+                    "vae_kernels.reparameterize_backward: eps must have shape (K, ",
+                    logvar.sizes(), "), got ", eps.sizes());
+}
+
+inline void check_seed(const char* op, const at::Tensor& seed) {
+  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong, "vae_kernels.", op,
+                    ": seed must be an int64 tensor with one element, got ", seed.scalar_type(),
+                    " of shape ", seed.sizes());
+}
+
+inline void check_reparameterize_philox_args(const at::Tensor& mu, const at::Tensor& logvar,
+                                             const at::Tensor& seed, int64_t num_samples,
+                                             c10::DeviceType device) {
+  check_floating("reparameterize_philox", "mu", mu, device);
+  check_like("reparameterize_philox", "logvar", logvar, "mu", mu);
+  TORCH_CHECK_VALUE(num_samples >= 1,
+                    "vae_kernels.reparameterize_philox: num_samples must be >= 1, got ",
+                    num_samples);
+  check_seed("reparameterize_philox", seed);
+}
+
+inline void check_reparameterize_philox_backward_args(const at::Tensor& grad_z,
+                                                      const at::Tensor& logvar,
+                                                      const at::Tensor& seed,
+                                                      c10::DeviceType device) {
+  check_floating("reparameterize_philox_backward", "logvar", logvar, device);
+  check_like("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar, false);
+  TORCH_CHECK_VALUE(grad_z.dim() == logvar.dim() + 1 && grad_z.sizes().slice(1) == logvar.sizes(),
+                    "vae_kernels.reparameterize_philox_backward: grad_z must have shape (K, ",
+                    logvar.sizes(), "), got ", grad_z.sizes());
+  check_seed("reparameterize_philox_backward", seed);
+}
+
+// ---------------------------------------------------------- the elbo
+
 inline void check_elbo_args(const at::Tensor& recon, const at::Tensor& x, const at::Tensor& mu,
                             const at::Tensor& logvar, int64_t likelihood, int64_t reduction,
                             c10::DeviceType device) {
@@ -113,8 +168,9 @@ inline void check_elbo_args(const at::Tensor& recon, const at::Tensor& x, const 
   TORCH_CHECK_VALUE(reduction == kPerSample || reduction == kSum,
                     "vae_kernels.elbo: reduction must be 1 (per_sample) or 2 (sum), got ",
                     reduction);
-  TORCH_CHECK_VALUE(likelihood >= 0 && likelihood <= 3,
-                    "vae_kernels.elbo: likelihood must be 0..3, got ", likelihood);
+  TORCH_CHECK_VALUE(likelihood >= 0 && likelihood < kNumElboLikelihoods,
+                    "vae_kernels.elbo: likelihood must be 0..", kNumElboLikelihoods - 1, ", got ",
+                    likelihood);
   TORCH_CHECK_VALUE(recon.dim() > 0 && mu.dim() > 0 && recon.size(0) == mu.size(0),
                     "vae_kernels.elbo: recon ", recon.sizes(), " and mu ", mu.sizes(),
                     " must share their first (batch) dimension");

@@ -5,8 +5,7 @@
 
 namespace vae_kernels::cpu::CPU_CAPABILITY {
 
-void add_reconstruction_kernels(KernelTable& table);
-void add_gaussian_kl_kernels(KernelTable& table);
+void add_loss_kernels(KernelTable& table);
 void add_sampling_kernels(KernelTable& table);
 void add_loss_backward_kernels(KernelTable& table);
 

@@ -10,8 +10,7 @@ const KernelTable& kernel_table() {
   static const KernelTable table = [] {
     KernelTable t{};
     t.name = VK_STRINGIFY(CPU_CAPABILITY);
-    add_reconstruction_kernels(t);
-    add_gaussian_kl_kernels(t);
+    add_loss_kernels(t);
     add_sampling_kernels(t);
     add_loss_backward_kernels(t);
     return t;

@@ -3,49 +3,23 @@
 // Every kernel source in this folder is compiled once per instruction set (DEFAULT,
 // AVX2, AVX512; see CMakeLists.txt) into its own namespace, and dispatch.cpp picks
 // the table for the running CPU. The torch-facing glue (ops_cpu.cpp) allocates
-// tensors, checks arguments and turns per-row sums into the requested reduction.
+// tensors, checks arguments and turns per-row sums into the requested reduction. The
+// losses' buffers (LossBuffers) and kinds are those of csrc/math/losses.h.
 #pragma once
 
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
 
+#include "../math/losses.h"
+
 namespace vae_kernels::cpu {
-
-// Reconstruction likelihoods; the values are the `likelihood` argument of the elbo op.
-enum class Likelihood : int64_t {
-  kBernoulliLogits = 0,
-  kBernoulliProbs = 1,
-  kGaussian = 2,  // fixed log-variance `logvar_value`, or learned: a third input
-  kSquaredError = 3,
-};
-
-// An elementwise loss over `rows` rows of `row_len` contiguous elements (all
-// buffers of the same dtype and numel). Null outputs are not computed.
-struct LossBuffers {
-  static constexpr int kMaxInputs = 4;
-  int64_t rows = 0;
-  int64_t row_len = 0;
-  const void* inputs[kMaxInputs] = {};
-  void* elementwise_loss = nullptr;
-  // grad_scale * d loss_i / d inputs[k]_i (local gradients), float32 for float16
-  // inputs (local_grad_dtype in csrc/op_checks.h), else of the inputs' dtype.
-  void* grads[kMaxInputs] = {};
-  double grad_scale = 1.0;  // 1 / the reduction's divisor
-  // Results: the per-row sums (length `rows`, summed in a fixed order, so bitwise
-  // independent of the thread count), and which inputs had values outside [0, 1]
-  // (only inputs the loss requires to lie there are checked).
-  double* row_sums = nullptr;
-  bool out_of_unit_interval[kMaxInputs] = {};
-};
 
 struct KernelTable {
   const char* name;
-  // inputs: input, target[, logvar]; grads in the same order.
-  void (*reconstruction_nll)(c10::ScalarType dtype, Likelihood likelihood, bool learned_logvar,
-                             double logvar_value, LossBuffers& buffers);
-  // inputs: mu, logvar[, prior_mu, prior_logvar]; grads in the same order.
-  void (*gaussian_kl)(c10::ScalarType dtype, bool with_prior, LossBuffers& buffers);
+  // The elementwise loss `kind` (csrc/math/losses.h; `param`: see visit_loss), with the
+  // per-row sums in buffers.sums.
+  void (*loss)(c10::ScalarType dtype, LossKind kind, double param, LossBuffers& buffers);
   // z[k, i] = mu[i] + exp(0.5 logvar[i]) * eps[k, i] for k < num_samples, i < numel.
   void (*reparameterize)(c10::ScalarType dtype, const void* mu, const void* logvar,
                          const void* eps, void* z, int64_t numel, int64_t num_samples);

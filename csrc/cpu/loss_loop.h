@@ -24,11 +24,7 @@ namespace vae_kernels::cpu::CPU_CAPABILITY {
 constexpr int64_t kChunk = 4096;           // elements per partial sum
 constexpr int64_t kGrainElements = 32768;  // least work worth a thread
 
-// An Op describes one elementwise loss:
-//   static constexpr int kInputs;
-//   static constexpr std::array<bool, kInputs> kUnitInterval;  // inputs checked for [0, 1]
-//   template <class V> V loss(const V* in) const;
-//   template <class V> V loss_and_grad(const V* in, V* grad) const;
+// Op: one elementwise loss of csrc/math/losses.h.
 
 template <typename scalar_t, bool kWithGrad, typename Op>
 double loss_chunk(const Op& op, const LossBuffers& buffers, int64_t begin, int64_t end,
@@ -62,7 +58,7 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, int64_t begin, int64
     if (count < W) loss = Vec::set(Vec(acc_t(0)), loss, count);  // padding lanes add nothing
     sum = sum + loss;
     for (int k = 0; k < N; ++k) {
-      if (Op::kUnitInterval[k]) {  // zero padding lies inside [0, 1]; NaN passes through
+      if (Op::unit_interval(k)) {  // zero padding lies inside [0, 1]; NaN passes through
         outside[k] = outside[k] | (in[k] < Vec(acc_t(0))) | (in[k] > Vec(acc_t(1)));
       }
     }
@@ -102,7 +98,7 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, int64_t begin, int64
 
   alignas(64) acc_t lanes[W];
   for (int k = 0; k < N; ++k) {
-    if (!Op::kUnitInterval[k]) continue;
+    if (!Op::unit_interval(k)) continue;
     outside[k].store(lanes);
     // A set lane is all ones (a NaN), an unset lane is +0.0.
     out_of_unit_interval[k] = std::any_of(lanes, lanes + W, [](acc_t v) { return v != acc_t(0); });
@@ -146,9 +142,11 @@ void run_loss_typed(const Op& op, LossBuffers& buffers) {
   for (int64_t row = 0; row < rows; ++row) {
     double row_sum = 0;
     for (int64_t c = 0; c < chunks_per_row; ++c) row_sum += partial[row * chunks_per_row + c];
-    buffers.row_sums[row] = row_sum;
+    buffers.sums[row] = row_sum;
   }
-  for (int k = 0; k < N; ++k) buffers.out_of_unit_interval[k] = outside[k].load();
+  for (int k = 0; k < N; ++k) {
+    if (outside[k].load() && buffers.out_of_unit_interval) buffers.out_of_unit_interval[k] = 1;
+  }
 }
 
 template <typename Op>

@@ -26,10 +26,6 @@ using at::Tensor;
 
 constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
 
-void check_floating(const char* op, const char* name, const Tensor& t) {
-  vae_kernels::check_floating(op, name, t, kDevice);
-}
-
 constexpr size_t kLargeOutputBytes = size_t(8) << 20;
 
 // Large outputs recycle the storage of earlier ones that nothing references any more
@@ -110,6 +106,7 @@ struct LossCall {
   Tensor elementwise;          // defined for reduction none
   std::vector<Tensor> grads;   // empty tensors where not requested
   std::vector<double> row_sums;
+  std::array<int32_t, LossBuffers::kMaxInputs> outside_unit_interval{};
   LossBuffers buffers;
 
   LossCall(std::vector<Tensor> ins, int64_t reduction, int64_t divisor,
@@ -119,7 +116,8 @@ struct LossCall {
     buffers.rows = batch_rows(first);
     buffers.row_len = row_length(first);
     row_sums.resize(buffers.rows);
-    buffers.row_sums = row_sums.data();
+    buffers.sums = row_sums.data();
+    buffers.out_of_unit_interval = outside_unit_interval.data();
     buffers.grad_scale = 1.0 / static_cast<double>(divisor);
     for (size_t k = 0; k < inputs.size(); ++k) buffers.inputs[k] = inputs[k].const_data_ptr();
     if (reduction == kNone) {
@@ -136,10 +134,14 @@ struct LossCall {
     }
   }
 
+  void run(c10::ScalarType dtype, LossKind kind, double param = 0.0) {
+    kernels().loss(dtype, kind, param, buffers);
+  }
+
   void check_unit_interval(const char* op, std::initializer_list<const char*> names) const {
     int k = 0;
     for (const char* name : names) {
-      TORCH_CHECK_VALUE(name == nullptr || !buffers.out_of_unit_interval[k], "vae_kernels.", op,
+      TORCH_CHECK_VALUE(name == nullptr || !outside_unit_interval[k], "vae_kernels.", op,
                         ": ", name, " must lie in [0, 1], but some values are outside it");
       ++k;
     }
@@ -174,12 +176,7 @@ Tensor reduce_rows(const std::vector<double>& row_sums, const Tensor& elementwis
 // ------------------------------------------------------------------ sampling
 
 Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& eps) {
-  check_floating("reparameterize", "mu", mu);
-  check_like("reparameterize", "logvar", logvar, "mu", mu);
-  check_like("reparameterize", "eps", eps, "mu", mu, /*same_shape=*/false);
-  TORCH_CHECK_VALUE(eps.dim() == mu.dim() + 1 && eps.sizes().slice(1) == mu.sizes(),
-                    "vae_kernels.reparameterize: eps must have shape (num_samples, *mu.shape) = "
-                    "(K, ", mu.sizes(), "), got ", eps.sizes());
+  check_reparameterize_args(mu, logvar, eps, kDevice);
   const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous(), eps_c = eps.contiguous();
   Tensor z = empty_output(eps_c);
   kernels().reparameterize(mu.scalar_type(), mu_c.const_data_ptr(), logvar_c.const_data_ptr(),
@@ -189,12 +186,7 @@ Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& eps)
 
 std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const Tensor& logvar,
                                                    const Tensor& eps) {
-  check_floating("reparameterize_backward", "eps", eps);
-  check_like("reparameterize_backward", "grad_z", grad_z, "eps", eps);
-  check_like("reparameterize_backward", "logvar", logvar, "eps", eps, /*same_shape=*/false);
-  TORCH_CHECK_VALUE(eps.dim() == logvar.dim() + 1 && eps.sizes().slice(1) == logvar.sizes(),
-                    "vae_kernels.reparameterize_backward: eps must have shape (K, ",
-                    logvar.sizes(), "), got ", eps.sizes());
+  check_reparameterize_backward_args(grad_z, logvar, eps, kDevice);
   const Tensor grad_c = grad_z.contiguous(), logvar_c = logvar.contiguous(),
                eps_c = eps.contiguous();
   Tensor grad_mu = at::empty_like(logvar_c), grad_logvar = at::empty_like(logvar_c);
@@ -205,27 +197,18 @@ std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const T
   return {grad_mu, grad_logvar};
 }
 
-uint64_t read_seed(const char* op, const Tensor& seed) {
-  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong, "vae_kernels.", op,
-                    ": seed must be an int64 tensor with one element, got ", seed.scalar_type(),
-                    " of shape ", seed.sizes());
-  return static_cast<uint64_t>(seed.item<int64_t>());
-}
+uint64_t read_seed(const Tensor& seed) { return static_cast<uint64_t>(seed.item<int64_t>()); }
 
 Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tensor& seed,
                              int64_t num_samples) {
-  check_floating("reparameterize_philox", "mu", mu);
-  check_like("reparameterize_philox", "logvar", logvar, "mu", mu);
-  TORCH_CHECK_VALUE(num_samples >= 1,
-                    "vae_kernels.reparameterize_philox: num_samples must be >= 1, got ",
-                    num_samples);
+  check_reparameterize_philox_args(mu, logvar, seed, num_samples, kDevice);
   const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous();
   std::vector<int64_t> shape{num_samples};
   shape.insert(shape.end(), mu.sizes().begin(), mu.sizes().end());
   Tensor z = at::empty(shape, mu.options());
   kernels().reparameterize_philox(mu.scalar_type(), mu_c.const_data_ptr(),
                                   logvar_c.const_data_ptr(),
-                                  read_seed("reparameterize_philox", seed), z.data_ptr(),
+                                  read_seed(seed), z.data_ptr(),
                                   mu.numel(), num_samples);
   return z;
 }
@@ -233,16 +216,12 @@ Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tenso
 std::tuple<Tensor, Tensor> reparameterize_philox_backward(const Tensor& grad_z,
                                                           const Tensor& logvar,
                                                           const Tensor& seed) {
-  check_floating("reparameterize_philox_backward", "logvar", logvar);
-  check_like("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar, false);
-  TORCH_CHECK_VALUE(grad_z.dim() == logvar.dim() + 1 && grad_z.sizes().slice(1) == logvar.sizes(),
-                    "vae_kernels.reparameterize_philox_backward: grad_z must have shape (K, ",
-                    logvar.sizes(), "), got ", grad_z.sizes());
+  check_reparameterize_philox_backward_args(grad_z, logvar, seed, kDevice);
   const Tensor grad_c = grad_z.contiguous(), logvar_c = logvar.contiguous();
   Tensor grad_mu = at::empty_like(logvar_c), grad_logvar = at::empty_like(logvar_c);
   kernels().reparameterize_philox_backward(
       logvar.scalar_type(), grad_c.const_data_ptr(), logvar_c.const_data_ptr(),
-      read_seed("reparameterize_philox_backward", seed), grad_mu.data_ptr(),
+      read_seed(seed), grad_mu.data_ptr(),
       grad_logvar.data_ptr(), logvar.numel(), grad_z.size(0));
   return {grad_mu, grad_logvar};
 }
@@ -259,7 +238,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
   LossCall call(inputs, reduction, divisor, mask);
-  kernels().gaussian_kl(mu.scalar_type(), with_prior, call.buffers);
+  call.run(mu.scalar_type(), with_prior ? LossKind::kKLPrior : LossKind::kKLStdNormal);
   // Each output its own tensor: outputs must never alias one another.
   return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, mu.options()),
           call.grads[0], call.grads[1],
@@ -273,9 +252,8 @@ std::tuple<Tensor, Tensor, Tensor> bernoulli_nll(const Tensor& input, const Tens
   const std::vector<Tensor> inputs =
       reconstruction_inputs("bernoulli_nll", input, target, std::nullopt, reduction, kDevice);
   LossCall call(inputs, reduction, divisor, mask_vector(grad_mask));
-  kernels().reconstruction_nll(input.scalar_type(),
-                               logits ? Likelihood::kBernoulliLogits : Likelihood::kBernoulliProbs,
-                               false, 0.0, call.buffers);
+  call.run(input.scalar_type(),
+           logits ? LossKind::kBernoulliLogits : LossKind::kBernoulliProbs);
   call.check_unit_interval("bernoulli_nll",
                            {logits ? nullptr : "input (probabilities, logits=False)", "target"});
   return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
@@ -292,8 +270,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_nll(const Tensor& input, con
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
   LossCall call(inputs, reduction, divisor, mask);
-  kernels().reconstruction_nll(input.scalar_type(), Likelihood::kGaussian, logvar.has_value(),
-                               logvar_value, call.buffers);
+  call.run(input.scalar_type(),
+           logvar.has_value() ? LossKind::kGaussianLearnedVar : LossKind::kGaussianFixedVar,
+           logvar_value);
   return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
           call.grads[0], call.grads[1],
           logvar.has_value() ? call.grads[2] : no_local_grad(input)};
@@ -305,8 +284,7 @@ std::tuple<Tensor, Tensor, Tensor> squared_error(const Tensor& input, const Tens
   const std::vector<Tensor> inputs =
       reconstruction_inputs("squared_error", input, target, std::nullopt, reduction, kDevice);
   LossCall call(inputs, reduction, divisor, mask_vector(grad_mask));
-  kernels().reconstruction_nll(input.scalar_type(), Likelihood::kSquaredError, false, 0.0,
-                               call.buffers);
+  call.run(input.scalar_type(), LossKind::kSquaredError);
   return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
           call.grads[0], call.grads[1]};
 }
@@ -316,15 +294,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
     int64_t likelihood, double beta, int64_t reduction, int64_t divisor,
     std::array<bool, 4> grad_mask) {
   check_elbo_args(recon, x, mu, logvar, likelihood, reduction, kDevice);
-  const auto kind = static_cast<Likelihood>(likelihood);
+  const LossKind kind = kElboLikelihoods[likelihood];
   LossCall recon_call({recon, x}, reduction, divisor, {grad_mask[0], grad_mask[1]});
-  kernels().reconstruction_nll(recon.scalar_type(), kind, false, 0.0, recon_call.buffers);
-  if (kind == Likelihood::kBernoulliLogits || kind == Likelihood::kBernoulliProbs) {
-    recon_call.check_unit_interval(
-        "elbo_loss", {kind == Likelihood::kBernoulliProbs ? "recon (probabilities)" : nullptr, "x"});
-  }
+  recon_call.run(recon.scalar_type(), kind);
+  recon_call.check_unit_interval(
+      "elbo_loss", {kind == LossKind::kBernoulliProbs ? "recon (probabilities)" : nullptr, "x"});
   LossCall kl_call({mu, logvar}, reduction, divisor, {grad_mask[2], grad_mask[3]});
-  kernels().gaussian_kl(mu.scalar_type(), false, kl_call.buffers);
+  kl_call.run(mu.scalar_type(), LossKind::kKLStdNormal);
 
   std::vector<double> loss_rows(recon_call.row_sums.size());
   for (size_t r = 0; r < loss_rows.size(); ++r) {
