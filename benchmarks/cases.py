@@ -65,6 +65,12 @@ SIZES = {
 }
 QUICK_SIZES = (MNIST,)
 QUICK_DTYPES = ("float32",)
+# The prepared GPU run (run.py --gpu-check, benchmarks/gpu_check.sh): the smallest and
+# the headline size, float32, plus bfloat16 for the headline op; sized so that every op
+# of both sizes fits a few minutes of a lent GPU, compile warm-ups included.
+GPU_CHECK_SIZES = (CPU_LARGE, MNIST)
+GPU_CHECK_DTYPES = ("float32",)
+GPU_CHECK_EXTRA_GROUPS = (("elbo_bernoulli", "celeba64", "bfloat16"),)  # (op, size, dtype)
 
 # The case the core issue (issue 2) sets a target for; reported on its own.
 HEADLINE = dict(op="elbo_bernoulli", size="celeba64", dtype="float32", mode="forward_backward")
@@ -395,11 +401,17 @@ class Case:
         return self.op.floor_bytes(self.size, self.dtype, self.mode)
 
 
-def sizes_for(op: Op, device: str, quick: bool) -> list[Size]:
+def sizes_for(op: Op, device: str, quick: bool, gpu_check: bool = False) -> list[Size]:
     """The sizes of ``op``, dropping sizes that differ only in dims the op does not use
     (e.g. the J=512 size for a reconstruction loss)."""
     sizes, seen = [], set()
-    for size in QUICK_SIZES if quick else SIZES[device]:
+    if quick:
+        candidates = QUICK_SIZES
+    elif gpu_check:
+        candidates = GPU_CHECK_SIZES
+    else:
+        candidates = SIZES[device]
+    for size in candidates:
         dims = op.relevant_dims(size)
         if dims not in seen:
             seen.add(dims)
@@ -414,18 +426,54 @@ def all_cases(
     sizes: Optional[list[str]] = None,
     dtypes: Optional[list[str]] = None,
     modes: Optional[list[str]] = None,
+    gpu_check: bool = False,
 ):
     """Every case (or those with the given names), grouped so that a group (op, size,
-    dtype) shares inputs and compiled code."""
+    dtype) shares inputs and compiled code.
+
+    ``gpu_check``: the set of the prepared GPU run (``GPU_CHECK_*``; with ``quick``, the
+    quick set), in ``gpu_check_priority`` order.
+    """
     cases = []
     for op in OPS:
-        for dtype_name in QUICK_DTYPES if quick else tuple(DTYPES):
-            for size in sizes_for(op, device, quick):
+        if quick:
+            dtype_names = QUICK_DTYPES
+        elif gpu_check:
+            extra = [d for o, _, d in GPU_CHECK_EXTRA_GROUPS if o == op.name]
+            dtype_names = tuple(dict.fromkeys([*GPU_CHECK_DTYPES, *extra]))
+        else:
+            dtype_names = tuple(DTYPES)
+        for dtype_name in dtype_names:
+            for size in sizes_for(op, device, quick, gpu_check):
+                if (
+                    gpu_check
+                    and not quick
+                    and dtype_name not in GPU_CHECK_DTYPES
+                    and (op.name, size.name, dtype_name) not in GPU_CHECK_EXTRA_GROUPS
+                ):
+                    continue
                 for mode in MODES:
                     chosen = [(ops, op.name), (sizes, size.name), (dtypes, dtype_name), (modes, mode)]
                     if all(names is None or name in names for names, name in chosen):
                         cases.append(Case(op, size, dtype_name, mode))
+    if gpu_check:
+        cases.sort(key=gpu_check_priority)  # stable: modes keep their order
     return cases
+
+
+def gpu_check_priority(case: Case) -> tuple:
+    """Order of the prepared GPU run, which may stop early at its time budget: the
+    headline group first, then the largest size, then the rest; extra dtypes last."""
+    headline_group = (case.op.name, case.size.name, case.dtype_name) == (
+        HEADLINE["op"],
+        HEADLINE["size"],
+        HEADLINE["dtype"],
+    )
+    return (
+        not headline_group,
+        case.dtype_name not in GPU_CHECK_DTYPES,
+        -case.size.batch * (case.size.data_dim + case.size.latent_dim),
+    )
 
 
 # --------------------------------------------------------------------- steps

@@ -5,11 +5,19 @@ and account its memory and op count. Used by ``run.py`` (and, for building steps
 CPU timing: ``time.perf_counter_ns`` around each step, providers interleaved round by
 round so that noise from other work on the machine hits all of them alike; median and
 20/80 percentiles over the rounds.
-GPU timing: ``triton.testing.do_bench`` (device events) over rotating input sets whose
-total size exceeds the L2 cache.
+GPU timing (``time_gpu``): CUDA events recorded on the current stream right before and
+after each step, the L2 cache flushed before each step by zeroing a 256 MiB buffer (as
+``triton.testing.do_bench`` does), input sets rotated; the step's ``prepare`` (the
+forward before a timed backward) runs outside the events, as on CPU. Median and 20/80
+percentiles of the per-step device times. do_bench itself is not used: it cannot leave
+a per-step forward out of the timed region, and it does not say how many runs it made.
+When the host is slower than the device (small sizes), the events also measure the
+launch gaps.
 CPU memory: torch.profiler allocator events (``profile_memory=True``), summed in time
 order inside the step; the peak of that running sum is the step's peak extra memory.
 GPU memory: ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
+GPU kernels per step: the profiler's device activities of type ``kernel`` (memcpy,
+memset and annotation ranges excluded).
 """
 
 from __future__ import annotations
@@ -33,8 +41,19 @@ from cases import Case, CaseInputs, Op, Size, make_step, provider_function
 
 STEP_MARK = "vk_bench_step"
 OP_PREFIXES = ("aten::", "vae_kernels::")
-# Rotating GPU input sets are made at least this large in total (H100 L2: 50 MB).
+# Rotating GPU input sets are made at least this large in total (H100 L2: 50 MB, H200:
+# 60 MB), at most GPU_ROTATION_SETS sets (small sizes stay under it: the L2 flush before
+# each step is what keeps their inputs out of the cache).
 GPU_ROTATION_BYTES = 256 * 2**20
+GPU_ROTATION_SETS = 64
+# Zeroed before each timed GPU step to evict the L2 (triton.testing.do_bench's size).
+L2_FLUSH_BYTES = 256 * 2**20
+# GPU timing effort: (warm-up ms, timed ms of wall time, at least, at most runs).
+GPU_EFFORT = {
+    "quick": (5, 20, 5, 200),
+    "gpu_check": (10, 100, 10, 2000),
+    "full": (25, 200, 20, 5000),
+}
 
 
 # ------------------------------------------------------------------ environment
@@ -173,7 +192,9 @@ class CopyProbe:
 
     On CPU one copy is timed in every timing round, interleaved with the cases, so the
     reference bandwidth is measured under the same conditions as the cases (other work
-    on the machine included); ``gbps`` is the median over the whole run.
+    on the machine included); ``gbps`` is the median over the whole run. On GPU (128 MiB
+    moved per copy, twice an H200's 60 MB L2, flushed before each copy anyway) ``run.py``
+    calls ``measure`` at the start, before each group and at the end.
     """
 
     def __init__(self, device: str, nbytes: int = 64 * 2**20) -> None:
@@ -190,12 +211,12 @@ class CopyProbe:
         self.samples_ms.append((time.perf_counter_ns() - start) * 1e-6)
 
     def measure(self, repeats: int = 20) -> float:
-        """Bandwidth in GB/s (bytes read + bytes written) of ``repeats`` copies now."""
+        """Bandwidth in GB/s (bytes read + bytes written) of ``repeats`` copies now (on
+        GPU: the median device time of copies timed for about 50 ms, L2 flushed before
+        each, recorded as one sample)."""
         if self.device == "cuda":
-            from triton.testing import do_bench
-
-            ms = do_bench(lambda: self.dst.copy_(self.src), quantiles=[0.5])
-            ms = ms[0] if isinstance(ms, (list, tuple)) else ms
+            copy = ((lambda: None), (lambda _: self.dst.copy_(self.src)))
+            ms = statistics.median(time_gpu_steps([copy], warmup_ms=10, rep_ms=50, min_runs=10))
             self.samples_ms.append(ms)
             return self._gbps(ms)
         before = len(self.samples_ms)
@@ -338,44 +359,91 @@ def time_cpu(
     return samples
 
 
+_l2_flush_buffer: Optional[torch.Tensor] = None
+
+
+def l2_flush_buffer() -> torch.Tensor:
+    """The buffer zeroed before each timed GPU step (allocated once, kept)."""
+    global _l2_flush_buffer
+    if _l2_flush_buffer is None:
+        _l2_flush_buffer = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    return _l2_flush_buffer
+
+
+def time_gpu_steps(
+    steps: list[tuple[Callable, Callable]],
+    warmup_ms: float,
+    rep_ms: float,
+    min_runs: int = 10,
+    max_runs: int = 2000,
+) -> list[float]:
+    """Device milliseconds of ``run(prepare())`` per call, cycling through ``steps``
+    (one (prepare, run) pair per input set).
+
+    Each call: ``prepare()`` (outside the timed region), the L2 flush, a CUDA event,
+    ``run``, a CUDA event, all on the current stream. The number of calls is set from
+    the wall time of a few calls (host work included), so one timing takes about
+    ``warmup_ms + rep_ms`` of wall time; at least ``min_runs``, at most ``max_runs``.
+    Python's garbage collector is off while timing.
+    """
+    flush = l2_flush_buffer()
+
+    def call(index: int, events: Optional[tuple] = None) -> None:
+        prepare, run = steps[index % len(steps)]
+        state = prepare()
+        flush.zero_()
+        if events is not None:
+            events[0].record()
+        result = run(state)
+        if events is not None:
+            events[1].record()
+        del result, state
+
+    gc.collect()
+    gc.disable()
+    try:
+        for index in range(len(steps)):  # each set once: lazy initialisation, caches
+            call(index)
+        torch.cuda.synchronize()
+        probe_calls = 5
+        start = time.perf_counter()
+        for index in range(probe_calls):
+            call(index)
+        torch.cuda.synchronize()
+        per_call_ms = max((time.perf_counter() - start) * 1e3 / probe_calls, 1e-3)
+        for index in range(max(1, int(warmup_ms / per_call_ms))):
+            call(index)
+        runs = min(max_runs, max(min_runs, int(rep_ms / per_call_ms)))
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            for _ in range(runs)
+        ]
+        torch.cuda.synchronize()
+        for index, pair in enumerate(events):
+            call(index, pair)
+        torch.cuda.synchronize()
+    finally:
+        gc.enable()
+    return [begin.elapsed_time(end) for begin, end in events]
+
+
 def time_gpu(
-    function: Callable, input_sets: list[CaseInputs], mode: str, quick: bool
+    function: Callable, input_sets: list[CaseInputs], mode: str, effort: str = "full"
 ) -> Timing:
-    """do_bench quantiles of one provider's step, cycling through ``input_sets``."""
-    from triton.testing import do_bench
-
-    index = [0]
-
-    def next_set() -> int:
-        index[0] = (index[0] + 1) % len(input_sets)
-        return index[0]
-
-    if mode == "backward":
-        # Each set's forward runs once; its graph is kept for repeated backwards.
-        outputs = [function(*s.args) for s in input_sets]
-
-        def step():
-            i = next_set()
-            s = input_sets[i]
-            torch.autograd.grad(outputs[i], s.grad_inputs, s.grad_output, retain_graph=True)
-
-    else:
-        runs = [make_step(function, s, mode)[1] for s in input_sets]
-
-        def step():
-            runs[next_set()](None)
-
-    warmup, rep = (5, 20) if quick else (25, 200)
-    median, p20, p80 = do_bench(step, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8])
-    # do_bench does not say how many runs it made; estimate from its time budget.
-    return Timing(median, p20, p80, repeats=max(1, int(rep / max(median, 1e-3))))
+    """Timing of one provider's step on the GPU, cycling through ``input_sets``; the
+    steps are those of the CPU timing (``make_step``): in ``backward`` the forward of
+    each call runs before its timed region, outside the events."""
+    warmup_ms, rep_ms, min_runs, max_runs = GPU_EFFORT[effort]
+    steps = [make_step(function, inputs, mode) for inputs in input_sets]
+    return summarize(time_gpu_steps(steps, warmup_ms, rep_ms, min_runs, max_runs))
 
 
 def gpu_input_sets(op: Op, size: Size, dtype: torch.dtype, first: CaseInputs) -> list[CaseInputs]:
-    """``first`` plus more independent input sets until together they exceed the L2."""
+    """``first`` plus more independent input sets until together they exceed
+    ``GPU_ROTATION_BYTES`` (at most ``GPU_ROTATION_SETS`` sets)."""
     set_bytes = sum(t.numel() * t.element_size() for t in first.args if torch.is_tensor(t))
     count = max(1, math.ceil(GPU_ROTATION_BYTES / max(set_bytes, 1)))
-    count = min(count, 64)
+    count = min(count, GPU_ROTATION_SETS)
     generator = torch.Generator(device="cuda").manual_seed(1)
     return [first] + [op.make_args(size, dtype, "cuda", generator) for _ in range(count - 1)]
 
@@ -428,6 +496,27 @@ def account_step_cpu(prepare: Callable, run: Callable) -> tuple[int, int]:
     return peak, op_count
 
 
+def count_gpu_kernels(events) -> int:
+    """CUDA kernels among a trace's kineto events: device activities of type ``kernel``
+    (not memcpy, memset or the ``gpu_user_annotation`` ranges that record_function
+    scopes, such as torch.compile's, leave on the device timeline). Where no event says
+    ``kernel`` (a torch whose events lack ``activity_type``, or name it otherwise), the
+    device events that are not copies, memsets or annotations by name."""
+    device_events = [e for e in events if e.device_type() == torch.autograd.DeviceType.CUDA]
+    activities = [getattr(e, "activity_type", lambda: None)() for e in device_events]
+    if "kernel" in activities:
+        return activities.count("kernel")
+    return sum(
+        1
+        for e in device_events
+        if not (
+            getattr(e, "is_user_annotation", lambda: False)()
+            or "annotation" in str(getattr(e, "activity_type", lambda: "")())
+            or e.name().startswith(("Memcpy", "Memset", "## "))
+        )
+    )
+
+
 def account_step_gpu(prepare: Callable, run: Callable) -> tuple[int, int]:
     """(peak extra bytes from max_memory_allocated, CUDA kernels launched) of one step."""
     state = prepare()
@@ -441,23 +530,18 @@ def account_step_gpu(prepare: Callable, run: Callable) -> tuple[int, int]:
 
     state = prepare()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as trace:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as trace:
         result = run(state)
         torch.cuda.synchronize()
     del result, state
-    kernels = sum(
-        1
-        for e in trace.profiler.kineto_results.events()
-        if e.device_type() == torch.autograd.DeviceType.CUDA and not e.name().startswith("Memcpy")
-        and not e.name().startswith("Memset")
-    )
-    return peak, kernels
+    return peak, count_gpu_kernels(trace.profiler.kineto_results.events())
 
 
 def account_step(built: BuiltProvider, prepare: Callable, run: Callable, mode: str, device: str):
     if device == "cuda":
         peak, kernels = account_step_gpu(prepare, run)
-        return StepAccounting(peak, "torch.cuda.max_memory_allocated", kernels, "CUDA kernels (profiler)")
+        counted_by = "CUDA kernels (profiler; no memcpy/memset)"
+        return StepAccounting(peak, "torch.cuda.max_memory_allocated", kernels, counted_by)
     peak, ops = account_step_cpu(prepare, run)
     method = "CPU allocator events (torch.profiler profile_memory)"
     if built.name == "compile":

@@ -5,6 +5,8 @@ CSV + JSON rows, a markdown summary and PNG plots.
     python benchmarks/run.py --quick --out /tmp/bench   # < 1 minute on 2 cores (CI)
     python benchmarks/run.py --ops elbo_bernoulli --sizes celeba64 --dtypes float32
     python benchmarks/run.py --report-only   # re-render summary.md and plots from JSON
+    python benchmarks/run.py --gpu-check --device cuda --out DIR --budget-s 300
+                                             # the prepared GPU run (gpu_check.sh)
 
 A full run compiles in a fresh inductor cache directory, so compile times are cold
 compiles, and waits for an idle machine before timing each case (see
@@ -17,9 +19,11 @@ import argparse
 import csv
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 # Compile in this process: a pool of compile workers would compete for the 2 cores
@@ -45,6 +49,8 @@ torch._functorch.config.enable_autograd_cache = False
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cases as bench_cases  # noqa: E402
 import harness  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 ROW_FIELDS = [
     "op", "provider", "mode", "dtype", "size", "shape", "batch", "data_dim", "latent_dim",
@@ -92,23 +98,52 @@ def parse_args(argv=None):
     parser.add_argument(
         "--no-wait", action="store_true", help="do not wait for an idle machine (full runs do)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--gpu-check",
+        action="store_true",
+        help="the prepared GPU run's set (cases.GPU_CHECK_*: MNIST and B=1024 D=3*64*64 "
+        "J=256, float32, bfloat16 for the ELBO), headline group first; needs --out outside "
+        "results/; a failing group is reported and skipped, SIGTERM stops the run and "
+        "writes what was measured",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall-time budget: no group is started that would end after it (predicted "
+        "from the slowest group so far); the rest are listed as not measured",
+    )
+    args = parser.parse_args(argv)
+    if args.gpu_check and not args.report_only:
+        if args.out is None:
+            parser.error("--gpu-check writes only where --out says (never into results/)")
+        if RESULTS_DIR in (args.out.resolve(), *args.out.resolve().parents):
+            parser.error(
+                f"--gpu-check must not write into {RESULTS_DIR} (the committed results): "
+                "give another --out and copy the results there after reviewing them"
+            )
+    return args
 
 
 # --------------------------------------------------------------------- measuring
 
 
-def warm_up_compiler() -> float:
-    """Compile a trivial function once, so the per-case compile times do not include
-    torch.compile's one-time start-up (imports, C++ toolchain checks)."""
+def warm_up_compiler(device: str = "cpu") -> float:
+    """Compile a trivial function once, forward and backward, on the benchmarked device,
+    so the per-case compile times do not include torch.compile's one-time start-up
+    (imports, C++ toolchain checks, on GPU Triton's first compile)."""
     start = time.perf_counter()
-    torch.compile(lambda t: (t * 2).sum(), dynamic=False)(torch.ones(8, requires_grad=True))
+    t = torch.ones(8, device=device, requires_grad=True)
+    torch.compile(lambda t: (t * 2).sum(), dynamic=False)(t).backward()
+    harness.synchronize(t.device)
     torch._dynamo.reset()
     return time.perf_counter() - start
 
 
-def measure_group(op, size, dtype_name, modes, device, quick, copy_probe, log) -> list[dict]:
-    """Rows for one (op, size, dtype): build every provider once, then each mode."""
+def measure_group(op, size, dtype_name, modes, device, effort, copy_probe, log) -> list[dict]:
+    """Rows for one (op, size, dtype): build every provider once, then each mode.
+    ``effort``: "quick", "gpu_check" or "full"."""
+    quick = effort == "quick"
     dtype = bench_cases.DTYPES[dtype_name]
     generator = torch.Generator(device=device).manual_seed(0)
     inputs = op.make_args(size, dtype, device, generator)
@@ -128,13 +163,13 @@ def measure_group(op, size, dtype_name, modes, device, quick, copy_probe, log) -
         }
         if device == "cuda":
             timings = {
-                name: harness.time_gpu(b.function, input_sets, mode, quick)
+                name: harness.time_gpu(b.function, input_sets, mode, effort)
                 for name, b in built.items()
             }
             other_load = None  # device timings: host load does not enter them
         else:
-            effort = "quick" if quick else ("headline" if case.is_headline else "full")
-            timings, other_load = time_cpu_case(steps, effort, copy_probe)
+            cpu_effort = "quick" if quick else ("headline" if case.is_headline else "full")
+            timings, other_load = time_cpu_case(steps, cpu_effort, copy_probe)
         for name, b in built.items():
             accounting = harness.account_step(b, *steps[name], mode, device)
             timing = timings[name]
@@ -254,40 +289,74 @@ def _percent(fraction: float) -> str:
 def summary_markdown(rows: list[dict], meta: dict) -> str:
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     ours = [p for p in providers if p not in ("eager", "compile")]
+    gpu = meta.get("device") == "cuda"
     lines = [
         f"# vae_kernels benchmarks: {meta['device_name']}",
         "",
         f"- {meta['date']}; torch {meta['torch_version']}, triton "
         f"{meta['triton_version'] or '-'}, vae_kernels {meta['vae_kernels_version']}; "
         f"CPU kernels ISA {meta['cpu_kernel_isa']}, {meta['num_threads']} threads",
+    ]
+    if gpu and meta.get("gpu"):
+        g = meta["gpu"]
+        lines.append(
+            f"- GPU: {g['name']}, compute capability {g['capability']}, "
+            f"{g['multiprocessors']} SMs, {g['memory_gib']:.0f} GiB, L2 {g['l2_mib']:.0f} MiB; "
+            f"CUDA runtime of torch {g['cuda_version']}"
+        )
+    lines += [
         f"- command: `{meta['command']}` (niceness {meta['niceness']}; 1-minute load "
         f"average {meta['load_average_start']:.2f} at the start, "
         f"{meta['load_average_end']:.2f} at the end, {meta['wall_seconds'] / 60:.1f} min)",
-        f"- copy bandwidth (`dst.copy_(src)` of 64 MiB, bytes read + written), timed once "
-        f"per timing round through the run: median {meta['copy_gbps']:.1f} GB/s over "
-        f"{meta['copy_samples']} copies (start {meta['copy_gbps_start']:.1f}, end "
-        f"{meta['copy_gbps_end']:.1f}); the reference for the floor and %BW",
-        "- times: median [p20, p80] of wall time per step, providers interleaved round by "
-        "round; inputs require grad in every mode (training). The `cpu` backend computes "
-        "its losses' local gradients in `forward`, so its `backward` is one multiply by the "
-        "upstream gradient, skipped when that is exactly 1 (as here)",
-        "- floor: fewest bytes the step must move / copy bandwidth; `%BW` = floor bytes / "
-        "median time as a share of copy bandwidth",
-        f"- peak: {meta['memory_method']}, extra over the step's inputs; ops: "
-        "`aten::`/`vae_kernels::` dispatcher ops per step for eager and our backends, "
-        "inductor-generated kernels for compile",
-        "- load: cores' worth of CPU time other processes used while the case was timed "
-        f"(full runs wait for an idle machine first, {meta.get('idle_wait_seconds', 0) / 60:.1f} "
-        "min of waiting in this run, and repeat a timing disturbed by more than "
-        f"{QUIET_LOAD_CORES} cores up to {ATTEMPTS} times, keeping the quietest). Cases "
-        f"timed while others used more than {DISTURBED_LOAD_CORES} cores are marked "
-        "(disturbed): on 2 cores their times include scheduler stalls of several ms and "
-        "are not reliable",
+    ]
+    if gpu:
+        lines += [
+            f"- copy bandwidth (`dst.copy_(src)` of 64 MiB on the GPU, bytes read + "
+            f"written; median device time of ~50 ms of copies, L2 flushed before each), "
+            f"measured at the start, before each group and at the end: median "
+            f"{meta['copy_gbps']:.1f} GB/s over {meta['copy_samples']} measurements (start "
+            f"{meta['copy_gbps_start']:.1f}, end {meta['copy_gbps_end']:.1f}); the reference "
+            "for the floor and %BW",
+            "- times: median [p20, p80] of device time per step, CUDA events around each "
+            "step on the current stream, the L2 flushed (256 MiB zeroed) before each step, "
+            "input sets rotated; in `backward` the forward runs before the first event. "
+            "Where the host is slower than the GPU (small sizes), the events also measure "
+            "launch gaps. Inputs require grad in every mode (training)",
+            "- floor: fewest bytes the step must move / copy bandwidth; `%BW` = floor bytes / "
+            "median time as a share of copy bandwidth",
+            f"- peak: {meta['memory_method']}, extra over the step's inputs; ops: CUDA "
+            "kernels launched per step (profiler; memcpy/memset not counted)",
+        ]
+    else:
+        lines += [
+            f"- copy bandwidth (`dst.copy_(src)` of 64 MiB, bytes read + written), timed once "
+            f"per timing round through the run: median {meta['copy_gbps']:.1f} GB/s over "
+            f"{meta['copy_samples']} copies (start {meta['copy_gbps_start']:.1f}, end "
+            f"{meta['copy_gbps_end']:.1f}); the reference for the floor and %BW",
+            "- times: median [p20, p80] of wall time per step, providers interleaved round by "
+            "round; inputs require grad in every mode (training). The `cpu` backend computes "
+            "its losses' local gradients in `forward`, so its `backward` is one multiply by the "
+            "upstream gradient, skipped when that is exactly 1 (as here)",
+            "- floor: fewest bytes the step must move / copy bandwidth; `%BW` = floor bytes / "
+            "median time as a share of copy bandwidth",
+            f"- peak: {meta['memory_method']}, extra over the step's inputs; ops: "
+            "`aten::`/`vae_kernels::` dispatcher ops per step for eager and our backends, "
+            "inductor-generated kernels for compile",
+            "- load: cores' worth of CPU time other processes used while the case was timed "
+            f"(full runs wait for an idle machine first, {meta.get('idle_wait_seconds', 0) / 60:.1f} "
+            "min of waiting in this run, and repeat a timing disturbed by more than "
+            f"{QUIET_LOAD_CORES} cores up to {ATTEMPTS} times, keeping the quietest). Cases "
+            f"timed while others used more than {DISTURBED_LOAD_CORES} cores are marked "
+            "(disturbed): on 2 cores their times include scheduler stalls of several ms and "
+            "are not reliable",
+        ]
+    lines += [
         f"- compile: torch.compile(dynamic=False) of the eager formulas; compile cache "
         f"{meta['compile_cache']}; first-compile start-up {meta['compiler_startup_s']:.1f} s "
         "(excluded from the per-case compile times below)",
         "",
     ]
+    lines += _incomplete_markdown(meta)
 
     headline = [r for r in rows if r["headline"]]
     if headline:
@@ -374,6 +443,29 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def _incomplete_markdown(meta: dict) -> list[str]:
+    """What a run did not measure: groups that failed (gpu-check), groups left out by
+    the time budget, an interrupted run."""
+    lines = []
+    if meta.get("interrupted"):
+        lines += [f"**Interrupted** ({meta['interrupted']}): the groups below were not measured.", ""]
+    failed = meta.get("failed_groups") or []
+    if failed:
+        lines += ["## Groups that failed (not in the tables)", ""]
+        for item in failed:
+            lines.append(f"- `{item['group']}`: {item['error']}")
+        lines.append("")
+    skipped = meta.get("skipped_groups") or []
+    if skipped:
+        budget = meta.get("budget_s")
+        if meta.get("interrupted"):
+            reason = "interrupted"
+        else:
+            reason = f"time budget {budget:.0f} s" if budget is not None else "not reached"
+        lines += [f"## Groups not measured ({reason})", "", ", ".join(f"`{g}`" for g in skipped), ""]
+    return lines
+
+
 def plot(rows: list[dict], out: Path) -> list[Path]:
     """One PNG per op: time and % of copy bandwidth against elements, per mode;
     one colour per provider, one line style per dtype."""
@@ -440,7 +532,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     NO_WAIT = args.no_wait
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out = args.out or Path(__file__).resolve().parent / "results" / harness.device_slug(device)
+    if device == "cuda" and not args.report_only and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    out = args.out or RESULTS_DIR / harness.device_slug(device)
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         results = json.loads((out / "results.json").read_text())
@@ -451,8 +545,25 @@ def main(argv=None) -> int:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
 
+    if args.gpu_check:
+        # The caller's `timeout` stops a run with SIGTERM: stop measuring, write the rows.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    effort = "quick" if args.quick else ("gpu_check" if args.gpu_check else "full")
     meta = harness.environment(device)
     meta["quick"] = args.quick
+    meta["gpu_check"] = args.gpu_check
+    meta["budget_s"] = args.budget_s
+    meta["device_slug"] = harness.device_slug(device)
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        meta["gpu"] = {
+            "name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "multiprocessors": props.multi_processor_count,
+            "memory_gib": props.total_memory / 2**30,
+            "l2_mib": getattr(props, "L2_cache_size", 0) / 2**20,
+            "cuda_version": torch.version.cuda,
+        }
     meta["command"] = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta["compile_cache"] = COMPILE_CACHE
     # Other work on the machine shows in the times; record how busy it was.
@@ -462,20 +573,70 @@ def main(argv=None) -> int:
     copy_probe = harness.CopyProbe(device)
     meta["copy_gbps_start"] = copy_probe.measure()
     log(f"{meta['device_name']}, providers {meta['providers']}, copy {meta['copy_gbps_start']:.1f} GB/s")
-    meta["compiler_startup_s"] = warm_up_compiler()
+    meta["compiler_startup_s"] = warm_up_compiler(device)
+    log(f"compiler warm-up {meta['compiler_startup_s']:.1f} s")
 
     cases = bench_cases.all_cases(
-        device, args.quick, ops=args.ops, sizes=args.sizes, dtypes=args.dtypes, modes=args.modes
+        device,
+        args.quick,
+        ops=args.ops,
+        sizes=args.sizes,
+        dtypes=args.dtypes,
+        modes=args.modes,
+        gpu_check=args.gpu_check,
     )
     if not cases:
         raise SystemExit("no case matches the given --ops/--sizes/--dtypes/--modes")
     groups = list(dict.fromkeys((c.op, c.size, c.dtype_name) for c in cases))
     rows = []
-    for op, size, dtype_name in groups:
-        modes = [c.mode for c in cases if (c.op, c.size, c.dtype_name) == (op, size, dtype_name)]
-        rows += measure_group(op, size, dtype_name, modes, device, args.quick, copy_probe, log)
+    group_seconds = []
+    meta["failed_groups"], meta["skipped_groups"], meta["interrupted"] = [], [], None
 
-    meta["copy_gbps_end"] = copy_probe.measure()
+    def group_name(group) -> str:
+        return "-".join((group[0].name, group[1].name, group[2]))
+
+    for index, (op, size, dtype_name) in enumerate(groups):
+        elapsed = time.perf_counter() - started
+        predicted_end = elapsed + max(group_seconds, default=0.0)
+        if args.budget_s is not None and group_seconds and predicted_end > args.budget_s:
+            meta["skipped_groups"] = [group_name(g) for g in groups[index:]]
+            log(f"time budget {args.budget_s:.0f} s: {len(groups) - index} groups not measured")
+            break
+        modes = [c.mode for c in cases if (c.op, c.size, c.dtype_name) == (op, size, dtype_name)]
+        group_started = time.perf_counter()
+        try:
+            if device == "cuda" and index > 0:
+                copy_probe.measure()  # the reference bandwidth, through the run
+            rows += measure_group(op, size, dtype_name, modes, device, effort, copy_probe, log)
+        except KeyboardInterrupt:
+            meta["interrupted"] = f"after {time.perf_counter() - started:.0f} s"
+            meta["skipped_groups"] = [group_name(g) for g in groups[index:]]
+            log(f"interrupted: {len(groups) - index} groups not measured")
+            break
+        except Exception as error:  # noqa: BLE001  (gpu-check: report it, go on)
+            if not args.gpu_check:
+                raise
+            traceback.print_exc()
+            message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            name = group_name((op, size, dtype_name))
+            meta["failed_groups"].append({"group": name, "error": message})
+            log(f"FAILED {name}: {message}")
+            if device == "cuda":
+                try:
+                    torch.cuda.synchronize()
+                except Exception:  # noqa: BLE001  (a broken CUDA context: later groups fail too)
+                    pass
+        group_seconds.append(time.perf_counter() - group_started)
+    if not rows:
+        write_failure_note(out, meta)
+        raise SystemExit("no group was measured")
+
+    try:
+        meta["copy_gbps_end"] = copy_probe.measure()
+    except (KeyboardInterrupt, Exception):  # noqa: BLE001  (keep the rows measured)
+        if not args.gpu_check:
+            raise
+        meta["copy_gbps_end"] = copy_probe.gbps
     meta["copy_gbps"] = copy_probe.gbps
     meta["copy_samples"] = len(copy_probe.samples_ms)
     meta["load_average_end"] = os.getloadavg()[0]
@@ -490,9 +651,20 @@ def main(argv=None) -> int:
         row["compile_cache"] = COMPILE_CACHE if row["provider"] == "compile" else ""
 
     write_rows(rows, meta, out)
-    write_report(rows, meta, out, plots=not args.no_plots)
+    write_report(rows, meta, out, plots=False)
     log(f"{len(rows)} rows written to {out}")
-    return 0
+    if not args.no_plots:
+        try:
+            plot(rows, out)
+        except KeyboardInterrupt:
+            log("interrupted while plotting: `run.py --report-only --out DIR` draws them")
+    return 1 if meta["failed_groups"] else 0
+
+
+def write_failure_note(out: Path, meta: dict) -> None:
+    """summary.md of a run that measured nothing: why."""
+    lines = [f"# vae_kernels benchmarks: {meta['device_name']}", "", "Nothing was measured.", ""]
+    (out / "summary.md").write_text("\n".join(lines + _incomplete_markdown(meta)))
 
 
 if __name__ == "__main__":

@@ -212,3 +212,144 @@ def test_quick_run_writes_csv_summary_and_plots(quick_run):
     for op in {r["op"] for r in rows}:
         png = quick_run / f"{op}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", op
+
+
+# ------------------------------------------------------- the prepared GPU run
+
+GPU_CHECK = BENCH_DIR / "gpu_check.sh"
+
+
+def test_gpu_check_dry_run_skips_cleanly_without_a_gpu(tmp_path):
+    import os
+    import shutil
+    import time
+
+    env = dict(os.environ)
+    if shutil.which("nvidia-smi") is not None:
+        env["GPU_CHECK_DRY_RUN"] = "1"  # a GPU machine: force the dry run
+    out = tmp_path / "gpu_check"
+    started = time.perf_counter()
+    completed = subprocess.run(
+        ["bash", str(GPU_CHECK), str(out)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert time.perf_counter() - started < 30
+    assert "no GPU: skipped" in (out / "summary.md").read_text()
+    assert "no GPU: skipped" in completed.stdout and "build" in completed.stdout  # the plan
+    assert sorted(p.name for p in out.iterdir()) == ["summary.md"]  # nothing built or run
+
+
+def test_gpu_check_refuses_to_write_into_the_committed_results():
+    target = BENCH_DIR / "results" / "gpu_check_must_not_exist"
+    completed = subprocess.run(
+        ["bash", str(GPU_CHECK), str(target)], capture_output=True, text=True, timeout=60
+    )
+    assert completed.returncode == 2 and "benchmarks/results" in completed.stderr
+    assert not target.exists()
+
+
+def test_gpu_check_set_is_every_op_at_both_sizes_headline_first():
+    cases = bench_cases.all_cases("cuda", gpu_check=True)
+    groups = list(dict.fromkeys((c.op.name, c.size.name, c.dtype_name) for c in cases))
+    assert groups[0] == ("elbo_bernoulli", "celeba64", "float32")
+    assert {(o, s) for o, s, d in groups if d == "float32"} == {
+        (op.name, size) for op in bench_cases.OPS for size in ("mnist", "celeba64")
+    }
+    assert [g for g in groups if g[2] != "float32"] == [("elbo_bernoulli", "celeba64", "bfloat16")]
+    assert groups[-1][2] == "bfloat16"  # extras last: the first left out by a budget
+    assert {c.mode for c in cases} == set(bench_cases.MODES)
+    assert [c.id for c in cases if c.is_headline] == [
+        "elbo_bernoulli-celeba64-float32-forward_backward"
+    ]
+
+
+def test_run_gpu_check_needs_out_outside_results(tmp_path):
+    for extra in ([], ["--out", str(BENCH_DIR / "results" / "x")]):
+        completed = subprocess.run(
+            [sys.executable, str(BENCH_DIR / "run.py"), "--gpu-check", *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert completed.returncode == 2, completed.stderr[-2000:]
+        assert "--gpu-check" in completed.stderr
+    assert not (BENCH_DIR / "results" / "x").exists()
+
+
+def test_run_gpu_check_quick_on_cpu_stops_at_its_budget(tmp_path):
+    out = tmp_path / "gpu_check_quick"
+    completed = subprocess.run(
+        [
+            sys.executable, str(BENCH_DIR / "run.py"), "--gpu-check", "--quick", "--device", "cpu",
+            "--ops", "gaussian_kl", "squared_error", "--budget-s", "0", "--no-plots",
+            "--out", str(out),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    # The first group is always measured; a budget of 0 s leaves out the rest.
+    assert {r["op"] for r in results["rows"]} == {"gaussian_kl"}
+    assert results["meta"]["skipped_groups"] == ["squared_error-mnist-float32"]
+    assert results["meta"]["gpu_check"] is True and results["meta"]["failed_groups"] == []
+    summary = (out / "summary.md").read_text()
+    assert "Groups not measured (time budget 0 s)" in summary and "squared_error" in summary
+
+
+def test_gpu_kernel_count_leaves_out_copies_memsets_and_annotations():
+    class Event:
+        def __init__(self, device, activity, name):
+            self.device, self.activity, self._name = device, activity, name
+
+        def device_type(self):
+            return self.device
+
+        def activity_type(self):
+            return self.activity
+
+        def name(self):
+            return self._name
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [
+        Event(cuda, "kernel", "triton_per_fused_0"),
+        Event(cuda, "gpu_user_annotation", "## Call CompiledFxGraph ##"),
+        Event(cuda, "gpu_memset", "Memset (Device)"),
+        Event(cuda, "gpu_memcpy", "Memcpy DtoD (Device -> Device)"),
+        Event(cpu, "cpu_op", "aten::add"),
+        Event(cuda, "kernel", "vectorized_elementwise_kernel"),
+    ]
+    assert harness.count_gpu_kernels(events) == 2
+
+
+def test_gpu_timing_keeps_prepare_outside_the_events(monkeypatch):
+    """time_gpu_steps with CUDA events replaced by host clocks: the timed region holds
+    run alone (not prepare), sets rotate, and the run count follows the time budget."""
+    import time
+
+    class HostEvent:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self):
+            self.t = time.perf_counter()
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", HostEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    monkeypatch.setattr(harness, "_l2_flush_buffer", torch.empty(16, dtype=torch.int32))
+    used = []
+
+    def step(name):
+        prepare = lambda: time.sleep(0.004) or name  # noqa: E731  (slow, not timed)
+        run = lambda state: used.append(state) or time.sleep(0.0005)  # noqa: E731
+        return prepare, run
+
+    samples = harness.time_gpu_steps([step("a"), step("b")], warmup_ms=1, rep_ms=20, min_runs=4)
+    assert 4 <= len(samples) <= 10  # ~20 ms of ~4.5 ms calls
+    assert all(0.4 < ms < 3.5 for ms in samples), samples  # run's 0.5 ms, not prepare's 4 ms
+    assert set(used) == {"a", "b"}
