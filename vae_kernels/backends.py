@@ -27,7 +27,7 @@ import torch
 from . import reference
 
 if TYPE_CHECKING:
-    from .ops import OpsBackend
+    from .op_autograd import OpsBackend
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "torch")
 

@@ -36,10 +36,8 @@ import torch
 from torch import Tensor
 
 from . import backends
-
-REDUCTIONS = ("none", "sum", "mean", "batchmean", "per_sample")
-ELBO_REDUCTIONS = ("batchmean", "sum", "per_sample")
-LIKELIHOODS = ("bernoulli", "bernoulli_probs", "gaussian", "mse")
+from .schema import ELBO_REDUCTIONS, REDUCTIONS
+from .schema import LIKELIHOOD_NAMES as LIKELIHOODS
 
 __all__ = [
     "reparameterize",

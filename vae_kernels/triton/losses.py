@@ -27,16 +27,22 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from ..ops import local_grad_dtype
-from .launch import wrap_triton
 
+from ..schema import (
+    LIKELIHOODS,
+    REDUCTION_NONE,
+    REDUCTION_PER_SAMPLE,
+    LossKind,
+    local_grad_dtype,
+)
+from .launch import wrap_triton
 from .layout import (
     Rows,
     as_rows,
     batch_rows,
-    rows_view,
     compute_dtype,
     row_length,
+    rows_view,
     split_float,
     tile_indices,
     tile_shape,
@@ -53,26 +59,23 @@ from .math import (
     to_compute_dtype,
 )
 
-# Which elementwise loss a pass computes (the KIND of elementwise_loss_kernel), and
-# how many inputs it reads.
-KL_STD_NORMAL = tl.constexpr(0)  # mu, logvar
-KL_PRIOR = tl.constexpr(1)  # mu, logvar, prior_mu, prior_logvar
-BERNOULLI_LOGITS = tl.constexpr(2)  # logits, target
-BERNOULLI_PROBS = tl.constexpr(3)  # probabilities, target
-GAUSSIAN_FIXED_VAR = tl.constexpr(4)  # mean, target (log-variance: a scalar argument)
-GAUSSIAN_LEARNED_VAR = tl.constexpr(5)  # mean, target, logvar
-SQUARED_ERROR = tl.constexpr(6)  # input, target
+# Which elementwise loss a pass computes (the KIND of elementwise_loss_kernel): the
+# LossKind values of vae_kernels.schema, shared with the C++ kernels.
+KL_STD_NORMAL = tl.constexpr(int(LossKind.KL_STD_NORMAL))
+KL_PRIOR = tl.constexpr(int(LossKind.KL_PRIOR))
+BERNOULLI_LOGITS = tl.constexpr(int(LossKind.BERNOULLI_LOGITS))
+BERNOULLI_PROBS = tl.constexpr(int(LossKind.BERNOULLI_PROBS))
+GAUSSIAN_FIXED_VAR = tl.constexpr(int(LossKind.GAUSSIAN_FIXED_VAR))
+GAUSSIAN_LEARNED_VAR = tl.constexpr(int(LossKind.GAUSSIAN_LEARNED_VAR))
+SQUARED_ERROR = tl.constexpr(int(LossKind.SQUARED_ERROR))
 
-# The elbo op's `likelihood` codes (csrc/schemas.cpp) -> the kind of its recon term.
-LIKELIHOOD_KINDS = {0: BERNOULLI_LOGITS, 1: BERNOULLI_PROBS, 2: GAUSSIAN_FIXED_VAR, 3: SQUARED_ERROR}
+# The elbo op's `likelihood` codes -> the kind of its recon term.
+LIKELIHOOD_KINDS = {code: tl.constexpr(int(row.kind)) for code, row in enumerate(LIKELIHOODS)}
 
 # Where a pass writes its partial sums.
 PARTIALS_NONE = tl.constexpr(0)  # reduction none: no sums
 PARTIALS_PER_ROW = tl.constexpr(1)  # [rows, col_blocks]: one per row of each tile
 PARTIALS_PER_PROGRAM = tl.constexpr(2)  # [programs]: one per tile
-
-# Schema reduction codes (csrc/schemas.cpp).
-REDUCTION_NONE, REDUCTION_PER_SAMPLE, REDUCTION_SUM = 0, 1, 2
 
 # Padding lanes load this value: it is valid for every formula (a probability, a
 # logit, a log-variance), so padding computes finite numbers that are then masked.
@@ -176,13 +179,17 @@ def elementwise_loss_kernel(
 
 
 @triton.jit
-def _row_sums(partials_ptr, cols, row, row_mask, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+def _row_sums(
+    partials_ptr, cols, row, row_mask, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr
+):
     """Sums of rows ``row`` of a [rows, cols] buffer: blocks added in index order."""
     col = tl.arange(0, BLOCK_COLS).to(tl.int64)
     acc = tl.zeros([BLOCK_ROWS, BLOCK_COLS], dtype=partials_ptr.dtype.element_ty)
     for start in range(0, cols, BLOCK_COLS):
         mask = row_mask[:, None] & ((start + col)[None, :] < cols)
-        acc += tl.load(partials_ptr + row[:, None] * cols + (start + col)[None, :], mask=mask, other=0)
+        acc += tl.load(
+            partials_ptr + row[:, None] * cols + (start + col)[None, :], mask=mask, other=0
+        )
     return tl.sum(acc, axis=1)
 
 
@@ -261,9 +268,13 @@ def loss_backward_kernel(
     _, row, col, mask, _ = tile_indices(col_blocks, rows, row_len, BLOCK_ROWS, BLOCK_COLS)
     local = _load_input(local_ptr, local_stride_row, local_stride_col, row, col, mask)
     if UPSTREAM == UPSTREAM_PER_ELEMENT:
-        upstream = _load_input(upstream_ptr, upstream_stride_row, upstream_stride_col, row, col, mask)
+        upstream = _load_input(
+            upstream_ptr, upstream_stride_row, upstream_stride_col, row, col, mask
+        )
     elif UPSTREAM == UPSTREAM_PER_ROW:
-        upstream = to_compute_dtype(tl.load(upstream_ptr + row * upstream_stride_row, mask=row < rows))
+        upstream = to_compute_dtype(
+            tl.load(upstream_ptr + row * upstream_stride_row, mask=row < rows)
+        )
         upstream = upstream[:, None]
     else:
         upstream = to_compute_dtype(tl.load(upstream_ptr))
@@ -443,7 +454,11 @@ def launch_loss_backward(
         out = Rows(result, row_len, 1)  # contiguous: (row, col) is at row * row_len + col
     if reduction == REDUCTION_NONE:
         upstream = as_rows(grad_output)
-        upstream_kind, stride_row, stride_col = UPSTREAM_PER_ELEMENT, upstream.stride_row, upstream.stride_col
+        upstream_kind, stride_row, stride_col = (
+            UPSTREAM_PER_ELEMENT,
+            upstream.stride_row,
+            upstream.stride_col,
+        )
         upstream_data = upstream.data
     elif reduction == REDUCTION_PER_SAMPLE:
         upstream_data = grad_output.reshape(rows)

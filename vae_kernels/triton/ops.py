@@ -5,7 +5,7 @@ Same op names, argument names and order, and outputs as the C++ schemas
 are defined with ``torch.library.triton_op`` and launch their kernels through
 ``torch.library.wrap_triton``, so torch.compile traces into the kernels, and the
 fake (shape) implementation is the op body itself. The autograd formulas and the
-backend object are the shared ones of ``vae_kernels.ops``.
+backend object are the shared ones of ``vae_kernels.op_autograd``.
 
 ``triton_op`` infers each schema from the Python annotations, so the Python ``int``
 arguments appear as ``SymInt`` and ``bool[N]`` as ``bool[]``; names, order and
@@ -16,11 +16,18 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch._subclasses.functional_tensor import FunctionalTensorMode
 from torch.library import triton_op
 
-from torch._subclasses.functional_tensor import FunctionalTensorMode
-
-from .. import ops as shared_ops
+from ..op_autograd import OpsBackend, register_autograd
+from ..schema import (
+    LIKELIHOOD_CODES,
+    LIKELIHOODS,
+    REDUCTION_NONE,
+    REDUCTION_PER_SAMPLE,
+    REDUCTION_SUM,
+    local_grad_dtype,
+)
 from . import losses
 from .device import unavailable_reason
 from .launch import is_interpreted
@@ -102,7 +109,9 @@ def _check_seed(op: str, seed: Tensor, like: Tensor) -> None:
 
 def _check_grad_mask(op: str, grad_mask: Sequence[bool], length: int) -> None:
     if len(grad_mask) != length:
-        raise ValueError(f"{NAMESPACE}.{op}: grad_mask must have {length} entries, got {len(grad_mask)}")
+        raise ValueError(
+            f"{NAMESPACE}.{op}: grad_mask must have {length} entries, got {len(grad_mask)}"
+        )
 
 
 def _raise_if_outside_unit_interval(op: str, loss_pass: losses.LossPass, names) -> None:
@@ -305,13 +314,15 @@ def elbo(
     _check_reduction(op, reduction, allowed=(1, 2))
     _check_grad_mask(op, grad_mask, 4)
     if likelihood not in losses.LIKELIHOOD_KINDS:
-        raise ValueError(f"{NAMESPACE}.{op}: likelihood must be 0..3, got {likelihood}")
+        raise ValueError(
+            f"{NAMESPACE}.{op}: likelihood must be 0..{len(LIKELIHOODS) - 1}, got {likelihood}"
+        )
     if recon.dim() == 0 or mu.dim() == 0 or recon.shape[0] != mu.shape[0]:
         raise ValueError(
             f"{NAMESPACE}.{op}: recon {tuple(recon.shape)} and mu {tuple(mu.shape)} must share "
             "their first (batch) dimension"
         )
-    codes = shared_ops.LIKELIHOOD_CODES
+    codes = LIKELIHOOD_CODES
     is_probs = likelihood == codes["bernoulli_probs"]
     is_bernoulli = is_probs or likelihood == codes["bernoulli"]
     recon_pass = elementwise_loss(
@@ -347,7 +358,7 @@ def _check_loss_backward_args(
             f"{NAMESPACE}.{op}: local_grad must be on the device of grad_output "
             f"({grad_output.device}), got {local_grad.device}"
         )
-    expected = shared_ops.local_grad_dtype(grad_output.dtype)
+    expected = local_grad_dtype(grad_output.dtype)
     if local_grad.dtype != expected:
         raise TypeError(
             f"{NAMESPACE}.{op}: local_grad must have dtype {expected} for a grad_output of "
@@ -361,17 +372,17 @@ def _check_loss_backward_args(
         )
     _check_reduction(op, reduction)
     rows = batch_rows(local_grad)
-    if reduction == losses.REDUCTION_NONE and grad_output.shape != local_grad.shape:
+    if reduction == REDUCTION_NONE and grad_output.shape != local_grad.shape:
         raise ValueError(
             f"{NAMESPACE}.{op}: grad_output must have shape {tuple(local_grad.shape)}, "
             f"got {tuple(grad_output.shape)}"
         )
-    if reduction == losses.REDUCTION_PER_SAMPLE and grad_output.numel() != rows:
+    if reduction == REDUCTION_PER_SAMPLE and grad_output.numel() != rows:
         raise ValueError(
             f"{NAMESPACE}.{op}: grad_output must have {rows} elements (one per row), "
             f"got shape {tuple(grad_output.shape)}"
         )
-    if reduction == losses.REDUCTION_SUM and grad_output.numel() != 1:
+    if reduction == REDUCTION_SUM and grad_output.numel() != 1:
         raise ValueError(
             f"{NAMESPACE}.{op}: grad_output must be a scalar, got shape {tuple(grad_output.shape)}"
         )
@@ -415,6 +426,6 @@ if is_interpreted(losses.elementwise_loss_kernel):
     for _op in ALL_OPS:
         _op.register_torch_dispatch(FunctionalTensorMode, _keep_opaque)
 
-shared_ops.register_autograd(NAMESPACE)
+register_autograd(NAMESPACE)
 
-backend = shared_ops.OpsBackend(NAMESPACE)
+backend = OpsBackend(NAMESPACE)

@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from .launch import wrap_triton
 
+from .launch import wrap_triton
 from .layout import as_rows, as_sample_rows, batch_rows, row_length, tile_indices, tile_shape
 from .math import (
     posterior_std,

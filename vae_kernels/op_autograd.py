@@ -1,0 +1,437 @@
+"""The autograd of the vae_kernels ops, shared by every backend namespace (the C++ ops
+of ``vae_kernels.ops`` and the Triton ops of ``vae_kernels.triton.ops``), and the
+backend object that ``vae_kernels.functional`` calls. Importing it loads no library.
+
+- ``register_autograd``: each loss op returns, next to the loss, the local gradient
+  of each input that requires grad, computed in the same pass as the loss: the
+  gradient of the reduced loss for an upstream gradient of 1 (d loss_i / d input_i /
+  divisor). Its backward is ``loss_backward`` = local gradient * upstream gradient.
+  Local gradients of float16 inputs are float32 (``local_grad_dtype``): one can exceed
+  float16's range where the final gradient fits. This registration serves
+  torch.compile and direct calls of the ops; its graphs stay functional.
+- ``EagerLoss`` (``EagerSample`` for sampling): the autograd of the public API's eager
+  calls, with the same gradient rule (``loss_input_grads``, ``sample_input_grads``)
+  and less per-call overhead (the op runs below autograd). The local gradients stay
+  inside: backward writes the input gradients into their buffers (``loss_backward_``),
+  which saves a tensor allocation and a pass, and a CPU upstream gradient of exactly 1
+  (``loss.backward()``) needs no pass at all. A repeated backward recomputes them.
+- Sampling ops have their own backward ops. There are no second derivatives: an
+  eager backward with create_graph=True raises instead of returning gradients whose
+  own graph is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from .schema import (
+    LIKELIHOOD_CODES,
+    REDUCTION_NONE,
+    REDUCTION_PER_SAMPLE,
+    reduction_args,
+)
+
+_PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def _runs_eagerly(args) -> bool:
+    """Whether a call may take the eager path (EagerLoss, EagerSample): not while
+    torch.compile or another tracer (a dispatch mode, tensor subclasses) runs, where the
+    registered autograd keeps the graph functional."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    return all(type(a) in _PLAIN_TENSOR_TYPES for a in args if isinstance(a, Tensor))
+
+
+def _needs_grad(t: Optional[Tensor]) -> bool:
+    return t is not None and t.requires_grad and torch.is_grad_enabled()
+
+
+def _draw_seed(generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+    # A tensor, not a Python int, so torch.compile traces the draw instead of baking
+    # one seed into the graph.
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64, generator=generator, device=device)
+
+
+# ---------------------------------------------------------------- backend interface
+
+
+class OpsBackend:
+    """The backend interface over the ops of one namespace.
+
+    ``OpsBackend("vae_kernels")`` runs the C++ ops (CPU kernels, and CUDA kernels where
+    built); a Triton backend defines the same ops, with the same arguments, in its own
+    namespace and reuses this class and ``register_autograd``.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    @property
+    def ops(self):
+        return getattr(torch.ops, self.namespace)
+
+    def _loss(self, name: str, *args) -> tuple[Tensor, ...]:
+        """The reduced outputs of loss op ``name``; its local gradients stay internal."""
+        spec = LossSpec(self.namespace, name)
+        if _runs_eagerly(args):
+            return EagerLoss.apply(spec, *args)
+        return tuple(spec.op(*args)[: spec.n_reduced])
+
+    def reparameterize(
+        self,
+        mu: Tensor,
+        logvar: Tensor,
+        eps: Optional[Tensor],
+        num_samples: Optional[int],
+        generator: Optional[torch.Generator],
+    ) -> Tensor:
+        if eps is None:
+            seed = _draw_seed(generator, mu.device)
+            z = self._sample("reparameterize_philox", mu, logvar, seed, num_samples or 1)
+        else:
+            samples = eps if num_samples is not None else eps.unsqueeze(0)
+            z = self._sample("reparameterize", mu, logvar, samples)
+        return z if num_samples is not None else z.squeeze(0)
+
+    def _sample(self, name: str, *args) -> Tensor:
+        if _runs_eagerly(args):
+            return EagerSample.apply(self.ops, name, *args)
+        return getattr(self.ops, name)(*args)
+
+    def gaussian_kl(
+        self,
+        mu: Tensor,
+        logvar: Tensor,
+        prior_mu: Optional[Tensor],
+        prior_logvar: Optional[Tensor],
+        reduction: str,
+    ) -> Tensor:
+        mode, divisor = reduction_args(reduction, mu)
+        if prior_mu is None and prior_logvar is None:
+            priors: list[Optional[Tensor]] = [None, None]
+        else:
+            # A prior broadcast against mu: expand (a view); autograd sums its gradient back.
+            priors = [
+                (mu.new_zeros(()) if p is None else p).expand_as(mu)
+                for p in (prior_mu, prior_logvar)
+            ]
+        mask = [_needs_grad(t) for t in (mu, logvar, prior_mu, prior_logvar)]
+        return self._loss("gaussian_kl", mu, logvar, *priors, mode, divisor, mask)[0]
+
+    def bernoulli_nll(self, input: Tensor, target: Tensor, logits: bool, reduction: str) -> Tensor:
+        mode, divisor = reduction_args(reduction, input)
+        mask = [_needs_grad(input), _needs_grad(target)]
+        return self._loss("bernoulli_nll", input, target, logits, mode, divisor, mask)[0]
+
+    def gaussian_nll(
+        self, input: Tensor, target: Tensor, logvar: Union[float, Tensor], reduction: str
+    ) -> Tensor:
+        mode, divisor = reduction_args(reduction, input)
+        if isinstance(logvar, Tensor):
+            logvar_tensor: Optional[Tensor] = logvar.expand_as(input)
+            logvar_value = 0.0
+        else:
+            logvar_tensor, logvar_value = None, float(logvar)
+        mask = [_needs_grad(input), _needs_grad(target), _needs_grad(logvar_tensor)]
+        return self._loss(
+            "gaussian_nll", input, target, logvar_tensor, logvar_value, mode, divisor, mask
+        )[0]
+
+    def mse_loss(self, input: Tensor, target: Tensor, reduction: str) -> Tensor:
+        mode, divisor = reduction_args(reduction, input)
+        mask = [_needs_grad(input), _needs_grad(target)]
+        return self._loss("squared_error", input, target, mode, divisor, mask)[0]
+
+    def elbo_loss(
+        self,
+        recon: Tensor,
+        x: Tensor,
+        mu: Tensor,
+        logvar: Tensor,
+        likelihood: str,
+        beta: float,
+        reduction: str,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        mode, divisor = reduction_args(reduction, recon)
+        mask = [_needs_grad(t) for t in (recon, x, mu, logvar)]
+        loss, recon_nll, kl = self._loss(
+            "elbo", recon, x, mu, logvar, LIKELIHOOD_CODES[likelihood], beta, mode, divisor, mask
+        )
+        return loss, recon_nll, kl
+
+
+def reduced_like(t: Tensor, reduction: int) -> Tensor:
+    if reduction == REDUCTION_NONE:
+        return t.new_empty(t.shape)
+    if reduction == REDUCTION_PER_SAMPLE:
+        return t.new_empty((t.shape[0] if t.dim() > 0 else 1,))
+    return t.new_empty(())
+
+
+# The loss ops' arguments (csrc/schemas.cpp): the differentiable tensors come first, in
+# the order of their local-gradient outputs; then the options, with `reduction` at the
+# index below. The elbo has 3 reduced outputs (loss, recon_nll, kl) and `beta` at index 5.
+_LOSS_LAYOUT = {  # name: (differentiable inputs, reduced outputs, reduction index)
+    "gaussian_kl": (4, 1, 4),
+    "bernoulli_nll": (2, 1, 3),
+    "gaussian_nll": (3, 1, 4),
+    "squared_error": (2, 1, 2),
+    "elbo": (4, 3, 6),
+}
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One loss op of one namespace, and where its arguments and outputs are."""
+
+    namespace: str
+    name: str
+
+    @property
+    def ops(self):
+        return getattr(torch.ops, self.namespace)
+
+    @property
+    def op(self):
+        return getattr(self.ops, self.name)
+
+    @property
+    def n_inputs(self) -> int:
+        return _LOSS_LAYOUT[self.name][0]
+
+    @property
+    def n_reduced(self) -> int:
+        return _LOSS_LAYOUT[self.name][1]
+
+    def reduction(self, args) -> int:
+        return args[_LOSS_LAYOUT[self.name][2]]
+
+    def beta(self, args) -> Optional[float]:
+        return args[5] if self.name == "elbo" else None
+
+
+def input_shapes_and_options(args: Sequence) -> tuple[list, list]:
+    """What a loss op's backward needs of its arguments: the tensors' shapes (None for
+    the other arguments) and the other arguments (None for the tensors)."""
+    shapes = [a.shape if isinstance(a, Tensor) else None for a in args]
+    options = [None if isinstance(a, Tensor) else a for a in args]
+    return shapes, options
+
+
+def loss_input_grads(
+    spec: LossSpec,
+    shapes: Sequence[Optional[torch.Size]],
+    options: Sequence,
+    needs_grad: Sequence[bool],
+    grad_outputs: Sequence[Optional[Tensor]],
+    local_grads: Sequence[Tensor],
+    in_place: bool,
+) -> list[Optional[Tensor]]:
+    """The gradients of a loss op's differentiable inputs (None where not needed), from
+    its local gradients and the upstream gradients of its reduced outputs (``shapes``
+    and ``options``: see ``input_shapes_and_options``). For the elbo, the recon term's
+    gradients scale with d loss + d recon_nll and the KL term's with
+    beta * d loss + d kl."""
+    chain = lambda k, upstream: _chain(  # noqa: E731  (inputs k of the term)
+        spec.ops, spec.reduction(options), [needs_grad[i] for i in k],
+        [local_grads[i] for i in k], [shapes[i] for i in k], upstream, in_place,
+    )  # fmt: skip
+    beta = spec.beta(options)
+    if beta is None:
+        return chain(range(spec.n_inputs), grad_outputs[0])
+    grad_loss, grad_recon_nll, grad_kl = grad_outputs[:3]
+    recon_upstream = _add(grad_loss, grad_recon_nll)
+    kl_upstream = _add(grad_loss if grad_loss is None or beta == 1 else grad_loss * beta, grad_kl)
+    return chain(range(2), recon_upstream) + chain(range(2, 4), kl_upstream)
+
+
+def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    return b if a is None else (a if b is None else a + b)
+
+
+def _chain(
+    ops,
+    reduction: int,
+    needs_grad: Sequence[bool],
+    local_grads: Sequence[Tensor],
+    input_shapes: Sequence[Optional[torch.Size]],
+    upstream: Optional[Tensor],
+    in_place: bool,
+) -> list[Optional[Tensor]]:
+    """The input gradients: local gradient * upstream where needed, else None."""
+    # In place, an upstream gradient of exactly 1 (a CPU scalar, so reading it does not
+    # synchronize a device) leaves the local gradients as they are: they are the answer.
+    upstream_is_one = (
+        in_place
+        and upstream is not None
+        and upstream.numel() == 1
+        and upstream.device.type == "cpu"
+        and upstream.item() == 1
+    )
+    grads: list[Optional[Tensor]] = []
+    for needed, local, shape in zip(needs_grad, local_grads, input_shapes):
+        if not needed or upstream is None:
+            grads.append(None)
+        elif local.shape != shape:
+            raise RuntimeError(
+                "vae_kernels: an input needs a gradient that the forward pass was not asked "
+                "to compute (grad_mask); call the public vae_kernels functions, not the raw op"
+            )
+        elif in_place and local.dtype == upstream.dtype:  # not float16's float32 buffers
+            if not upstream_is_one:
+                ops.loss_backward_(local, upstream, reduction)
+            grads.append(local)
+        else:
+            grads.append(ops.loss_backward(local, upstream, reduction))
+    return grads
+
+
+class EagerLoss(torch.autograd.Function):
+    """Autograd of a loss op called eagerly from the public API (see the module doc).
+
+    ``EagerLoss.apply(spec, *args)`` returns the op's reduced outputs. The forward runs
+    the op below autograd; its local-gradient outputs never leave this function, so
+    backward may overwrite them with the input gradients. A repeated backward
+    (``retain_graph=True``) finds them consumed and recomputes them from the saved
+    inputs.
+    """
+
+    @staticmethod
+    def forward(ctx, spec: LossSpec, *args):
+        outputs = _run_below_autograd(spec, args)
+        ctx.set_materialize_grads(False)  # unused outputs get None, not a tensor of zeros
+        ctx.spec, ctx.local_grads = spec, list(outputs[spec.n_reduced :])
+        ctx.shapes, ctx.options = input_shapes_and_options(args)
+        ctx.save_for_backward(*(a for a in args if isinstance(a, Tensor)))
+        return tuple(outputs[: spec.n_reduced])
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        _refuse_double_backward()
+        spec: LossSpec = ctx.spec
+        n_args = len(ctx.options)
+        if all(g is None for g in grad_outputs):
+            return (None,) * (1 + n_args)
+        local_grads, ctx.local_grads = ctx.local_grads, None
+        if local_grads is None:  # a repeated backward: recompute what the first consumed
+            saved = iter(ctx.saved_tensors)
+            args = [next(saved) if shape is not None else option
+                    for shape, option in zip(ctx.shapes, ctx.options)]  # fmt: skip
+            local_grads = list(_run_below_autograd(spec, args)[spec.n_reduced :])
+        needs = ctx.needs_input_grad[1 : 1 + spec.n_inputs]
+        grads = loss_input_grads(
+            spec, ctx.shapes, ctx.options, needs, grad_outputs, local_grads, in_place=True
+        )
+        return (None, *grads, *([None] * (n_args - spec.n_inputs)))
+
+
+def sample_input_grads(
+    ops, name: str, grad_z: Tensor, logvar: Tensor, noise: Tensor, needs_noise_grad: bool
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """(grad_mu, grad_logvar, grad of the noise) of ``reparameterize`` (noise = eps) or
+    ``reparameterize_philox`` (noise = the seed: no gradient)."""
+    if name == "reparameterize_philox":
+        return (*ops.reparameterize_philox_backward(grad_z, logvar, noise), None)
+    grad_mu, grad_logvar = ops.reparameterize_backward(grad_z, logvar, noise)
+    # Noise that itself requires grad (rare): dz/deps = std.
+    grad_eps = grad_z * torch.exp(0.5 * logvar) if needs_noise_grad else None
+    return grad_mu, grad_logvar, grad_eps
+
+
+class EagerSample(torch.autograd.Function):
+    """Autograd of a sampling op called eagerly from the public API:
+    ``EagerSample.apply(ops, name, mu, logvar, noise, *options)`` runs the op below
+    autograd, with less per-call overhead than the registered autograd."""
+
+    @staticmethod
+    def forward(ctx, ops, name: str, mu: Tensor, logvar: Tensor, noise: Tensor, *options):
+        with torch._C._AutoDispatchBelowAutograd():
+            z = getattr(ops, name)(mu, logvar, noise, *options)
+        ctx.ops, ctx.name, ctx.n_options = ops, name, len(options)
+        ctx.save_for_backward(logvar, noise)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        _refuse_double_backward()
+        logvar, noise = ctx.saved_tensors
+        needs_noise_grad = ctx.needs_input_grad[4]
+        grads = sample_input_grads(ctx.ops, ctx.name, grad_z, logvar, noise, needs_noise_grad)
+        return (None, None, *grads, *([None] * ctx.n_options))
+
+
+def _refuse_double_backward() -> None:
+    # Grad mode is on in a backward pass only under create_graph=True: the caller wants
+    # the gradient's own graph, which these hand-written backward passes do not build.
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "vae_kernels: backward with create_graph=True (a second derivative, e.g. a "
+            "gradient penalty) is not supported by the fused kernels; use backend='torch'"
+        )
+
+
+def _run_below_autograd(spec: LossSpec, args) -> tuple[Tensor, ...]:
+    with torch._C._AutoDispatchBelowAutograd():
+        return spec.op(*args)
+
+
+def register_autograd(namespace: str) -> None:
+    """Register the autograd formulas of the ops of ``namespace`` (see the module doc)."""
+    lib = namespace + "::"
+    ops = getattr(torch.ops, namespace)
+
+    # -- sampling: backward ops of their own (sample_input_grads)
+    def sample_setup(ctx, inputs, output):
+        _, logvar, noise, *_ = inputs
+        ctx.save_for_backward(logvar, noise)
+
+    def register_sample(name: str) -> None:
+        def backward(ctx, grad_z):
+            logvar, noise = ctx.saved_tensors
+            grads = sample_input_grads(ops, name, grad_z, logvar, noise, ctx.needs_input_grad[2])
+            return (*grads, *([None] * (len(ctx.needs_input_grad) - 3)))
+
+        torch.library.register_autograd(lib + name, backward, setup_context=sample_setup)
+
+    register_sample("reparameterize")
+    register_sample("reparameterize_philox")
+
+    # -- losses: outputs are (reduced losses..., local gradients...); backward =
+    # loss_backward, out of place (graphs stay functional). EagerLoss is the eager path.
+    def register_loss(name: str) -> None:
+        spec = LossSpec(namespace, name)
+
+        def setup(ctx, inputs, output):
+            ctx.set_materialize_grads(False)  # unused outputs get None, not zeros
+            local_grads = output[spec.n_reduced :]
+            ctx.mark_non_differentiable(*local_grads)
+            ctx.save_for_backward(*local_grads)
+            ctx.shapes, ctx.options = input_shapes_and_options(inputs)
+
+        def backward(ctx, *grad_outputs):
+            grad_outputs = grad_outputs[: spec.n_reduced]
+            n_args = len(ctx.options)
+            if all(g is None for g in grad_outputs):
+                return (None,) * n_args
+            needs = ctx.needs_input_grad[: spec.n_inputs]
+            grads = loss_input_grads(
+                spec,
+                ctx.shapes,
+                ctx.options,
+                needs,
+                grad_outputs,
+                ctx.saved_tensors,
+                in_place=False,
+            )
+            return (*grads, *([None] * (n_args - spec.n_inputs)))
+
+        torch.library.register_autograd(lib + name, backward, setup_context=setup)
+
+    for name in _LOSS_LAYOUT:
+        register_loss(name)
