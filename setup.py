@@ -80,7 +80,7 @@ setup(
     packages=find_packages(include=["vae_kernels", "vae_kernels.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "matplotlib", "mlxtend"],
-    entry_points={"console_scripts": ["vae-kernels=vae_kernels.cli:main"]},
+    entry_points={"console_scripts": ["vae-kernels=vae_kernels.app.cli:main"]},
     ext_modules=[CMakeExtension("vae_kernels._C")],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

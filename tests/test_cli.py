@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from vae_kernels import cli
-from vae_kernels.data import load_mnist_5k
+from vae_kernels.app import cli
+from vae_kernels.app.data import load_mnist_5k
 
 
 @pytest.fixture(scope="module")

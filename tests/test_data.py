@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from vae_kernels import data
-from vae_kernels.data import DataError, binarize, load_dataset, load_mnist_5k, read_idx
+from vae_kernels.app import data
+from vae_kernels.app.data import DataError, binarize, load_dataset, load_mnist_5k, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:

@@ -17,9 +17,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import vae_kernels as vk
-from vae_kernels.data import binarize, load_dataset, load_mnist_5k
-from vae_kernels.models import MLPVAE, build_model
-from vae_kernels.train import TrainConfig, TrainingObjective, fixed_test_images, train, train_step
+from vae_kernels.app.data import binarize, load_dataset, load_mnist_5k
+from vae_kernels.app.models import MLPVAE, build_model
+from vae_kernels.app.train import TrainConfig, TrainingObjective, fixed_test_images, train, train_step
 
 WORLD_SIZE = 2
 TIMEOUT_S = 120

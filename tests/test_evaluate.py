@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal
 
-from vae_kernels.data import binarize, load_mnist_5k
-from vae_kernels.evaluate import elbo_per_image, evaluate_checkpoint, log_px_per_image, summarize
-from vae_kernels.models import MLPVAE
-from vae_kernels.train import TrainConfig, TrainingObjective, log_importance_weights, train
+from vae_kernels.app.data import binarize, load_mnist_5k
+from vae_kernels.app.evaluate import elbo_per_image, evaluate_checkpoint, log_px_per_image, summarize
+from vae_kernels.app.models import MLPVAE
+from vae_kernels.app.train import TrainConfig, TrainingObjective, log_importance_weights, train
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_evaluate_checkpoint_reports_consistent_figures(mnist, tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         evaluate_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "bogus.pt").write_bytes(b"not a checkpoint")
-    from vae_kernels.data import DataError
+    from vae_kernels.app.data import DataError
 
     with pytest.raises(DataError, match="not a readable checkpoint"):
         evaluate_checkpoint(tmp_path / "bogus.pt")

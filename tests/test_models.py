@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import vae_kernels as vk
-from vae_kernels.models import ConvVAE, MLPVAE, build_model
+from vae_kernels.app.models import ConvVAE, MLPVAE, build_model
 
 
 @pytest.fixture(params=["mlp", "conv"])

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vae_kernels.data import binarize, load_mnist_5k
-from vae_kernels.models import ConvVAE, MLPVAE
-from vae_kernels.train import (
+from vae_kernels.app.data import binarize, load_mnist_5k
+from vae_kernels.app.models import ConvVAE, MLPVAE
+from vae_kernels.app.train import (
     TrainConfig,
     TrainingObjective,
     epoch_batches,

