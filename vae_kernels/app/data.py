@@ -55,6 +55,7 @@ __all__ = [
     "read_idx",
     "binarize",
     "mnist_5k_path",
+    "subset_indices",
 ]
 
 
@@ -148,6 +149,27 @@ def _stratified_split(labels: np.ndarray, test_size: int) -> tuple[np.ndarray, n
     test_index = np.sort(order[is_test])
     train_index = np.sort(order[~is_test])
     return train_index, test_index
+
+
+def subset_indices(n: int, size: int, labels: Optional[Tensor] = None) -> Tensor:
+    """``size`` of ``n`` indices (sorted) for a representative subset, fixed by ``SPLIT_SEED``.
+
+    With ``labels``, stratified: every label keeps its share (test files are often sorted
+    by label, so the first ``size`` images can all be zeros); without, a random sample.
+    """
+    if not 1 <= size <= n:
+        raise ValueError(f"a subset must hold between 1 and {n} images, got {size}")
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    if labels is not None:
+        if len(labels) != n:
+            raise ValueError(f"labels has {len(labels)} entries for {n} images")
+        # A random order sorted stably by label, then evenly spaced picks: each label's
+        # share of the picks is its share of the images (up to rounding).
+        order = order[np.argsort(np.asarray(labels)[order], kind="stable")]
+        picks = order[np.round(np.linspace(0, n - 1, size)).astype(np.int64)]
+    else:
+        picks = order[:size]
+    return torch.from_numpy(np.sort(picks))
 
 
 def _split_fixed(images: np.ndarray, test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:

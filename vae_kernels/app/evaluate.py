@@ -1,4 +1,4 @@
-"""Evaluate a trained VAE: ``python -m vae_kernels evaluate CHECKPOINT``.
+"""Evaluate a trained VAE: ``python -m vae_kernels evaluate CHECKPOINT`` (or its run directory).
 
 Reports, per test image and averaged with standard errors:
 
@@ -9,6 +9,10 @@ Reports, per test image and averaged with standard errors:
   log p(x) as K grows, its log-weights computed by the fused kernels;
 - the gap ``log p(x) - ELBO``, which is ``KL(q(z|x) || p(z|x))`` in the ELBO derivation
   (up to the estimate's own bias, which shrinks with K).
+
+``--limit N`` evaluates a fixed subset of N test images, stratified by label where the
+data has labels, and writes its own ``evaluation-limitN.json`` (the full evaluation's
+``evaluation.json`` is left alone).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -30,17 +33,24 @@ from . import data as data_module
 from .models import VAEBase, build_model
 from .train import (
     BACKENDS,
+    NATS_DECIMALS,
+    checkpoint_file,
     fixed_test_images,
     load_checkpoint,
     log_importance_weights,
+    progress_bar,
     resolve_device,
+    round_floats,
 )
+
+DEFAULT_K = 5000
 
 __all__ = [
     "elbo_per_image",
     "log_px_per_image",
     "summarize",
     "evaluate_checkpoint",
+    "default_output",
     "add_arguments",
     "run",
     "main",
@@ -87,7 +97,7 @@ def elbo_per_image(
 def log_px_per_image(
     model: VAEBase,
     images: Tensor,
-    num_samples: int = 5000,
+    num_samples: int = DEFAULT_K,
     max_rows: int = 20000,
     progress: bool = False,
 ) -> Tensor:
@@ -104,7 +114,7 @@ def log_px_per_image(
     images_per_batch = max(1, min(images.shape[0], max_rows // min(num_samples, max_rows)))
     samples_per_chunk = max(1, min(num_samples, max_rows // images_per_batch))
     results = []
-    started = time.monotonic()
+    bar = progress_bar(images.shape[0], f"log p(x), K={num_samples}", progress, unit="image")
     for start in range(0, images.shape[0], images_per_batch):
         x = images[start : start + images_per_batch].to(device)
         running = torch.full((x.shape[0],), -math.inf, dtype=torch.float64)
@@ -116,13 +126,8 @@ def log_px_per_image(
             running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
             remaining -= k
         results.append(running - math.log(num_samples))
-        if progress:
-            done = min(start + images_per_batch, images.shape[0])
-            elapsed = time.monotonic() - started
-            sys.stderr.write(f"\r  log p(x): {done}/{images.shape[0]} images, {elapsed:.0f} s")
-            sys.stderr.flush()
-    if progress:
-        sys.stderr.write("\n")
+        bar.update(x.shape[0])
+    bar.close()
     return torch.cat(results)
 
 
@@ -136,7 +141,7 @@ def summarize(values: Tensor) -> dict[str, float]:
 
 def evaluate_checkpoint(
     checkpoint: str | Path,
-    k: int = 5000,
+    k: int = DEFAULT_K,
     data: Optional[str] = None,
     limit: Optional[int] = None,
     elbo_samples: int = 10,
@@ -148,10 +153,13 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Test-set ELBO, log p(x) estimate with ``k`` samples and their gap, in nats per image.
 
+    ``checkpoint`` is a checkpoint file or the run directory holding ``checkpoint.pt``.
     The test set is the one the run trained against (from the checkpoint's ``--data``,
     unless ``data`` overrides it), binarized with the same fixed seed for Bernoulli
-    models; ``limit`` keeps only the first ``limit`` test images.
+    models; ``limit`` keeps a fixed subset of ``limit`` test images, stratified by label
+    where the data has labels (a random one otherwise), never simply the first ones.
     """
+    checkpoint = checkpoint_file(checkpoint)
     state = load_checkpoint(checkpoint)
     resolved = resolve_device(device)
     model = build_model(state["model_config"], backend=backend).to(resolved)
@@ -164,10 +172,16 @@ def evaluate_checkpoint(
             f"model expects {tuple(model.image_shape)}"
         )
     images = fixed_test_images(dataset, model.likelihood)
+    total_images = images.shape[0]
+    subset = None
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        images = images[:limit]
+        if limit < total_images:
+            labels = dataset.test_labels
+            images = images[data_module.subset_indices(total_images, limit, labels)]
+            how = "stratified by label" if labels is not None else "random"
+            subset = f"{limit} of {total_images} test images, {how} (fixed)"
     torch.manual_seed(seed)
     started = time.perf_counter()
     elbo = elbo_per_image(model, images, num_samples=elbo_samples)
@@ -177,6 +191,7 @@ def evaluate_checkpoint(
         "checkpoint": str(checkpoint),
         "data": dataset.source,
         "test_images": images.shape[0],
+        "subset": subset,
         "k": k,
         "elbo_samples": elbo_samples,
         "elbo": summarize(elbo["elbo"]),
@@ -193,9 +208,10 @@ def format_report(result: dict[str, Any]) -> str:
     def line(label: str, stats: dict[str, float]) -> str:
         return f"  {label:<34} {stats['mean']:10.3f} +- {stats['stderr']:.3f}"
 
+    images = result["subset"] or f"{result['test_images']} test images"
     return "\n".join(
         [
-            f"{result['checkpoint']}: {result['test_images']} test images ({result['data']})",
+            f"{result['checkpoint']}: {images} ({result['data']})",
             "  nats per image, mean +- standard error over images",
             line("ELBO", result["elbo"]),
             line("  reconstruction log p(x|z)", result["recon_log_lik"]),
@@ -209,14 +225,27 @@ def format_report(result: dict[str, Any]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``evaluate`` subcommand's options."""
-    parser.add_argument("checkpoint", help="checkpoint.pt written by `vae-kernels train`")
     parser.add_argument(
-        "--k", type=int, default=5000, help="importance samples per image (default %(default)s)"
+        "checkpoint",
+        help="checkpoint.pt written by `vae-kernels train`, or the run directory holding it",
+    )
+    parser.add_argument(
+        "--k",
+        type=int,
+        default=DEFAULT_K,
+        help="importance samples per image (default %(default)s)",
     )
     parser.add_argument(
         "--data", default=None, help="evaluate on this data instead of the checkpoint's"
     )
-    parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a fixed subset of N test images, stratified by label (a quick check; written "
+        "to its own evaluation-limitN.json)",
+    )
     parser.add_argument(
         "--elbo-samples",
         type=int,
@@ -229,13 +258,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=20000,
         help="most decoder rows (images x samples) in memory at once (default %(default)s)",
     )
-    parser.add_argument("--backend", choices=BACKENDS, default="auto")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="loss kernels: cpu (fused C++), torch (eager reference), auto (default: the "
+        "fastest for the device)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: cuda if present)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the sampled z (ELBO draws and importance samples; default %(default)s)",
+    )
     parser.add_argument(
         "--output",
         default=None,
-        help="write the results as JSON here (default: evaluation.json beside the checkpoint)",
+        help="write the results as JSON here (default: evaluation.json beside the checkpoint; "
+        "evaluation-kK-limitN.json for a non-default --k or a --limit)",
     )
 
 
@@ -244,8 +287,9 @@ def run(args: argparse.Namespace) -> int:
     for name in ("k", "elbo_samples", "max_rows"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    checkpoint = checkpoint_file(args.checkpoint)
     result = evaluate_checkpoint(
-        args.checkpoint,
+        checkpoint,
         k=args.k,
         data=args.data,
         limit=args.limit,
@@ -254,16 +298,21 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         seed=args.seed,
-        progress=sys.stderr.isatty(),  # a \r-redrawn line is for terminals
+        progress=True,  # shown on a terminal only
     )
     print(format_report(result))
-    output = (
-        Path(args.output) if args.output else Path(args.checkpoint).with_name("evaluation.json")
-    )
+    output = Path(args.output) if args.output else default_output(checkpoint, args.k, args.limit)
     with open(output, "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(round_floats(result, NATS_DECIMALS), f, indent=2)
     print(f"wrote {output}")
     return 0
+
+
+def default_output(checkpoint: Path, k: int, limit: Optional[int]) -> Path:
+    """``evaluation.json`` beside the checkpoint for the full, default evaluation; a quick
+    one (``--limit``, another ``--k``) gets its own name and never overwrites it."""
+    suffix = (f"-k{k}" if k != DEFAULT_K else "") + (f"-limit{limit}" if limit else "")
+    return checkpoint.with_name(f"evaluation{suffix}.json")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -33,8 +34,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
 
 import vae_kernels as vk
+from vae_kernels import backends
 
 from . import data as data_module
 from .models import LIKELIHOODS, MODEL_NAMES, VAEBase, build_model
@@ -43,12 +46,17 @@ OBJECTIVES = ("elbo", "iwae")
 BACKENDS = ("auto", "cpu", "torch")
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "vae_kernels.checkpoint/1"
+# Decimals kept in metrics files: nats per image to 1e-4 (the run-to-run spread of a test
+# -ELBO is ~0.1 nats and its standard error ~0.5), seconds to the millisecond.
+NATS_DECIMALS = 4
+SECONDS_DECIMALS = 3
 # The test set is binarized once with this seed, so every run and every evaluation of a
 # Bernoulli model sees the same binary test images, whatever the training seed.
 TEST_BINARIZATION_SEED = 20240531
 METRIC_NAMES = ("objective", "neg_elbo", "recon", "kl")
 
 __all__ = [
+    "CheckpointError",
     "TrainConfig",
     "TrainingObjective",
     "log_importance_weights",
@@ -56,6 +64,9 @@ __all__ = [
     "train",
     "train_step",
     "run_epoch",
+    "load_checkpoint",
+    "save_checkpoint",
+    "describe_backend",
     "add_arguments",
     "run",
     "main",
@@ -273,33 +284,20 @@ def train_step(
     return {name: value.detach() for name, value in terms.items()}
 
 
-# ------------------------------------------------------------------ progress bar
+# ------------------------------------------------------------------ progress
 
 
-class ProgressBar:
-    """A one-line text progress bar with the running loss, redrawn at most 10 times a second."""
-
-    def __init__(self, total: int, prefix: str, enabled: bool = True, width: int = 30):
-        self.total = max(total, 1)
-        self.prefix = prefix
-        self.enabled = enabled
-        self.width = width
-        self.last_draw = 0.0
-
-    def update(self, done: int, loss: float) -> None:
-        now = time.monotonic()
-        if not self.enabled or (done < self.total and now - self.last_draw < 0.1):
-            return
-        self.last_draw = now
-        filled = int(self.width * done / self.total)
-        bar = "#" * filled + "." * (self.width - filled)
-        sys.stderr.write(f"\r{self.prefix} [{bar}] {done}/{self.total} loss {loss:8.3f}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+def progress_bar(total: int, description: str, enabled: bool, **options: Any) -> tqdm:
+    """A tqdm bar on stderr; ``enabled=False`` (``--quiet``, ranks other than 0) hides it,
+    and so does a stderr that is not a terminal (a log file gets the per-epoch lines only)."""
+    return tqdm(
+        total=total,
+        desc=description,
+        disable=None if enabled else True,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        **options,
+    )
 
 
 # ------------------------------------------------------------------ distributed helpers
@@ -377,7 +375,7 @@ def run_epoch(
     first_step: int = 0,
     steps_per_epoch: Optional[int] = None,
     binarize_generator: Optional[torch.Generator] = None,
-    progress: Optional[ProgressBar] = None,
+    progress: Optional[tqdm] = None,
 ) -> Tensor:
     """Train one pass over ``batches`` (index tensors into ``images``).
 
@@ -400,7 +398,9 @@ def run_epoch(
         sums[:4] += values * count
         sums[4] += count
         if progress is not None:
-            progress.update(step + 1, float(sums[0] / sums[4]))
+            progress.update(1)
+            if step % 8 == 0 or step + 1 == len(batches):
+                progress.set_postfix(loss=f"{float(sums[0] / sums[4]):.2f}", refresh=False)
     return sums
 
 
@@ -431,27 +431,78 @@ def fixed_test_images(dataset: data_module.ImageDataset, likelihood: str) -> Ten
 # ------------------------------------------------------------------ files
 
 
+class CheckpointError(data_module.DataError):
+    """A file given as a checkpoint cannot be used: unreadable, not ours, or unsafe to load."""
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself, or ``path/checkpoint.pt`` when ``path`` is a run directory."""
+    path = Path(path)
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: an interrupted run never leaves a half-written checkpoint."""
+    """Write atomically: an interrupted run never leaves a half-written checkpoint.
+
+    ``state`` holds tensors, numbers, strings, None, lists, tuples and dicts only, so the
+    file loads with ``torch.load(weights_only=True)``: no unpickled object runs code.
+    """
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
+def _unpickling_reason(error: Exception) -> str:
+    """The line of torch's multi-line weights-only error that names what was refused."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    for line in str(error).splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        if line and not line.startswith(boilerplate):
+            return line[:200]
+    return type(error).__name__
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by ``train``, with a clear error if it is not one."""
-    path = Path(path)
+    """Load a checkpoint written by ``train`` (a file, or the run directory holding one).
+
+    Loads with ``weights_only=True``: a file whose unpickling would construct arbitrary
+    Python objects (and so could run code) is refused with ``CheckpointError``, before
+    any of it runs. Other unusable files raise ``CheckpointError`` too, missing ones
+    ``FileNotFoundError``.
+    """
+    path = checkpoint_file(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        where = f" (no {CHECKPOINT_NAME} in {path.parent})" if path.name == CHECKPOINT_NAME else ""
+        raise FileNotFoundError(f"checkpoint not found: {path}{where}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = _unpickling_reason(error)
+        if "GLOBAL" in reason.upper():  # a class or function to import and call
+            raise CheckpointError(
+                f"{path}: refused to load: it holds Python objects beyond tensors, numbers, "
+                f"strings, lists and dicts, whose unpickling could run code ({reason})"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
     except Exception as error:  # torch raises many types for a corrupt file
-        raise data_module.DataError(f"{path} is not a readable checkpoint: {error}") from error
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first_line}") from error
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise data_module.DataError(
+        raise CheckpointError(
             f"{path} is not a vae_kernels checkpoint (expected format {CHECKPOINT_FORMAT!r})"
         )
     return state
+
+
+def round_floats(value: Any, decimals: int) -> Any:
+    """``value`` with every float rounded to ``decimals`` (lists and dicts recursively)."""
+    if isinstance(value, float):
+        return round(value, decimals) if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {key: round_floats(item, decimals) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [round_floats(item, decimals) for item in value]
+    return value
 
 
 def write_metrics(output_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -475,22 +526,55 @@ def _image_grid(images: Tensor, columns: int) -> Tensor:
     return grid[0] if channels == 1 else grid.permute(1, 2, 0)
 
 
-def save_image_grid(path: Path, images: Tensor, columns: int) -> None:
+UPSCALE = 3  # nearest-neighbour: 28-pixel digits are too small to see at 1:1
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_image_grid(path: Path, images: Tensor, columns: int) -> None:
+    """The images as one grid, no labels (samples.png)."""
     grid = _image_grid(images.detach().cpu().float().clamp(0, 1), columns)
-    # 3x nearest-neighbour upscaling: 28-pixel digits are too small to see at 1:1.
-    grid = grid.repeat_interleave(3, dim=0).repeat_interleave(3, dim=1).numpy()
-    plt.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)
+    grid = grid.repeat_interleave(UPSCALE, dim=0).repeat_interleave(UPSCALE, dim=1).numpy()
+    _pyplot().imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)
+
+
+def save_labeled_grid(
+    path: Path, images: Tensor, columns: int, row_labels: Sequence[str], title: str
+) -> None:
+    """The images as a grid with a label left of each row and a title (reconstructions.png)."""
+    plt = _pyplot()
+    images = images.detach().cpu().float().clamp(0, 1)
+    height = images.shape[2]
+    grid = _image_grid(images, columns)
+    grid = grid.repeat_interleave(UPSCALE, dim=0).repeat_interleave(UPSCALE, dim=1).numpy()
+    rows = math.ceil(images.shape[0] / columns)
+    dpi = 100
+    # One image pixel per figure pixel; bbox_inches="tight" adds room for the labels.
+    fig = plt.figure(figsize=(grid.shape[1] / dpi, grid.shape[0] / dpi), dpi=dpi)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    centers = [UPSCALE * (1 + r * (height + 1) + height / 2) for r in range(rows)]
+    ax.set_yticks(centers, [row_labels[r % len(row_labels)] for r in range(rows)], fontsize=8)
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(title, fontsize=8)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.05)
+    plt.close(fig)
 
 
 @torch.no_grad()
 def save_pictures(model: VAEBase, test_images: Tensor, output_dir: Path, seed: int) -> None:
-    """reconstructions.png (rows: originals, then reconstructions from the posterior
-    mean), samples.png (decoded z ~ N(0, I)) and loss_curve.png."""
+    """reconstructions.png (rows of originals, each followed by a row of their
+    reconstructions from the posterior mean, labelled) and samples.png (decoded z ~ N(0, I))."""
     model.eval()
     device = next(model.parameters()).device
     # Evenly spaced test images: the files are often ordered by digit.
@@ -506,35 +590,69 @@ def save_pictures(model: VAEBase, test_images: Tensor, output_dir: Path, seed: i
             for part in (originals[start : start + 8], recon[start : start + 8])
         ]
     )
-    save_image_grid(output_dir / "reconstructions.png", paired, columns=8)
+    save_labeled_grid(
+        output_dir / "reconstructions.png",
+        paired,
+        columns=8,
+        row_labels=("original", "reconstruction"),
+        title="test images and their reconstructions (decoder mean at z = posterior mean)",
+    )
     generator = torch.Generator().manual_seed(seed)
     z = torch.randn(64, model.latent_dim, generator=generator).to(device)
     samples = model.mean_image(model.decode(z)).reshape(64, *model.image_shape)
     save_image_grid(output_dir / "samples.png", samples, columns=8)
 
 
+def loss_curve_limits(series: Sequence[Sequence[float]]) -> Optional[tuple[float, float, int]]:
+    """y-limits that leave out the first epochs' much larger losses: (bottom, top, epochs
+    left above the range), or None when every point should show (fewer than 3 epochs, or
+    no early loss further above the rest than the rest's own spread).
+
+    The range covers every point from epoch ``max(2, n/20 + 1)`` on, with a 5 % margin.
+    """
+    n = len(series[0])
+    if n < 3:
+        return None
+    skip = max(1, n // 20)
+    kept = [v for values in series for v in values[skip:] if math.isfinite(v)]
+    everything = [v for values in series for v in values if math.isfinite(v)]
+    if not kept:
+        return None
+    low, high = min(everything), max(kept)
+    if max(everything) - high <= high - low:
+        return None  # the first epochs would take at most half the plot: keep them
+    margin = 0.05 * (high - low) or 1.0
+    top = high + margin
+    above = sum(1 for i in range(skip) if any(values[i] > top for values in series))
+    return (low - margin, top, above) if above else None
+
+
 def save_loss_curve(output_dir: Path, history: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     marker = "o" if len(history) <= 30 else None
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [row["train_neg_elbo"] for row in history], marker=marker, label="train")
-    ax.plot(epochs, [row["test_neg_elbo"] for row in history], marker=marker, label="test")
+    series = [[row["train_neg_elbo"] for row in history], [row["test_neg_elbo"] for row in history]]
+    ax.plot(epochs, series[0], marker=marker, label="train")
+    ax.plot(epochs, series[1], marker=marker, label="test")
     # The objective differs from the -ELBO only under beta, warm-up, free bits or IWAE;
     # otherwise the two lines would coincide (up to float rounding).
     if any(
         abs(row["train_objective"] - row["train_neg_elbo"]) > 1e-4 * abs(row["train_neg_elbo"])
         for row in history
     ):
-        ax.plot(
-            epochs,
-            [row["train_objective"] for row in history],
-            linestyle="--",
-            label="train objective",
+        series.append([row["train_objective"] for row in history])
+        ax.plot(epochs, series[-1], linestyle="--", label="train objective")
+    limits = loss_curve_limits(series)
+    if limits is not None:
+        # The first epoch's loss (~300 nats on MNIST) would squash the rest into a line.
+        bottom, top, above = limits
+        ax.set_ylim(bottom, top)
+        first = max(values[0] for values in series)
+        ax.set_title(
+            f"y-axis clipped: {'epoch 1' if above == 1 else f'epochs 1-{above}'} above the "
+            f"range (epoch 1: {first:.1f})",
+            fontsize=8,
         )
     ax.set_xlabel("epoch")
     ax.set_ylabel("negative ELBO (nats / image)")
@@ -543,6 +661,23 @@ def save_loss_curve(output_dir: Path, history: list[dict[str, Any]]) -> None:
     fig.tight_layout()
     fig.savefig(output_dir / "loss_curve.png", dpi=100)
     plt.close(fig)
+
+
+def describe_backend(backend: str, device: torch.device) -> str:
+    """What ``backend`` runs on ``device`` tensors, e.g. ``cpu (C++ kernels, AVX2)``."""
+    impl = backends.resolve(backend, device)
+    if impl is backends.reference:
+        what = "torch (eager reference, no fused kernels)"
+    elif getattr(impl, "namespace", None) == "vae_kernels":
+        if device.type == "cpu":
+            from vae_kernels import ops
+
+            what = f"cpu (C++ kernels, {ops.cpu_kernel_isa()})"
+        else:
+            what = "cuda (C++ CUDA kernels)"
+    else:
+        what = "triton (Triton kernels)"
+    return what if backend != "auto" else f"auto: {what}"
 
 
 # ------------------------------------------------------------------ the run
@@ -561,6 +696,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
             f"({ctx.world_size}): it is the global batch, split evenly"
         )
     output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(
+            f"--output-dir {output_dir} exists and is not a directory; name a directory "
+            "(it is created if missing)"
+        )
     checkpoint_path = output_dir / CHECKPOINT_NAME
 
     resume_state = None
@@ -624,26 +764,28 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
         _log(
             ctx,
-            f"model: {model.config()}, backend {config.backend}, device {ctx.device}, "
-            f"{ctx.world_size} process(es), objective {config.objective}",
+            f"model: {model.config()}, objective {config.objective}, device {ctx.device}, "
+            f"{ctx.world_size} process(es), {torch.get_num_threads()} thread(s)",
         )
+        _log(ctx, f"loss kernels: {describe_backend(config.backend, ctx.device)}")
     if start_epoch >= config.epochs:
         _log(
             ctx,
             f"checkpoint already at epoch {start_epoch} >= epochs={config.epochs}; nothing to train",
         )
 
+    show_progress = ctx.is_main and not config.quiet
+    epochs_bar = progress_bar(
+        config.epochs, "epochs", show_progress, initial=min(start_epoch, config.epochs)
+    )
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(epoch_seed(config.seed, epoch, ctx.rank))
         binarize_generator = torch.Generator().manual_seed(
             epoch_seed(config.seed + 1, epoch, ctx.rank)
         )
         batches = epoch_batches(sampler, epoch, per_rank_batch)
-        progress = ProgressBar(
-            len(batches),
-            f"epoch {epoch + 1}/{config.epochs}",
-            # Redrawing with \r only makes sense on a terminal, not in a log file.
-            enabled=ctx.is_main and not config.quiet and sys.stderr.isatty(),
+        progress = progress_bar(
+            len(batches), f"epoch {epoch + 1}", show_progress, leave=False, unit="batch"
         )
         started = time.perf_counter()
         sums = run_epoch(
@@ -670,10 +812,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
             for i, name in enumerate(METRIC_NAMES):
                 if prefix == "test" and name == "objective":
                     continue
-                row[f"{prefix}_{name}"] = float(sums_all[i] / sums_all[4])
-        row["beta"] = kl_weight(config, global_step - 1, steps_per_epoch)
-        row["epoch_seconds"] = epoch_seconds
+                row[f"{prefix}_{name}"] = round(float(sums_all[i] / sums_all[4]), NATS_DECIMALS)
+        row["beta"] = round(kl_weight(config, global_step - 1, steps_per_epoch), 6)
+        row["epoch_seconds"] = round(epoch_seconds, SECONDS_DECIMALS)
         history.append(row)
+        epochs_bar.update(1)
+        epochs_bar.set_postfix(test_neg_elbo=f"{row['test_neg_elbo']:.2f}", refresh=False)
         _log(
             ctx,
             f"epoch {epoch + 1}: train -ELBO {row['train_neg_elbo']:.2f} "
@@ -698,6 +842,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     "test_binarization_seed": TEST_BINARIZATION_SEED,
                 },
             )
+    epochs_bar.close()
 
     if ctx.is_main and history:
         save_loss_curve(output_dir, history)
@@ -713,8 +858,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 
 def _log(ctx: DistContext, message: str) -> None:
+    """Print on rank 0 (above the progress bars, which stay at the bottom of a terminal)."""
     if ctx.is_main:
-        print(message, flush=True)
+        with tqdm.external_write_mode(file=sys.stderr):
+            print(message, flush=True)
 
 
 # ------------------------------------------------------------------ command line
@@ -809,7 +956,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CHECKPOINT",
         help="continue from CHECKPOINT (default: OUTPUT_DIR/checkpoint.pt) up to --epochs",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars (shown only on a terminal anyway)"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
