@@ -88,19 +88,26 @@ inline std::vector<at::Tensor> gaussian_kl_inputs(const at::Tensor& mu, const at
   return inputs;
 }
 
-// input, target[, logvar] of bernoulli_nll, gaussian_nll and squared_error, checked,
-// in kernel order.
+// A reconstruction kind's inputs: input, target[, scale], checked, in kernel order.
 inline std::vector<at::Tensor> reconstruction_inputs(const char* op, const at::Tensor& input,
                                                      const at::Tensor& target,
-                                                     const std::optional<at::Tensor>& logvar,
-                                                     int64_t reduction, c10::DeviceType device) {
+                                                     const std::optional<at::Tensor>& scale,
+                                                     int64_t kind, int64_t reduction,
+                                                     c10::DeviceType device) {
   check_floating(op, "input", input, device);
   check_like(op, "target", target, "input", input);
   check_reduction(reduction);
+  const int expected_inputs = reconstruction_input_count(kind);
+  TORCH_CHECK_VALUE(expected_inputs != 0, "vae_kernels.", op,
+                    ": kind must be a reconstruction LossKind (", kFirstReconstruction, "..",
+                    static_cast<int64_t>(LossKind::kNumKinds) - 1, "), got ", kind);
+  TORCH_CHECK_VALUE(scale.has_value() == (expected_inputs == 3), "vae_kernels.", op,
+                    ": kind ", kind, scale.has_value() ? " takes no scale tensor"
+                                                       : " needs a scale tensor");
   std::vector<at::Tensor> inputs{input, target};
-  if (logvar.has_value()) {
-    check_like(op, "logvar", *logvar, "input", input);
-    inputs.push_back(*logvar);
+  if (scale.has_value()) {
+    check_like(op, "scale", *scale, "input", input);
+    inputs.push_back(*scale);
   }
   return inputs;
 }
@@ -159,7 +166,7 @@ inline void check_reparameterize_philox_backward_args(const at::Tensor& grad_z,
 // ---------------------------------------------------------- the elbo
 
 inline void check_elbo_args(const at::Tensor& recon, const at::Tensor& x, const at::Tensor& mu,
-                            const at::Tensor& logvar, int64_t likelihood, int64_t reduction,
+                            const at::Tensor& logvar, int64_t kind, int64_t reduction,
                             c10::DeviceType device) {
   check_floating("elbo", "recon", recon, device);
   check_like("elbo", "x", x, "recon", recon);
@@ -168,9 +175,10 @@ inline void check_elbo_args(const at::Tensor& recon, const at::Tensor& x, const 
   TORCH_CHECK_VALUE(reduction == kPerSample || reduction == kSum,
                     "vae_kernels.elbo: reduction must be 1 (per_sample) or 2 (sum), got ",
                     reduction);
-  TORCH_CHECK_VALUE(likelihood >= 0 && likelihood < kNumElboLikelihoods,
-                    "vae_kernels.elbo: likelihood must be 0..", kNumElboLikelihoods - 1, ", got ",
-                    likelihood);
+  TORCH_CHECK_VALUE(reconstruction_input_count(kind) == 2,
+                    "vae_kernels.elbo: kind must be a reconstruction LossKind without a learned "
+                    "scale (", kFirstReconstruction, "..",
+                    static_cast<int64_t>(LossKind::kNumKinds) - 1, "), got ", kind);
   TORCH_CHECK_VALUE(recon.dim() > 0 && mu.dim() > 0 && recon.size(0) == mu.size(0),
                     "vae_kernels.elbo: recon ", recon.sizes(), " and mu ", mu.sizes(),
                     " must share their first (batch) dimension");

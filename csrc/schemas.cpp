@@ -26,17 +26,16 @@ TORCH_LIBRARY(vae_kernels, m) {
       "gaussian_kl(Tensor mu, Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar, "
       "int reduction, SymInt divisor, bool[4] grad_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // A reconstruction likelihood `kind` (a LossKind of csrc/math/losses.h, from
+  // kFirstReconstruction on): inputs input, target, and `scale` for a kind with a learned
+  // scale (logvar, log-scale); `scale_value` is a fixed kind's scale.
   m.def(
-      "bernoulli_nll(Tensor input, Tensor target, bool logits, int reduction, SymInt divisor, "
-      "bool[2] grad_mask) -> (Tensor, Tensor, Tensor)");
+      "reconstruction_nll(Tensor input, Tensor target, Tensor? scale, float scale_value, "
+      "int kind, int reduction, SymInt divisor, bool[3] grad_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // The negative ELBO: the reconstruction `kind` (at its unit scale) + beta * KL to N(0, I).
   m.def(
-      "gaussian_nll(Tensor input, Tensor target, Tensor? logvar, float logvar_value, "
-      "int reduction, SymInt divisor, bool[3] grad_mask) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "squared_error(Tensor input, Tensor target, int reduction, SymInt divisor, "
-      "bool[2] grad_mask) -> (Tensor, Tensor, Tensor)");
-  m.def(
-      "elbo(Tensor recon, Tensor x, Tensor mu, Tensor logvar, int likelihood, float beta, "
+      "elbo(Tensor recon, Tensor x, Tensor mu, Tensor logvar, int kind, float beta, "
       "int reduction, SymInt divisor, bool[4] grad_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("loss_backward(Tensor local_grad, Tensor grad_output, int reduction) -> Tensor");

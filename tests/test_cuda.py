@@ -22,6 +22,7 @@ import torch
 
 import vae_kernels as vk
 from vae_kernels import ops, reference
+from vae_kernels.schema import LossKind as K
 
 from conftest import ALL_DTYPES, REDUCTIONS, assert_close_to_oracle, upstream_weights
 from test_elbo import LIKELIHOODS
@@ -36,7 +37,7 @@ def _unavailable_reason():
         return "no CUDA device"
     if ops.LIBRARY_ERROR is not None:
         return f"the C++ extension is not loaded: {ops.LIBRARY_ERROR}"
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("vae_kernels::bernoulli_nll", "CUDA"):
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("vae_kernels::reconstruction_nll", "CUDA"):
         return "the extension was built without its CUDA kernels (CPU-only torch or no nvcc)"
     return None
 
@@ -202,7 +203,7 @@ def test_values_outside_unit_interval_raise_value_error(logits):
     with pytest.raises(ValueError, match="target must lie in \\[0, 1\\]"):
         CUDA.bernoulli_nll(l, x, logits, "sum")
     if not logits:
-        with pytest.raises(ValueError, match="input \\(probabilities, logits=False\\) must lie"):
+        with pytest.raises(ValueError, match="input \\(probabilities\\) must lie"):
             CUDA.bernoulli_nll(l * 2 + 0.5, torch.rand(4, 6, device=DEVICE), False, "none")
     mu = torch.zeros(4, 2, device=DEVICE)
     with pytest.raises(ValueError, match="x must lie in \\[0, 1\\]"):
@@ -215,7 +216,7 @@ def test_values_outside_unit_interval_raise_value_error(logits):
 def test_wrong_device_mix_is_a_clear_error():
     a = torch.randn(3, 4, device=DEVICE)
     with pytest.raises((ValueError, RuntimeError), match="device"):
-        OPS.squared_error(a, a.cpu(), 2, 1, [False, False])
+        OPS.reconstruction_nll(a, a.cpu(), None, 0.0, K.SQUARED_ERROR, 2, 1, [False] * 3)
 
 
 # ---------------------------------------------------------------- elbo
@@ -412,11 +413,11 @@ def test_runs_on_the_current_stream_inside_cuda_graph_capture():
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up outside the capture, as torch recommends
         for _ in range(2):
-            OPS.elbo(l, x, mu, lv, 0, 1.0, 2, 64, [True, False, True, True])
+            OPS.elbo(l, x, mu, lv, K.BERNOULLI_LOGITS, 1.0, 2, 64, [True, False, True, True])
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = OPS.elbo(l, x, mu, lv, 0, 1.0, 2, 64, [True, False, True, True])
+        captured = OPS.elbo(l, x, mu, lv, K.BERNOULLI_LOGITS, 1.0, 2, 64, [True, False, True, True])
     l.copy_(torch.randn(64, 784, generator=g).to(DEVICE))
     graph.replay()
     torch.cuda.synchronize()
@@ -439,9 +440,9 @@ def test_no_host_synchronization_outside_the_unit_interval_check():
         OPS.reparameterize_philox_backward(torch.ones_like(z), lv, seed)
         for reduction in (0, 1, 2):
             OPS.gaussian_kl(mu, lv, None, None, reduction, 1, [True, True, False, False])
-            OPS.squared_error(recon, x, reduction, 1, [True, True])
-            OPS.gaussian_nll(recon, x, None, 0.5, reduction, 1, [True, True, False])
-        OPS.elbo(recon, x, mu, lv, 2, 1.0, 1, 32, [True, False, True, True])
+            OPS.reconstruction_nll(recon, x, None, 0.0, K.SQUARED_ERROR, reduction, 1, [True, True, False])
+            OPS.reconstruction_nll(recon, x, None, 0.5, K.GAUSSIAN_FIXED_VAR, reduction, 1, [True, True, False])
+        OPS.elbo(recon, x, mu, lv, K.GAUSSIAN_FIXED_VAR, 1.0, 1, 32, [True, False, True, True])
         loss = CUDA.elbo_loss(recon, x, mu, lv, "gaussian", 1.0, "batchmean")[0]
         loss.backward()
     finally:

@@ -77,7 +77,7 @@ def test_glue_registers_every_op_for_cuda():
     assert "TORCH_LIBRARY_IMPL(vae_kernels, CUDA, m)" in glue
     registered = set(re.findall(r'm\.impl\("(\w+)"', glue))
     ops = _schema_ops()
-    assert len(ops) >= 11, ops  # the parser still finds the schemas
+    assert len(ops) >= 9, ops  # the parser still finds the schemas
     assert registered == ops
 
 

@@ -13,6 +13,7 @@ import torch
 
 import vae_kernels as vk
 from vae_kernels import reference
+from vae_kernels.schema import LossKind as K
 
 BACKENDS = [b for b in ("cpu", "torch") if b in vk.available_backends()]
 requires_cpu = pytest.mark.skipif("cpu" not in BACKENDS, reason="the C++ extension is not built")
@@ -166,15 +167,20 @@ RAW = [
     ("gaussian_kl-prior-shape", lambda o: o.gaussian_kl(x2, x2, torch.rand(6), torch.rand(6), 2, 1, [True] * 4), ValueError, r"prior_mu must have the shape of mu"),
     ("gaussian_kl-one-prior", lambda o: o.gaussian_kl(x2, x2, x2, None, 2, 1, [True] * 4), ValueError, r"pass both prior_mu and prior_logvar or neither"),
     ("gaussian_kl-logvar-dtype", lambda o: o.gaussian_kl(x2, x2.double(), None, None, 2, 1, [True] * 4), TypeError, r"logvar must have the dtype of mu"),
-    ("bernoulli_nll-target-shape", lambda o: o.bernoulli_nll(x2, torch.rand(4, 5), True, 2, 1, [True] * 2), ValueError, r"target must have the shape of input"),
-    ("bernoulli_nll-int", lambda o: o.bernoulli_nll(x2.long(), x2.long(), True, 2, 1, [True] * 2), TypeError, r"input must be a floating-point tensor"),
-    ("bernoulli_nll-range", lambda o: o.bernoulli_nll(x2, x2 + 1, True, 2, 1, [False] * 2), ValueError, r"target must lie in \[0, 1\]"),
-    ("gaussian_nll-logvar-shape", lambda o: o.gaussian_nll(x2, x2, torch.rand(6), 0.0, 2, 1, [True] * 3), ValueError, r"logvar must have the shape of input"),
-    ("squared_error-reduction", lambda o: o.squared_error(x2, x2, -1, 1, [False] * 2), ValueError, r"reduction must be 0"),
-    ("elbo-batch", lambda o: o.elbo(x2, x2, torch.rand(3, 2), torch.rand(3, 2), 0, 1.0, 2, 1, [True] * 4), ValueError, r"must share their first \(batch\) dimension"),
-    ("elbo-likelihood", lambda o: o.elbo(x2, x2, torch.rand(4, 2), torch.rand(4, 2), 9, 1.0, 2, 1, [True] * 4), ValueError, r"likelihood must be 0..3, got 9"),
-    ("elbo-reduction", lambda o: o.elbo(x2, x2, torch.rand(4, 2), torch.rand(4, 2), 0, 1.0, 0, 1, [True] * 4), ValueError, r"reduction must be 1 \(per_sample\) or 2 \(sum\)"),
-    ("elbo-logvar-shape", lambda o: o.elbo(x2, x2, torch.rand(4, 2), torch.rand(4, 3), 0, 1.0, 2, 1, [True] * 4), ValueError, r"logvar must have the shape of mu"),
+    ("reconstruction_nll-target-shape", lambda o: o.reconstruction_nll(x2, torch.rand(4, 5), None, 0.0, K.BERNOULLI_LOGITS, 2, 1, [True] * 3), ValueError, r"target must have the shape of input"),
+    ("reconstruction_nll-int", lambda o: o.reconstruction_nll(x2.long(), x2.long(), None, 0.0, K.BERNOULLI_LOGITS, 2, 1, [True] * 3), TypeError, r"input must be a floating-point tensor"),
+    ("reconstruction_nll-range", lambda o: o.reconstruction_nll(x2, x2 + 1, None, 0.0, K.BERNOULLI_LOGITS, 2, 1, [False] * 3), ValueError, r"target must lie in \[0, 1\]"),
+    ("reconstruction_nll-probs-range", lambda o: o.reconstruction_nll(x2 - 1, x2, None, 0.0, K.BERNOULLI_PROBS, 2, 1, [False] * 3), ValueError, r"input \(probabilities\) must lie in \[0, 1\]"),
+    ("reconstruction_nll-scale-shape", lambda o: o.reconstruction_nll(x2, x2, torch.rand(6), 0.0, K.GAUSSIAN_LEARNED_VAR, 2, 1, [True] * 3), ValueError, r"scale must have the shape of input"),
+    ("reconstruction_nll-scale-missing", lambda o: o.reconstruction_nll(x2, x2, None, 0.0, K.GAUSSIAN_LEARNED_VAR, 2, 1, [True] * 3), ValueError, r"kind 5 needs a scale tensor"),
+    ("reconstruction_nll-scale-extra", lambda o: o.reconstruction_nll(x2, x2, x2, 0.0, K.SQUARED_ERROR, 2, 1, [True] * 3), ValueError, r"kind 6 takes no scale tensor"),
+    ("reconstruction_nll-kl-kind", lambda o: o.reconstruction_nll(x2, x2, None, 0.0, K.KL_STD_NORMAL, 2, 1, [True] * 3), ValueError, r"kind must be a reconstruction LossKind \(2..6\), got 0"),
+    ("reconstruction_nll-reduction", lambda o: o.reconstruction_nll(x2, x2, None, 0.0, K.SQUARED_ERROR, -1, 1, [False] * 3), ValueError, r"reduction must be 0"),
+    ("elbo-batch", lambda o: o.elbo(x2, x2, torch.rand(3, 2), torch.rand(3, 2), K.BERNOULLI_LOGITS, 1.0, 2, 1, [True] * 4), ValueError, r"must share their first \(batch\) dimension"),
+    ("elbo-kind", lambda o: o.elbo(x2, x2, torch.rand(4, 2), torch.rand(4, 2), 9, 1.0, 2, 1, [True] * 4), ValueError, r"kind must be a reconstruction LossKind without a learned scale \(2..6\), got 9"),
+    ("elbo-learned-kind", lambda o: o.elbo(x2, x2, torch.rand(4, 2), torch.rand(4, 2), K.GAUSSIAN_LEARNED_VAR, 1.0, 2, 1, [True] * 4), ValueError, r"kind must be a reconstruction LossKind without a learned scale"),
+    ("elbo-reduction", lambda o: o.elbo(x2, x2, torch.rand(4, 2), torch.rand(4, 2), K.BERNOULLI_LOGITS, 1.0, 0, 1, [True] * 4), ValueError, r"reduction must be 1 \(per_sample\) or 2 \(sum\)"),
+    ("elbo-logvar-shape", lambda o: o.elbo(x2, x2, torch.rand(4, 2), torch.rand(4, 3), K.BERNOULLI_LOGITS, 1.0, 2, 1, [True] * 4), ValueError, r"logvar must have the shape of mu"),
 ]
 
 

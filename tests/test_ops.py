@@ -9,6 +9,7 @@ import torch
 
 import vae_kernels as vk
 from vae_kernels import ops
+from vae_kernels.schema import LossKind as K
 
 from conftest import TOLERANCES, requires_cpu_backend
 
@@ -40,14 +41,14 @@ def opcheck_cases():
                           (torch.randn(4, 6), torch.randn(4, dtype=torch.float16), 1)],
         "gaussian_kl": [(mu, lv, None, None, r, 1, [True, True, False, False]) for r in (0, 1, 2)]
         + [(mu, lv, pm, plv, 2, 4, [True, True, True, True])],
-        "bernoulli_nll": [(logits, x, True, r, 1, [True, False]) for r in (0, 1, 2)]
-        + [(probs, x, False, 2, 24, [True, False]),
-           (logits.detach().half().requires_grad_(), x.half(), True, 2, 24, [True, False])],
-        "gaussian_nll": [(recon, x, None, 0.5, 1, 1, [True, False, False]),
-                         (recon, x, plv.detach().repeat(1, 2).requires_grad_(), 0.0, 2, 1, [True, False, True])],
-        "squared_error": [(recon, x, r, 1, [True, False]) for r in (0, 1, 2)],
-        "elbo": [(logits, x, mu, lv, 0, 0.5, 1, 1, [True, False, True, True]),
-                 (recon, x, mu, lv, 2, 1.0, 2, 4, [True, False, True, True])],
+        "reconstruction_nll": [(logits, x, None, 0.0, K.BERNOULLI_LOGITS, r, 1, [True, False, False]) for r in (0, 1, 2)]
+        + [(probs, x, None, 0.0, K.BERNOULLI_PROBS, 2, 24, [True, False, False]),
+           (logits.detach().half().requires_grad_(), x.half(), None, 0.0, K.BERNOULLI_LOGITS, 2, 24, [True, False, False]),
+           (recon, x, None, 0.5, K.GAUSSIAN_FIXED_VAR, 1, 1, [True, False, False]),
+           (recon, x, plv.detach().repeat(1, 2).requires_grad_(), 0.0, K.GAUSSIAN_LEARNED_VAR, 2, 1, [True, False, True])]
+        + [(recon, x, None, 0.0, K.SQUARED_ERROR, r, 1, [True, False, False]) for r in (0, 1, 2)],
+        "elbo": [(logits, x, mu, lv, K.BERNOULLI_LOGITS, 0.5, 1, 1, [True, False, True, True]),
+                 (recon, x, mu, lv, K.GAUSSIAN_FIXED_VAR, 1.0, 2, 4, [True, False, True, True])],
     }
     return [(name, args) for name, arg_list in cases.items() for args in arg_list]
 
@@ -144,7 +145,9 @@ def test_double_backward_is_refused_not_wrong():
 
 def test_raw_op_refuses_gradients_it_was_not_asked_to_compute():
     l = _leaf(3, 4, seed=10)
-    loss = OPS.bernoulli_nll(l, torch.rand(3, 4, dtype=torch.float64), True, 2, 1, [False, False])[0]
+    loss = OPS.reconstruction_nll(
+        l, torch.rand(3, 4, dtype=torch.float64), None, 0.0, K.BERNOULLI_LOGITS, 2, 1, [False] * 3
+    )[0]
     with pytest.raises(RuntimeError, match="grad_mask"):
         loss.backward()
 
@@ -152,8 +155,10 @@ def test_raw_op_refuses_gradients_it_was_not_asked_to_compute():
 def test_no_grad_computes_no_local_gradients():
     l = _leaf(3, 4, seed=11)
     with torch.no_grad():
-        outputs = OPS.bernoulli_nll(l, torch.rand(3, 4, dtype=torch.float64), True, 2, 1, [False, False])
-    assert outputs[1].numel() == 0 and outputs[2].numel() == 0
+        outputs = OPS.reconstruction_nll(
+            l, torch.rand(3, 4, dtype=torch.float64), None, 0.0, K.BERNOULLI_LOGITS, 2, 1, [False] * 3
+        )
+    assert all(g.numel() == 0 for g in outputs[1:])
 
 
 def test_cpu_kernel_isa_reports_an_instruction_set():

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .schema import (
-    LIKELIHOOD_CODES,
+    BY_NAME,
     REDUCTION_NONE,
     REDUCTION_PER_SAMPLE,
     reduction_args,
@@ -124,29 +124,40 @@ class OpsBackend:
         mask = [_needs_grad(t) for t in (mu, logvar, prior_mu, prior_logvar)]
         return self._loss("gaussian_kl", mu, logvar, *priors, mode, divisor, mask)[0]
 
-    def bernoulli_nll(self, input: Tensor, target: Tensor, logits: bool, reduction: str) -> Tensor:
+    def reconstruction_nll(
+        self,
+        likelihood: str,
+        input: Tensor,
+        target: Tensor,
+        scale: Union[float, Tensor],
+        reduction: str,
+    ) -> Tensor:
+        """The negative log-likelihood of ``LIKELIHOODS`` row ``likelihood``, with a fixed
+        (float) or learned (tensor, broadcast to ``input``) scale where it has one."""
+        row = BY_NAME[likelihood]
         mode, divisor = reduction_args(reduction, input)
-        mask = [_needs_grad(input), _needs_grad(target)]
-        return self._loss("bernoulli_nll", input, target, logits, mode, divisor, mask)[0]
+        if isinstance(scale, Tensor):
+            scale_tensor: Optional[Tensor] = scale.expand_as(input)
+            scale_value, kind = 0.0, row.learned_kind
+        else:
+            scale_tensor, scale_value, kind = None, float(scale), row.kind
+        mask = [_needs_grad(input), _needs_grad(target), _needs_grad(scale_tensor)]
+        return self._loss(
+            "reconstruction_nll", input, target, scale_tensor, scale_value, int(kind), mode,
+            divisor, mask,
+        )[0]  # fmt: skip
+
+    def bernoulli_nll(self, input: Tensor, target: Tensor, logits: bool, reduction: str) -> Tensor:
+        likelihood = "bernoulli" if logits else "bernoulli_probs"
+        return self.reconstruction_nll(likelihood, input, target, 0.0, reduction)
 
     def gaussian_nll(
         self, input: Tensor, target: Tensor, logvar: Union[float, Tensor], reduction: str
     ) -> Tensor:
-        mode, divisor = reduction_args(reduction, input)
-        if isinstance(logvar, Tensor):
-            logvar_tensor: Optional[Tensor] = logvar.expand_as(input)
-            logvar_value = 0.0
-        else:
-            logvar_tensor, logvar_value = None, float(logvar)
-        mask = [_needs_grad(input), _needs_grad(target), _needs_grad(logvar_tensor)]
-        return self._loss(
-            "gaussian_nll", input, target, logvar_tensor, logvar_value, mode, divisor, mask
-        )[0]
+        return self.reconstruction_nll("gaussian", input, target, logvar, reduction)
 
     def mse_loss(self, input: Tensor, target: Tensor, reduction: str) -> Tensor:
-        mode, divisor = reduction_args(reduction, input)
-        mask = [_needs_grad(input), _needs_grad(target)]
-        return self._loss("squared_error", input, target, mode, divisor, mask)[0]
+        return self.reconstruction_nll("mse", input, target, 0.0, reduction)
 
     def elbo_loss(
         self,
@@ -161,7 +172,7 @@ class OpsBackend:
         mode, divisor = reduction_args(reduction, recon)
         mask = [_needs_grad(t) for t in (recon, x, mu, logvar)]
         loss, recon_nll, kl = self._loss(
-            "elbo", recon, x, mu, logvar, LIKELIHOOD_CODES[likelihood], beta, mode, divisor, mask
+            "elbo", recon, x, mu, logvar, int(BY_NAME[likelihood].kind), beta, mode, divisor, mask
         )
         return loss, recon_nll, kl
 
@@ -179,9 +190,7 @@ def reduced_like(t: Tensor, reduction: int) -> Tensor:
 # index below. The elbo has 3 reduced outputs (loss, recon_nll, kl) and `beta` at index 5.
 _LOSS_LAYOUT = {  # name: (differentiable inputs, reduced outputs, reduction index)
     "gaussian_kl": (4, 1, 4),
-    "bernoulli_nll": (2, 1, 3),
-    "gaussian_nll": (3, 1, 4),
-    "squared_error": (2, 1, 2),
+    "reconstruction_nll": (3, 1, 5),
     "elbo": (4, 3, 6),
 }
 

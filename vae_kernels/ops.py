@@ -88,21 +88,13 @@ def _register_fakes() -> None:
         tensors = (mu, logvar, prior_mu, prior_logvar)
         return reduced_like(mu, reduction), *local_grads(tensors, grad_mask, mu)
 
-    @torch.library.register_fake(lib + "bernoulli_nll")
-    def _(input, target, logits, reduction, divisor, grad_mask):
-        return reduced_like(input, reduction), *local_grads((input, target), grad_mask, input)
-
-    @torch.library.register_fake(lib + "gaussian_nll")
-    def _(input, target, logvar, logvar_value, reduction, divisor, grad_mask):
-        tensors = (input, target, logvar)
+    @torch.library.register_fake(lib + "reconstruction_nll")
+    def _(input, target, scale, scale_value, kind, reduction, divisor, grad_mask):
+        tensors = (input, target, scale)
         return reduced_like(input, reduction), *local_grads(tensors, grad_mask, input)
 
-    @torch.library.register_fake(lib + "squared_error")
-    def _(input, target, reduction, divisor, grad_mask):
-        return reduced_like(input, reduction), *local_grads((input, target), grad_mask, input)
-
     @torch.library.register_fake(lib + "elbo")
-    def _(recon, x, mu, logvar, likelihood, beta, reduction, divisor, grad_mask):
+    def _(recon, x, mu, logvar, kind, beta, reduction, divisor, grad_mask):
         reduced = reduced_like(recon, reduction)
         tensors = (recon, x, mu, logvar)
         return reduced, same(reduced), same(reduced), *local_grads(tensors, grad_mask, recon)

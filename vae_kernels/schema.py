@@ -2,18 +2,17 @@
 likelihoods: one place for the public API, every backend and the tests. Importing it
 loads no compiled library.
 
-Adding an elementwise likelihood to ``elbo_loss``: its formula in ``csrc/math`` (bound
-to its inputs in ``csrc/math/losses.h``) and in ``vae_kernels/triton/math.py``, a row
-in ``LIKELIHOODS`` below (its LossKind appended to ``kElboLikelihoods`` in the same
-order), its float64 reference in ``vae_kernels/reference.py``, and rows in the tests'
-case tables.
+Adding an elementwise likelihood: its formula in ``csrc/math`` (with an Op and a
+LossKind in ``csrc/math/losses.h``) and in ``vae_kernels/triton/math.py``, its LossKind
+and a row in ``LIKELIHOODS`` below, its float64 reference in
+``vae_kernels/reference.py``, and rows in the tests' case tables.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -27,36 +26,54 @@ ELBO_REDUCTIONS = ("batchmean", "sum", "per_sample")
 
 class LossKind(enum.IntEnum):
     """The elementwise losses of the kernels: csrc/math/losses.h's ``LossKind``, and the
-    ``KIND`` of the Triton loss kernel."""
+    ``KIND`` of the Triton loss kernel. Reconstruction kinds (from
+    ``FIRST_RECONSTRUCTION`` on) are the ``kind`` argument of the reconstruction_nll and
+    elbo ops."""
 
-    BERNOULLI_LOGITS = 0  # logits, target
-    BERNOULLI_PROBS = 1  # probabilities, target
-    GAUSSIAN_FIXED_VAR = 2  # mean, target (the log-variance is a scalar argument)
-    GAUSSIAN_LEARNED_VAR = 3  # mean, target, logvar
-    SQUARED_ERROR = 4  # input, target
-    KL_STD_NORMAL = 5  # mu, logvar
-    KL_PRIOR = 6  # mu, logvar, prior_mu, prior_logvar
+    KL_STD_NORMAL = 0  # mu, logvar
+    KL_PRIOR = 1  # mu, logvar, prior_mu, prior_logvar
+    BERNOULLI_LOGITS = 2  # logits, target
+    BERNOULLI_PROBS = 3  # probabilities, target
+    GAUSSIAN_FIXED_VAR = 4  # mean, target (the log-variance is a scalar argument)
+    GAUSSIAN_LEARNED_VAR = 5  # mean, target, logvar
+    SQUARED_ERROR = 6  # input, target
+
+
+FIRST_RECONSTRUCTION = LossKind.BERNOULLI_LOGITS
 
 
 @dataclass(frozen=True)
 class Likelihood:
-    """A reconstruction likelihood of ``elbo_loss``."""
+    """A reconstruction likelihood: its kernels' LossKinds and how the public API names it."""
 
     name: str  # elbo_loss(likelihood=name)
-    recon: str  # what elbo_loss's ``recon`` holds
-    kind: LossKind  # the kernels' elementwise loss (at unit scale)
+    recon: str  # what the reconstruction argument holds
+    kind: LossKind  # at a fixed scale (``scale_value``; unit scale in elbo_loss)
+    learned_kind: Optional[LossKind] = None  # with a scale tensor (a learned scale)
+    scale_name: Optional[str] = None  # the public name of the scale argument
+    # Whether the input and the target must lie in [0, 1] (the kernels check in-pass).
+    unit_interval: tuple[bool, bool] = (False, False)
 
 
-# The elbo op's `likelihood` argument is the row's index (csrc/math/losses.h's
-# kElboLikelihoods lists the same kinds in the same order).
 LIKELIHOODS = (
-    Likelihood("bernoulli", "logits", LossKind.BERNOULLI_LOGITS),
-    Likelihood("bernoulli_probs", "probabilities", LossKind.BERNOULLI_PROBS),
-    Likelihood("gaussian", "the mean (unit variance)", LossKind.GAUSSIAN_FIXED_VAR),
+    Likelihood("bernoulli", "logits", LossKind.BERNOULLI_LOGITS, unit_interval=(False, True)),
+    Likelihood(
+        "bernoulli_probs", "probabilities", LossKind.BERNOULLI_PROBS, unit_interval=(True, True)
+    ),
+    Likelihood(
+        "gaussian", "the mean", LossKind.GAUSSIAN_FIXED_VAR, LossKind.GAUSSIAN_LEARNED_VAR, "logvar"
+    ),
     Likelihood("mse", "the prediction (squared error)", LossKind.SQUARED_ERROR),
 )
 LIKELIHOOD_NAMES = tuple(likelihood.name for likelihood in LIKELIHOODS)
-LIKELIHOOD_CODES = {likelihood.name: code for code, likelihood in enumerate(LIKELIHOODS)}
+BY_NAME = {likelihood.name: likelihood for likelihood in LIKELIHOODS}
+# Every reconstruction kind -> its row.
+BY_KIND = {
+    kind: likelihood
+    for likelihood in LIKELIHOODS
+    for kind in (likelihood.kind, likelihood.learned_kind)
+    if kind is not None
+}
 
 
 def local_grad_dtype(dtype: torch.dtype) -> torch.dtype:

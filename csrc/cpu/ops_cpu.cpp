@@ -141,7 +141,7 @@ struct LossCall {
   void check_unit_interval(const char* op, std::initializer_list<const char*> names) const {
     int k = 0;
     for (const char* name : names) {
-      TORCH_CHECK_VALUE(name == nullptr || !outside_unit_interval[k], "vae_kernels.", op,
+      TORCH_CHECK_VALUE(!outside_unit_interval[k], "vae_kernels.", op,
                         ": ", name, " must lie in [0, 1], but some values are outside it");
       ++k;
     }
@@ -246,59 +246,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
           with_prior ? call.grads[3] : no_local_grad(mu)};
 }
 
-std::tuple<Tensor, Tensor, Tensor> bernoulli_nll(const Tensor& input, const Tensor& target,
-                                                 bool logits, int64_t reduction, int64_t divisor,
-                                                 std::array<bool, 2> grad_mask) {
-  const std::vector<Tensor> inputs =
-      reconstruction_inputs("bernoulli_nll", input, target, std::nullopt, reduction, kDevice);
-  LossCall call(inputs, reduction, divisor, mask_vector(grad_mask));
-  call.run(input.scalar_type(),
-           logits ? LossKind::kBernoulliLogits : LossKind::kBernoulliProbs);
-  call.check_unit_interval("bernoulli_nll",
-                           {logits ? nullptr : "input (probabilities, logits=False)", "target"});
-  return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
-          call.grads[0], call.grads[1]};
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_nll(const Tensor& input, const Tensor& target,
-                                                        const std::optional<Tensor>& logvar,
-                                                        double logvar_value, int64_t reduction,
-                                                        int64_t divisor,
-                                                        std::array<bool, 3> grad_mask) {
-  const std::vector<Tensor> inputs =
-      reconstruction_inputs("gaussian_nll", input, target, logvar, reduction, kDevice);
+std::tuple<Tensor, Tensor, Tensor, Tensor> reconstruction_nll(
+    const Tensor& input, const Tensor& target, const std::optional<Tensor>& scale,
+    double scale_value, int64_t kind, int64_t reduction, int64_t divisor,
+    std::array<bool, 3> grad_mask) {
+  const std::vector<Tensor> inputs = reconstruction_inputs("reconstruction_nll", input, target,
+                                                           scale, kind, reduction, kDevice);
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
   LossCall call(inputs, reduction, divisor, mask);
-  call.run(input.scalar_type(),
-           logvar.has_value() ? LossKind::kGaussianLearnedVar : LossKind::kGaussianFixedVar,
-           logvar_value);
+  call.run(input.scalar_type(), static_cast<LossKind>(kind), scale_value);
+  call.check_unit_interval("reconstruction_nll", {"input (probabilities)", "target"});
   return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
-          call.grads[0], call.grads[1],
-          logvar.has_value() ? call.grads[2] : no_local_grad(input)};
-}
-
-std::tuple<Tensor, Tensor, Tensor> squared_error(const Tensor& input, const Tensor& target,
-                                                 int64_t reduction, int64_t divisor,
-                                                 std::array<bool, 2> grad_mask) {
-  const std::vector<Tensor> inputs =
-      reconstruction_inputs("squared_error", input, target, std::nullopt, reduction, kDevice);
-  LossCall call(inputs, reduction, divisor, mask_vector(grad_mask));
-  call.run(input.scalar_type(), LossKind::kSquaredError);
-  return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
-          call.grads[0], call.grads[1]};
+          call.grads[0], call.grads[1], scale.has_value() ? call.grads[2] : no_local_grad(input)};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
     const Tensor& recon, const Tensor& x, const Tensor& mu, const Tensor& logvar,
-    int64_t likelihood, double beta, int64_t reduction, int64_t divisor,
-    std::array<bool, 4> grad_mask) {
-  check_elbo_args(recon, x, mu, logvar, likelihood, reduction, kDevice);
-  const LossKind kind = kElboLikelihoods[likelihood];
+    int64_t kind, double beta, int64_t reduction, int64_t divisor, std::array<bool, 4> grad_mask) {
+  check_elbo_args(recon, x, mu, logvar, kind, reduction, kDevice);
   LossCall recon_call({recon, x}, reduction, divisor, {grad_mask[0], grad_mask[1]});
-  recon_call.run(recon.scalar_type(), kind);
-  recon_call.check_unit_interval(
-      "elbo_loss", {kind == LossKind::kBernoulliProbs ? "recon (probabilities)" : nullptr, "x"});
+  recon_call.run(recon.scalar_type(), static_cast<LossKind>(kind));
+  recon_call.check_unit_interval("elbo_loss", {"recon (probabilities)", "x"});
   LossCall kl_call({mu, logvar}, reduction, divisor, {grad_mask[2], grad_mask[3]});
   kl_call.run(mu.scalar_type(), LossKind::kKLStdNormal);
 
@@ -366,9 +335,7 @@ TORCH_LIBRARY_IMPL(vae_kernels, CPU, m) {
   m.impl("reparameterize_philox", &reparameterize_philox);
   m.impl("reparameterize_philox_backward", &reparameterize_philox_backward);
   m.impl("gaussian_kl", &gaussian_kl);
-  m.impl("bernoulli_nll", &bernoulli_nll);
-  m.impl("gaussian_nll", &gaussian_nll);
-  m.impl("squared_error", &squared_error);
+  m.impl("reconstruction_nll", &reconstruction_nll);
   m.impl("elbo", &elbo);
   m.impl("loss_backward", &loss_backward);
   m.impl("loss_backward_", &loss_backward_inplace);

@@ -60,6 +60,32 @@ bool capturing_cuda_graph() {
   return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
 }
 
+// Whether loss `kind` requires any input to lie in [0, 1] (then the kernels set flags
+// that the op reads back).
+bool has_unit_interval_inputs(int64_t kind) {
+  return visit_loss(
+      static_cast<vae_kernels::LossKind>(kind), 0.0,
+      [](const auto& op) {
+        bool any = false;
+        for (int k = 0; k < op.kInputs; ++k) any = any || op.unit_interval(k);
+        return any;
+      },
+      false);
+}
+
+// The launchers' LossKind for a schema kind (csrc/math/losses.h).
+LossKind launch_kind(int64_t kind) {
+  switch (static_cast<vae_kernels::LossKind>(kind)) {
+    case vae_kernels::LossKind::kBernoulliLogits: return LossKind::kBernoulliLogits;
+    case vae_kernels::LossKind::kBernoulliProbs: return LossKind::kBernoulliProbs;
+    case vae_kernels::LossKind::kGaussianFixedVar: return LossKind::kGaussianFixedVar;
+    case vae_kernels::LossKind::kGaussianLearnedVar: return LossKind::kGaussianLearnedVar;
+    case vae_kernels::LossKind::kSquaredError: return LossKind::kSquaredError;
+    case vae_kernels::LossKind::kKLPrior: return LossKind::kKLPrior;
+    default: return LossKind::kKLStdNormal;
+  }
+}
+
 // One loss pass over `inputs` (made contiguous; kept alive here): the elementwise
 // loss for reduction none, the local gradients `grad_mask` asks for, and the block
 // sums: per row for per_sample, over the whole tensor (one row) for sum.
@@ -260,76 +286,37 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
           with_prior ? call.grads[3] : no_local_grad(mu)};
 }
 
-std::tuple<Tensor, Tensor, Tensor> bernoulli_nll(const Tensor& input, const Tensor& target,
-                                                 bool logits, int64_t reduction, int64_t divisor,
-                                                 std::array<bool, 2> grad_mask) {
-  const std::vector<Tensor> inputs =
-      reconstruction_inputs("bernoulli_nll", input, target, std::nullopt, reduction, kDevice);
+std::tuple<Tensor, Tensor, Tensor, Tensor> reconstruction_nll(
+    const Tensor& input, const Tensor& target, const std::optional<Tensor>& scale,
+    double scale_value, int64_t kind, int64_t reduction, int64_t divisor,
+    std::array<bool, 3> grad_mask) {
+  const std::vector<Tensor> inputs = reconstruction_inputs("reconstruction_nll", input, target,
+                                                           scale, kind, reduction, kDevice);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = stream_of(input);
-  const DType dtype = dtype_of("bernoulli_nll", input);
-  const LossCall call(inputs, reduction, divisor, mask_vector(grad_mask),
-                      /*check_unit_interval=*/true);
-  call.launch(dtype, logits ? LossKind::kBernoulliLogits : LossKind::kBernoulliProbs, 0.0, stream);
-  Tensor loss = reduce(call, reduction, divisor, input.options(), dtype, stream);
-  call.check_unit_interval("bernoulli_nll",
-                           {logits ? nullptr : "input (probabilities, logits=False)", "target"});
-  return {loss, call.grads[0], call.grads[1]};
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_nll(const Tensor& input, const Tensor& target,
-                                                        const std::optional<Tensor>& logvar,
-                                                        double logvar_value, int64_t reduction,
-                                                        int64_t divisor,
-                                                        std::array<bool, 3> grad_mask) {
-  const std::vector<Tensor> inputs =
-      reconstruction_inputs("gaussian_nll", input, target, logvar, reduction, kDevice);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const cudaStream_t stream = stream_of(input);
-  const DType dtype = dtype_of("gaussian_nll", input);
+  const DType dtype = dtype_of("reconstruction_nll", input);
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
-  const LossCall call(inputs, reduction, divisor, mask, /*check_unit_interval=*/false);
-  call.launch(dtype,
-              logvar.has_value() ? LossKind::kGaussianLearnedVar : LossKind::kGaussianFixedVar,
-              logvar_value, stream);
-  return {reduce(call, reduction, divisor, input.options(), dtype, stream), call.grads[0],
-          call.grads[1], logvar.has_value() ? call.grads[2] : no_local_grad(input)};
-}
-
-std::tuple<Tensor, Tensor, Tensor> squared_error(const Tensor& input, const Tensor& target,
-                                                 int64_t reduction, int64_t divisor,
-                                                 std::array<bool, 2> grad_mask) {
-  const std::vector<Tensor> inputs =
-      reconstruction_inputs("squared_error", input, target, std::nullopt, reduction, kDevice);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const cudaStream_t stream = stream_of(input);
-  const DType dtype = dtype_of("squared_error", input);
-  const LossCall call(inputs, reduction, divisor, mask_vector(grad_mask),
-                      /*check_unit_interval=*/false);
-  call.launch(dtype, LossKind::kSquaredError, 0.0, stream);
-  return {reduce(call, reduction, divisor, input.options(), dtype, stream), call.grads[0],
-          call.grads[1]};
+  const LossCall call(inputs, reduction, divisor, mask, has_unit_interval_inputs(kind));
+  call.launch(dtype, launch_kind(kind), scale_value, stream);
+  Tensor loss = reduce(call, reduction, divisor, input.options(), dtype, stream);
+  call.check_unit_interval("reconstruction_nll", {"input (probabilities)", "target"});
+  return {loss, call.grads[0], call.grads[1],
+          scale.has_value() ? call.grads[2] : no_local_grad(input)};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
     const Tensor& recon, const Tensor& x, const Tensor& mu, const Tensor& logvar,
-    int64_t likelihood, double beta, int64_t reduction, int64_t divisor,
-    std::array<bool, 4> grad_mask) {
-  check_elbo_args(recon, x, mu, logvar, likelihood, reduction, kDevice);
-  // The `likelihood` codes of the schema (0..3) as loss kinds.
-  constexpr LossKind kRecon[] = {LossKind::kBernoulliLogits, LossKind::kBernoulliProbs,
-                                 LossKind::kGaussianFixedVar, LossKind::kSquaredError};
-  const LossKind recon_kind = kRecon[likelihood];
-  const bool bernoulli =
-      recon_kind == LossKind::kBernoulliLogits || recon_kind == LossKind::kBernoulliProbs;
+    int64_t kind, double beta, int64_t reduction, int64_t divisor, std::array<bool, 4> grad_mask) {
+  check_elbo_args(recon, x, mu, logvar, kind, reduction, kDevice);
+  const bool check_unit_interval = has_unit_interval_inputs(kind);
 
   const c10::cuda::CUDAGuard guard(recon.device());
   const cudaStream_t stream = stream_of(recon);
   const DType dtype = dtype_of("elbo", recon);
   const LossCall recon_call({recon, x}, reduction, divisor, {grad_mask[0], grad_mask[1]},
-                            bernoulli);
-  recon_call.launch(dtype, recon_kind, /*logvar_value=*/0.0, stream);
+                            check_unit_interval);
+  recon_call.launch(dtype, launch_kind(kind), /*param=*/0.0, stream);
   const LossCall kl_call({mu, logvar}, reduction, divisor, {grad_mask[2], grad_mask[3]}, false);
   kl_call.launch(dtype, LossKind::kKLStdNormal, 0.0, stream);
 
@@ -357,11 +344,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
                                        loss.data_ptr(), recon_nll.data_ptr(), kl.data_ptr(),
                                        stream));
   }
-  if (bernoulli) {
-    recon_call.check_unit_interval(
-        "elbo_loss",
-        {recon_kind == LossKind::kBernoulliProbs ? "recon (probabilities)" : nullptr, "x"});
-  }
+  recon_call.check_unit_interval("elbo_loss", {"recon (probabilities)", "x"});
   return {loss, recon_nll, kl, recon_call.grads[0], recon_call.grads[1], kl_call.grads[0],
           kl_call.grads[1]};
 }
@@ -424,9 +407,7 @@ TORCH_LIBRARY_IMPL(vae_kernels, CUDA, m) {
   m.impl("reparameterize_philox", &reparameterize_philox);
   m.impl("reparameterize_philox_backward", &reparameterize_philox_backward);
   m.impl("gaussian_kl", &gaussian_kl);
-  m.impl("bernoulli_nll", &bernoulli_nll);
-  m.impl("gaussian_nll", &gaussian_nll);
-  m.impl("squared_error", &squared_error);
+  m.impl("reconstruction_nll", &reconstruction_nll);
   m.impl("elbo", &elbo);
   m.impl("loss_backward", &loss_backward);
   m.impl("loss_backward_", &loss_backward_inplace);

@@ -19,20 +19,20 @@
 namespace vae_kernels {
 
 // The inputs of each loss, in order (the order of LossBuffers::inputs and ::grads).
+// The KL terms come first; every kind from kFirstReconstruction on is a reconstruction
+// likelihood (input, target[, a learned scale]), which the reconstruction_nll and elbo
+// ops take by this value (vae_kernels/schema.py mirrors it).
 enum class LossKind : int32_t {
-  kBernoulliLogits = 0,     // logits, target
-  kBernoulliProbs = 1,      // probabilities, target
-  kGaussianFixedVar = 2,    // mean, target (log-variance: the `param` of visit_loss)
-  kGaussianLearnedVar = 3,  // mean, target, logvar
-  kSquaredError = 4,        // input, target
-  kKLStdNormal = 5,         // mu, logvar
-  kKLPrior = 6,             // mu, logvar, prior_mu, prior_logvar
+  kKLStdNormal = 0,         // mu, logvar
+  kKLPrior = 1,             // mu, logvar, prior_mu, prior_logvar
+  kBernoulliLogits = 2,     // logits, target
+  kBernoulliProbs = 3,      // probabilities, target
+  kGaussianFixedVar = 4,    // mean, target (log-variance: the `param` of visit_loss)
+  kGaussianLearnedVar = 5,  // mean, target, logvar
+  kSquaredError = 6,        // input, target
+  kNumKinds = 7,
 };
-
-// The reconstruction likelihoods of the elbo op, by its `likelihood` argument.
-constexpr LossKind kElboLikelihoods[] = {LossKind::kBernoulliLogits, LossKind::kBernoulliProbs,
-                                         LossKind::kGaussianFixedVar, LossKind::kSquaredError};
-constexpr int64_t kNumElboLikelihoods = sizeof(kElboLikelihoods) / sizeof(kElboLikelihoods[0]);
+constexpr int64_t kFirstReconstruction = static_cast<int64_t>(LossKind::kBernoulliLogits);
 
 struct BernoulliLogitsOp {
   static constexpr int kInputs = 2;
@@ -129,8 +129,17 @@ R visit_loss(LossKind kind, double param, F&& f, R unknown) {
     case LossKind::kSquaredError: return f(SquaredErrorOp{});
     case LossKind::kKLStdNormal: return f(KLStdNormalOp{});
     case LossKind::kKLPrior: return f(KLPriorOp{});
+    case LossKind::kNumKinds: break;
   }
   return unknown;
+}
+
+// The number of inputs of a reconstruction kind (2, or 3 with a learned scale), or 0
+// for any other value.
+inline int reconstruction_input_count(int64_t kind) {
+  if (kind < kFirstReconstruction || kind >= static_cast<int64_t>(LossKind::kNumKinds)) return 0;
+  return visit_loss(
+      static_cast<LossKind>(kind), 0.0, [](const auto& op) { return op.kInputs; }, 0);
 }
 
 // An elementwise loss over `rows` rows of `row_len` contiguous elements (numel

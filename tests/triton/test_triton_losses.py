@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import vae_kernels as vk
+from vae_kernels.schema import LossKind as K
 
 from triton_testing import (
     DEVICE,
@@ -216,8 +217,10 @@ def test_only_requested_gradients_are_computed():
     expected = torch.sigmoid(logits.detach()) - target
     torch.testing.assert_close(grad_logits, expected, **TOLERANCES[torch.float64])
     ops = torch.ops.vae_kernels_triton
-    _, local_logits, local_target = ops.bernoulli_nll(logits.detach(), target, True, 2, 1, [True, False])
-    assert local_target.numel() == 0
+    _, local_logits, local_target, local_scale = ops.reconstruction_nll(
+        logits.detach(), target, None, 0.0, K.BERNOULLI_LOGITS, 2, 1, [True, False, False]
+    )
+    assert local_target.numel() == 0 and local_scale.numel() == 0
     torch.testing.assert_close(local_logits, expected, **TOLERANCES[torch.float64])
 
 
@@ -230,7 +233,7 @@ def test_bernoulli_rejects_values_outside_unit_interval(logits):
     with pytest.raises(ValueError, match="target must lie in \\[0, 1\\]"):
         vk.bernoulli_nll(good, bad, logits=logits, backend="triton")
     if not logits:
-        with pytest.raises(ValueError, match="input \\(probabilities, logits=False\\) must lie"):
+        with pytest.raises(ValueError, match="input \\(probabilities\\) must lie"):
             vk.bernoulli_nll(-bad, good, logits=False, backend="triton")
     else:  # logits may be anything
         vk.bernoulli_nll(bad * 10 - 5, good, logits=True, backend="triton")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import vae_kernels as vk
+from vae_kernels.schema import LossKind as K
 
 from triton_testing import (
     DEVICE,
@@ -49,14 +50,15 @@ def _opcheck_cases():
         "loss_backward_": [(randn((4, 6), f64, 11), randn((4,), f64, 12), 1)],
         "gaussian_kl": [(mu, lv, None, None, r, 1, [True, True, False, False]) for r in (0, 1, 2)]
         + [(mu, lv, pm, plv, 2, 4, [True, True, True, True])],
-        "bernoulli_nll": [(logits, x, True, r, 1, [True, False]) for r in (0, 1, 2)]
-        + [(probs, x, False, 2, 24, [True, False])],
-        "gaussian_nll": [(recon, x, None, 0.5, 1, 1, [True, False, False]),
-                         (recon, x, plv.detach().repeat(1, 2).requires_grad_(), 0.0, 2, 1,
-                          [True, False, True])],
-        "squared_error": [(recon, x, r, 1, [True, False]) for r in (0, 1, 2)],
-        "elbo": [(logits, x, mu, lv, 0, 0.5, 1, 1, [True, False, True, True]),
-                 (recon, x, mu, lv, 2, 1.0, 2, 4, [True, False, True, True])],
+        "reconstruction_nll": [(logits, x, None, 0.0, K.BERNOULLI_LOGITS, r, 1, [True, False, False])
+                               for r in (0, 1, 2)]
+        + [(probs, x, None, 0.0, K.BERNOULLI_PROBS, 2, 24, [True, False, False]),
+           (recon, x, None, 0.5, K.GAUSSIAN_FIXED_VAR, 1, 1, [True, False, False]),
+           (recon, x, plv.detach().repeat(1, 2).requires_grad_(), 0.0, K.GAUSSIAN_LEARNED_VAR, 2, 1,
+            [True, False, True])]
+        + [(recon, x, None, 0.0, K.SQUARED_ERROR, r, 1, [True, False, False]) for r in (0, 1, 2)],
+        "elbo": [(logits, x, mu, lv, K.BERNOULLI_LOGITS, 0.5, 1, 1, [True, False, True, True]),
+                 (recon, x, mu, lv, K.GAUSSIAN_FIXED_VAR, 1.0, 2, 4, [True, False, True, True])],
     }
 
 
@@ -192,19 +194,28 @@ def test_backend_dispatch(monkeypatch):
          TypeError, "logvar must have the dtype of mu"),
         (lambda o, t: o.gaussian_kl(t, t, t, None, 0, 1, [False] * 4),
          ValueError, "pass both prior_mu and prior_logvar or neither"),
-        (lambda o, t: o.squared_error(t, t[:2], 0, 1, [False] * 2),
+        (lambda o, t: o.reconstruction_nll(t, t[:2], None, 0.0, K.SQUARED_ERROR, 0, 1, [False] * 3),
          ValueError, "target must have the shape of input"),
-        (lambda o, t: o.squared_error(t, t, 3, 1, [False] * 2), ValueError, "reduction must be one of"),
-        (lambda o, t: o.elbo(t, t, t, t, 0, 1.0, 0, 1, [False] * 4), ValueError,
+        (lambda o, t: o.reconstruction_nll(t, t, None, 0.0, K.SQUARED_ERROR, 3, 1, [False] * 3),
+         ValueError, "reduction must be one of"),
+        (lambda o, t: o.reconstruction_nll(t, t, None, 0.0, K.GAUSSIAN_LEARNED_VAR, 0, 1, [False] * 3),
+         ValueError, "kind 5 needs a scale tensor"),
+        (lambda o, t: o.reconstruction_nll(t, t, t, 0.0, K.SQUARED_ERROR, 0, 1, [False] * 3),
+         ValueError, "kind 6 takes no scale tensor"),
+        (lambda o, t: o.reconstruction_nll(t, t, None, 0.0, K.KL_PRIOR, 0, 1, [False] * 3),
+         ValueError, "kind must be a reconstruction LossKind \\(2..6\\), got 1"),
+        (lambda o, t: o.elbo(t, t, t, t, K.BERNOULLI_LOGITS, 1.0, 0, 1, [False] * 4), ValueError,
          "reduction must be one of 1 \\(per_sample\\), 2 \\(sum\\), got 0"),
-        (lambda o, t: o.elbo(t, t, t, t, 7, 1.0, 1, 1, [False] * 4), ValueError, "likelihood must be 0..3"),
+        (lambda o, t: o.elbo(t, t, t, t, 7, 1.0, 1, 1, [False] * 4), ValueError,
+         "kind must be a reconstruction LossKind without a learned scale \\(2..6\\), got 7"),
         (lambda o, t: o.loss_backward(t, t[0], 1), ValueError, "grad_output must have 3 elements"),
         (lambda o, t: o.loss_backward_(t.half(), torch.tensor(2.0, device=DEVICE).half(), 2),
          TypeError, "local_grad must have dtype torch.float32 for a grad_output of dtype "
          "torch.float16, got torch.float16"),
         (lambda o, t: o.loss_backward_(t, torch.tensor(2.0, device=DEVICE).half(), 2),
          TypeError, "cannot write a result of grad_output's dtype torch.float16 in place"),
-        (lambda o, t: o.squared_error(t.long(), t.long(), 0, 1, [False] * 2), TypeError,
+        (lambda o, t: o.reconstruction_nll(t.long(), t.long(), None, 0.0, K.SQUARED_ERROR, 0, 1,
+                                           [False] * 3), TypeError,
          "input must be a floating-point tensor"),
     ],
 )

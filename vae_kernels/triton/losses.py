@@ -29,7 +29,6 @@ import triton.language as tl
 from torch import Tensor
 
 from ..schema import (
-    LIKELIHOODS,
     REDUCTION_NONE,
     REDUCTION_PER_SAMPLE,
     LossKind,
@@ -68,9 +67,6 @@ BERNOULLI_PROBS = tl.constexpr(int(LossKind.BERNOULLI_PROBS))
 GAUSSIAN_FIXED_VAR = tl.constexpr(int(LossKind.GAUSSIAN_FIXED_VAR))
 GAUSSIAN_LEARNED_VAR = tl.constexpr(int(LossKind.GAUSSIAN_LEARNED_VAR))
 SQUARED_ERROR = tl.constexpr(int(LossKind.SQUARED_ERROR))
-
-# The elbo op's `likelihood` codes -> the kind of its recon term.
-LIKELIHOOD_KINDS = {code: tl.constexpr(int(row.kind)) for code, row in enumerate(LIKELIHOODS)}
 
 # Where a pass writes its partial sums.
 PARTIALS_NONE = tl.constexpr(0)  # reduction none: no sums

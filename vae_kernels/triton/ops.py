@@ -15,17 +15,20 @@ outputs are those of the C++ schemas.
 from typing import Optional, Sequence
 
 import torch
+import triton.language as tl
 from torch import Tensor
 from torch._subclasses.functional_tensor import FunctionalTensorMode
 from torch.library import triton_op
 
 from ..op_autograd import OpsBackend, register_autograd
 from ..schema import (
-    LIKELIHOOD_CODES,
-    LIKELIHOODS,
+    BY_KIND,
+    FIRST_RECONSTRUCTION,
     REDUCTION_NONE,
     REDUCTION_PER_SAMPLE,
     REDUCTION_SUM,
+    Likelihood,
+    LossKind,
     local_grad_dtype,
 )
 from . import losses
@@ -214,84 +217,52 @@ def gaussian_kl(
     return loss, grads[0], grads[1], grads[2], grads[3]
 
 
-@triton_op(f"{NAMESPACE}::bernoulli_nll", mutates_args=())
-def bernoulli_nll(
-    input: Tensor,
-    target: Tensor,
-    logits: bool,
-    reduction: int,
-    divisor: int,
-    grad_mask: list[bool],
-) -> tuple[Tensor, Tensor, Tensor]:
-    op = "bernoulli_nll"
-    _check_floating(op, "input", input)
-    _check_like(op, "target", target, "input", input)
-    _check_reduction(op, reduction)
-    _check_grad_mask(op, grad_mask, 2)
-    kind = losses.BERNOULLI_LOGITS if logits else losses.BERNOULLI_PROBS
-    loss_pass = elementwise_loss(
-        kind, [input, target], grad_mask, reduction, divisor, check_range=(not logits, True)
-    )
-    _raise_if_outside_unit_interval(
-        op, loss_pass, (None if logits else "input (probabilities, logits=False)", "target")
-    )
-    loss, _, _ = reduce_loss(loss_pass, reduction, divisor, input)
-    return loss, loss_pass.grads[0], loss_pass.grads[1]
+def _check_kind(op: str, kind: int, with_scale: bool, scale_allowed: bool = True) -> Likelihood:
+    """The likelihood row of reconstruction ``kind``, which must (not) take a scale
+    tensor as ``with_scale`` says."""
+    row = BY_KIND.get(kind)
+    kinds = f"{int(FIRST_RECONSTRUCTION)}..{len(LossKind) - 1}"
+    if row is None or (not scale_allowed and kind == row.learned_kind):
+        which = "" if scale_allowed else " without a learned scale"
+        raise ValueError(
+            f"{NAMESPACE}.{op}: kind must be a reconstruction LossKind{which} ({kinds}), got {kind}"
+        )
+    if with_scale != (kind == row.learned_kind):
+        needs = "takes no scale tensor" if with_scale else "needs a scale tensor"
+        raise ValueError(f"{NAMESPACE}.{op}: kind {kind} {needs}")
+    return row
 
 
-@triton_op(f"{NAMESPACE}::gaussian_nll", mutates_args=())
-def gaussian_nll(
+@triton_op(f"{NAMESPACE}::reconstruction_nll", mutates_args=())
+def reconstruction_nll(
     input: Tensor,
     target: Tensor,
-    logvar: Optional[Tensor],
-    logvar_value: float,
+    scale: Optional[Tensor],
+    scale_value: float,
+    kind: int,
     reduction: int,
     divisor: int,
     grad_mask: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    op = "gaussian_nll"
+    op = "reconstruction_nll"
     _check_floating(op, "input", input)
     _check_like(op, "target", target, "input", input)
     _check_reduction(op, reduction)
     _check_grad_mask(op, grad_mask, 3)
-    if logvar is not None:
-        _check_like(op, "logvar", logvar, "input", input)
-        loss_pass = elementwise_loss(
-            losses.GAUSSIAN_LEARNED_VAR, [input, target, logvar], grad_mask, reduction, divisor
-        )
-        grads = loss_pass.grads
+    row = _check_kind(op, kind, with_scale=scale is not None)
+    if scale is not None:
+        _check_like(op, "scale", scale, "input", input)
+        inputs, mask = [input, target, scale], grad_mask
     else:
-        loss_pass = elementwise_loss(
-            losses.GAUSSIAN_FIXED_VAR,
-            [input, target],
-            grad_mask[:2],
-            reduction,
-            divisor,
-            fixed_logvar=logvar_value,
-        )
-        grads = [*loss_pass.grads, losses.no_local_grad(input)]
+        inputs, mask = [input, target], grad_mask[:2]
+    loss_pass = elementwise_loss(
+        tl.constexpr(kind), inputs, mask, reduction, divisor, fixed_logvar=scale_value,
+        check_range=row.unit_interval,
+    )  # fmt: skip
+    _raise_if_outside_unit_interval(op, loss_pass, ("input (probabilities)", "target"))
+    grads = [*loss_pass.grads, losses.no_local_grad(input)][:3]
     loss, _, _ = reduce_loss(loss_pass, reduction, divisor, input)
     return loss, grads[0], grads[1], grads[2]
-
-
-@triton_op(f"{NAMESPACE}::squared_error", mutates_args=())
-def squared_error(
-    input: Tensor,
-    target: Tensor,
-    reduction: int,
-    divisor: int,
-    grad_mask: list[bool],
-) -> tuple[Tensor, Tensor, Tensor]:
-    op = "squared_error"
-    _check_floating(op, "input", input)
-    _check_like(op, "target", target, "input", input)
-    _check_reduction(op, reduction)
-    _check_grad_mask(op, grad_mask, 2)
-    loss_pass = elementwise_loss(
-        losses.SQUARED_ERROR, [input, target], grad_mask, reduction, divisor
-    )
-    loss, _, _ = reduce_loss(loss_pass, reduction, divisor, input)
-    return loss, loss_pass.grads[0], loss_pass.grads[1]
 
 
 @triton_op(f"{NAMESPACE}::elbo", mutates_args=())
@@ -300,7 +271,7 @@ def elbo(
     x: Tensor,
     mu: Tensor,
     logvar: Tensor,
-    likelihood: int,
+    kind: int,
     beta: float,
     reduction: int,
     divisor: int,
@@ -313,29 +284,17 @@ def elbo(
     _check_like(op, "logvar", logvar, "mu", mu)
     _check_reduction(op, reduction, allowed=(1, 2))
     _check_grad_mask(op, grad_mask, 4)
-    if likelihood not in losses.LIKELIHOOD_KINDS:
-        raise ValueError(
-            f"{NAMESPACE}.{op}: likelihood must be 0..{len(LIKELIHOODS) - 1}, got {likelihood}"
-        )
+    row = _check_kind(op, kind, with_scale=False, scale_allowed=False)
     if recon.dim() == 0 or mu.dim() == 0 or recon.shape[0] != mu.shape[0]:
         raise ValueError(
             f"{NAMESPACE}.{op}: recon {tuple(recon.shape)} and mu {tuple(mu.shape)} must share "
             "their first (batch) dimension"
         )
-    codes = LIKELIHOOD_CODES
-    is_probs = likelihood == codes["bernoulli_probs"]
-    is_bernoulli = is_probs or likelihood == codes["bernoulli"]
     recon_pass = elementwise_loss(
-        losses.LIKELIHOOD_KINDS[likelihood],  # "gaussian": unit variance (log-variance 0)
-        [recon, x],
-        grad_mask[:2],
-        reduction,
-        divisor,
-        check_range=(is_probs, is_bernoulli),
-    )
-    _raise_if_outside_unit_interval(
-        "elbo_loss", recon_pass, ("recon (probabilities)" if is_probs else None, "x")
-    )
+        tl.constexpr(kind), [recon, x], grad_mask[:2], reduction, divisor,
+        check_range=row.unit_interval,
+    )  # fmt: skip
+    _raise_if_outside_unit_interval("elbo_loss", recon_pass, ("recon (probabilities)", "x"))
     kl_pass = elementwise_loss(
         losses.KL_STD_NORMAL, [mu, logvar], grad_mask[2:], reduction, divisor
     )
@@ -412,9 +371,7 @@ ALL_OPS = (
     reparameterize_philox,
     reparameterize_philox_backward,
     gaussian_kl,
-    bernoulli_nll,
-    gaussian_nll,
-    squared_error,
+    reconstruction_nll,
     elbo,
     loss_backward,
     loss_backward_,
