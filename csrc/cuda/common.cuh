@@ -1,5 +1,6 @@
 // Device helpers shared by the CUDA kernels: element types, float32/float64 compute
-// types, 16-byte packed loads and stores, a fixed-order block sum, and the dtype switch.
+// types, 16-byte packed loads and stores, a fixed-order block sum, the dtype switch, and
+// the kernel launch.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -7,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "launchers.h"
 
@@ -112,6 +114,24 @@ inline unsigned int grid_for(int64_t n, int threads) {
   constexpr int64_t kMaxBlocks = int64_t(1) << 20;
   const int64_t blocks = (n + threads - 1) / threads;
   return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks));
+}
+
+// Runs `kernel` on `grid` blocks of `block` threads on `stream` and returns the launch's
+// error (clearing it, as cudaGetLastError after a launch does). Through cudaLaunchKernelEx,
+// the runtime's C++ launch call, not `<<<...>>>`: the same sources then compile with nvcc
+// and with plain g++ against the host emulation of the CUDA model in the test suite
+// (tests/cuda_emulation), which runs them on the CPU.
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                          Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  const cudaError_t launched = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  const cudaError_t last = cudaGetLastError();
+  return launched != cudaSuccess ? launched : last;
 }
 
 // Calls f(T{}) with T the C++ type of `dtype`; an unknown dtype returns

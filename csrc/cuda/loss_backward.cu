@@ -81,11 +81,9 @@ cudaError_t run_loss_backward(const local_grad_t<T>* local_grad, const T* grad_o
                          (rows == 1 || stride_row % P == 0)));
   const dim3 grid(static_cast<unsigned int>(blocks));
   if (aligned && (rows == 1 || row_len % P == 0)) {
-    loss_backward_kernel<T, true><<<grid, kThreads, 0, stream>>>(args);
-  } else {
-    loss_backward_kernel<T, false><<<grid, kThreads, 0, stream>>>(args);
+    return launch_kernel(loss_backward_kernel<T, true>, grid, kThreads, stream, args);
   }
-  return cudaGetLastError();
+  return launch_kernel(loss_backward_kernel<T, false>, grid, kThreads, stream, args);
 }
 
 }  // namespace

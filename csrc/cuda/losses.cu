@@ -240,19 +240,13 @@ cudaError_t run_loss(const Op& op, const LossBuffers& buffers, cudaStream_t stre
   const int threads = loss_block_threads(buffers.row_len, vectorized ? P : 1);
   const dim3 grid(static_cast<unsigned int>(blocks));
   if (with_grad) {
-    if (vectorized) {
-      loss_kernel<T, Op, true, true><<<grid, threads, 0, stream>>>(op, b);
-    } else {
-      loss_kernel<T, Op, true, false><<<grid, threads, 0, stream>>>(op, b);
-    }
-  } else {
-    if (vectorized) {
-      loss_kernel<T, Op, false, true><<<grid, threads, 0, stream>>>(op, b);
-    } else {
-      loss_kernel<T, Op, false, false><<<grid, threads, 0, stream>>>(op, b);
-    }
+    return vectorized
+               ? launch_kernel(loss_kernel<T, Op, true, true>, grid, threads, stream, op, b)
+               : launch_kernel(loss_kernel<T, Op, true, false>, grid, threads, stream, op, b);
   }
-  return cudaGetLastError();
+  return vectorized
+             ? launch_kernel(loss_kernel<T, Op, false, true>, grid, threads, stream, op, b)
+             : launch_kernel(loss_kernel<T, Op, false, false>, grid, threads, stream, op, b);
 }
 
 template <typename Op>
@@ -343,10 +337,10 @@ cudaError_t launch_finish_rows(DType dtype, const double* partials_a, int64_t ch
   constexpr int kThreads = 256;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    finish_rows_kernel<T><<<grid_for(rows, kThreads), kThreads, 0, stream>>>(
-        partials_a, chunks_a, partials_b, chunks_b, beta, rows, scale,
-        static_cast<T*>(out_total), static_cast<T*>(out_a), static_cast<T*>(out_b));
-    return cudaGetLastError();
+    return launch_kernel(finish_rows_kernel<T>, grid_for(rows, kThreads), kThreads, stream,
+                         partials_a, chunks_a, partials_b, chunks_b, beta, rows, scale,
+                         static_cast<T*>(out_total), static_cast<T*>(out_a),
+                         static_cast<T*>(out_b));
   });
 }
 
@@ -356,10 +350,9 @@ cudaError_t launch_finish_total(DType dtype, const double* partials_a, int64_t c
                                 cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    finish_total_kernel<T><<<1, kFinishThreads, 0, stream>>>(
-        partials_a, count_a, partials_b, count_b, beta, scale, static_cast<T*>(out_total),
-        static_cast<T*>(out_a), static_cast<T*>(out_b));
-    return cudaGetLastError();
+    return launch_kernel(finish_total_kernel<T>, 1, kFinishThreads, stream, partials_a, count_a,
+                         partials_b, count_b, beta, scale, static_cast<T*>(out_total),
+                         static_cast<T*>(out_a), static_cast<T*>(out_b));
   });
 }
 

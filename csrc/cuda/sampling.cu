@@ -99,10 +99,9 @@ cudaError_t launch_reparameterize(DType dtype, const void* mu, const void* logva
   if (total <= 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    reparameterize_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-        static_cast<const T*>(mu), static_cast<const T*>(logvar), static_cast<const T*>(eps),
-        static_cast<T*>(z), numel, total);
-    return cudaGetLastError();
+    return launch_kernel(reparameterize_kernel<T>, grid_for(total, kThreads), kThreads, stream,
+                         static_cast<const T*>(mu), static_cast<const T*>(logvar),
+                         static_cast<const T*>(eps), static_cast<T*>(z), numel, total);
   });
 }
 
@@ -113,10 +112,10 @@ cudaError_t launch_reparameterize_backward(DType dtype, const void* grad_z, cons
   if (numel <= 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    reparameterize_backward_kernel<T><<<grid_for(numel, kThreads), kThreads, 0, stream>>>(
-        static_cast<const T*>(grad_z), static_cast<const T*>(logvar), static_cast<const T*>(eps),
-        static_cast<T*>(grad_mu), static_cast<T*>(grad_logvar), numel, num_samples);
-    return cudaGetLastError();
+    return launch_kernel(reparameterize_backward_kernel<T>, grid_for(numel, kThreads), kThreads,
+                         stream, static_cast<const T*>(grad_z), static_cast<const T*>(logvar),
+                         static_cast<const T*>(eps), static_cast<T*>(grad_mu),
+                         static_cast<T*>(grad_logvar), numel, num_samples);
   });
 }
 
@@ -127,10 +126,9 @@ cudaError_t launch_reparameterize_philox(DType dtype, const void* mu, const void
   if (total <= 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    reparameterize_philox_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-        static_cast<const T*>(mu), static_cast<const T*>(logvar), seed, static_cast<T*>(z), numel,
-        total);
-    return cudaGetLastError();
+    return launch_kernel(reparameterize_philox_kernel<T>, grid_for(total, kThreads), kThreads,
+                         stream, static_cast<const T*>(mu), static_cast<const T*>(logvar), seed,
+                         static_cast<T*>(z), numel, total);
   });
 }
 
@@ -141,10 +139,10 @@ cudaError_t launch_reparameterize_philox_backward(DType dtype, const void* grad_
   if (numel <= 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    reparameterize_philox_backward_kernel<T><<<grid_for(numel, kThreads), kThreads, 0, stream>>>(
-        static_cast<const T*>(grad_z), static_cast<const T*>(logvar), seed,
-        static_cast<T*>(grad_mu), static_cast<T*>(grad_logvar), numel, num_samples);
-    return cudaGetLastError();
+    return launch_kernel(reparameterize_philox_backward_kernel<T>, grid_for(numel, kThreads),
+                         kThreads, stream, static_cast<const T*>(grad_z),
+                         static_cast<const T*>(logvar), seed, static_cast<T*>(grad_mu),
+                         static_cast<T*>(grad_logvar), numel, num_samples);
   });
 }
 
