@@ -7,7 +7,7 @@
 // current stream. Every launcher returns the launch's cudaError_t; none synchronizes.
 //
 // Reductions never use float atomics: each block of a loss pass writes the sum of its
-// fixed range of elements to its own slot of a `partial_sums` buffer, and a second
+// fixed range of elements to its own slot of a partial-sums buffer, and a second
 // launch (launch_finish_rows / launch_finish_total) adds the slots in a fixed order.
 // Results are bitwise equal from run to run.
 #pragma once
@@ -16,29 +16,23 @@
 
 #include <cstdint>
 
+#include "../math/losses.h"
+
 namespace vae_kernels::cuda {
 
 // The element type of every tensor of one call (kernels load it, compute in float32,
 // or float64 for kFloat64, and store it back).
 enum class DType : int32_t { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
-// One elementwise loss (csrc/math/ holds the formulas). Inputs, in order:
-//   kBernoulliLogits, kBernoulliProbs:  input, target
-//   kGaussianFixedVar, kSquaredError:   input (mean), target
-//   kGaussianLearnedVar:                input (mean), target, logvar
-//   kKLStdNormal:                       mu, logvar
-//   kKLPrior:                           mu, logvar, prior_mu, prior_logvar
-enum class LossKind : int32_t {
-  kBernoulliLogits = 0,
-  kBernoulliProbs = 1,
-  kGaussianFixedVar = 2,
-  kGaussianLearnedVar = 3,
-  kSquaredError = 4,
-  kKLStdNormal = 5,
-  kKLPrior = 6,
-};
+// The losses (LossKind) and their buffers (LossBuffers) are csrc/math/losses.h's, shared
+// with the CPU kernels. Here LossBuffers::sums receives one sum per block:
+// rows * loss_chunks_per_row(row_len) slots, slot [r * chunks + c] = the sum over chunk c
+// of row r (null when no sum is needed), and the out_of_unit_interval flags are int32s
+// in device memory.
+using ::vae_kernels::LossBuffers;
+using ::vae_kernels::LossKind;
 
-// Elements summed by one block of a loss pass (one slot of `partial_sums`).
+// Elements summed by one block of a loss pass (one slot of LossBuffers::sums).
 constexpr int64_t kLossChunk = 8192;
 
 // Blocks (and partial sums) per row of `row_len` elements: at least 1, so an empty
@@ -47,31 +41,9 @@ inline int64_t loss_chunks_per_row(int64_t row_len) {
   return row_len <= kLossChunk ? 1 : (row_len + kLossChunk - 1) / kLossChunk;
 }
 
-// An elementwise loss over `rows` rows of `row_len` contiguous elements (all buffers
-// of the same dtype, numel rows * row_len). Null outputs are not written. A caller
-// that only needs the total passes rows = 1, row_len = numel.
-struct LossBuffers {
-  static constexpr int kMaxInputs = 4;
-  int64_t rows = 0;
-  int64_t row_len = 0;
-  const void* inputs[kMaxInputs] = {};
-  void* elementwise_loss = nullptr;
-  // grad_scale * d loss_i / d inputs[k]_i (local gradients): float32 for kFloat16
-  // (whose range a local gradient can exceed), else of `dtype`.
-  void* grads[kMaxInputs] = {};
-  double grad_scale = 1.0;  // 1 / the reduction's divisor
-  // rows * loss_chunks_per_row(row_len) slots, slot [r * chunks + c] = the sum over
-  // chunk c of row r; null when no sum is needed.
-  double* partial_sums = nullptr;
-  // Device flags, one int32 per input: set to 1 when an input the loss requires to lie
-  // in [0, 1] (Bernoulli targets and probabilities) has a value outside it (NaN is not
-  // flagged). Only ever set, never cleared: the caller zeroes them. May be null.
-  int32_t* out_of_unit_interval = nullptr;
-};
-
-// `logvar_value` is the fixed log-variance of kGaussianFixedVar (ignored otherwise).
-cudaError_t launch_loss(DType dtype, LossKind kind, double logvar_value,
-                        const LossBuffers& buffers, cudaStream_t stream);
+// `param` is a fixed-scale kind's scale (see visit_loss; ignored otherwise).
+cudaError_t launch_loss(DType dtype, LossKind kind, double param, const LossBuffers& buffers,
+                        cudaStream_t stream);
 
 // Per-row results from the partial sums of one or two loss passes with `rows` rows
 // (a: chunks_a slots per row; b: chunks_b slots per row, or null):

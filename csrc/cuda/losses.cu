@@ -1,103 +1,15 @@
-// CUDA kernels of the loss ops: one elementwise pass per loss that writes the
-// elementwise loss and the local gradients it is asked for and sums its block's range
-// (KL to N(0, I) or to a Gaussian prior, Bernoulli NLL from logits or probabilities,
-// Gaussian NLL with fixed or learned variance, squared error), and the fixed-order
-// second pass that turns the block sums into per-row or total results.
+// CUDA kernels of the loss ops: one elementwise pass per loss (every LossKind) that
+// writes the elementwise loss and the local gradients it is asked for and sums its
+// block's range, and the fixed-order second pass that turns the block sums into per-row
+// or total results.
 //
-// The formulas are csrc/math/*.h, shared with the CPU kernels; this file binds them
-// to the loop, as csrc/cpu/reconstruction_nll.cpp and gaussian_kl.cpp do on the CPU.
-#include "../math/bernoulli_nll.h"
-#include "../math/gaussian_kl.h"
-#include "../math/gaussian_nll.h"
+// The losses are the Ops of csrc/math/losses.h, shared with the CPU kernels; this file
+// runs them in the CUDA loop, as csrc/cpu/loss_loop.h does on the CPU.
+#include "../math/losses.h"
 #include "common.cuh"
 
 namespace vae_kernels::cuda {
 namespace {
-
-// ---------------------------------------------------------------- the losses
-// An Op describes one elementwise loss:
-//   static constexpr int kInputs;
-//   static bool unit_interval(int k): whether input k must lie in [0, 1]
-//   template <class V> V loss(const V* in) const;
-//   template <class V> V loss_and_grad(const V* in, V* grad) const;
-
-struct BernoulliLogitsOp {
-  static constexpr int kInputs = 2;  // logits, target
-  static constexpr VK_HOST_DEVICE bool unit_interval(int k) { return k == 1; }
-  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
-    return bernoulli_logits_nll(in[0], in[1]);
-  }
-  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
-    return bernoulli_logits_nll_and_grad(in[0], in[1], grad[0], grad[1]);
-  }
-};
-
-struct BernoulliProbsOp {
-  static constexpr int kInputs = 2;  // probabilities, target
-  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return true; }
-  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
-    return bernoulli_probs_nll(in[0], in[1]);
-  }
-  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
-    return bernoulli_probs_nll_and_grad(in[0], in[1], grad[0], grad[1]);
-  }
-};
-
-struct GaussianFixedVarOp {
-  static constexpr int kInputs = 2;  // mean, target
-  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
-  double inv_std;  // exp(-logvar / 2)
-  double half_log_norm;
-  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
-    return gaussian_nll_fixed_var(in[0], in[1], V(inv_std), V(half_log_norm));
-  }
-  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
-    return gaussian_nll_fixed_var_and_grad(in[0], in[1], V(inv_std), V(half_log_norm), grad[0],
-                                           grad[1]);
-  }
-};
-
-struct GaussianLearnedVarOp {
-  static constexpr int kInputs = 3;  // mean, target, logvar
-  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
-  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
-    return gaussian_nll(in[0], in[1], in[2]);
-  }
-  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
-    return gaussian_nll_and_grad(in[0], in[1], in[2], grad[0], grad[1], grad[2]);
-  }
-};
-
-struct SquaredErrorOp {
-  static constexpr int kInputs = 2;  // input, target
-  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
-  template <class V> VK_HOST_DEVICE V loss(const V* in) const { return squared_error(in[0], in[1]); }
-  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
-    return squared_error_and_grad(in[0], in[1], grad[0], grad[1]);
-  }
-};
-
-struct KLStdNormalOp {
-  static constexpr int kInputs = 2;  // mu, logvar
-  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
-  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
-    return gaussian_kl_std_normal(in[0], in[1]);
-  }
-  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
-    return gaussian_kl_std_normal_and_grad(in[0], in[1], grad[0], grad[1]);
-  }
-};
-
-struct KLPriorOp {
-  static constexpr int kInputs = 4;  // mu, logvar, prior_mu, prior_logvar
-  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
-  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
-    return gaussian_kl(in[0], in[1], in[2], in[3]);
-  }
-  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
-    return gaussian_kl_and_grad(in[0], in[1], in[2], in[3], grad[0], grad[1], grad[2], grad[3]);
-  }
-};
 
 // ---------------------------------------------------------------- the loss pass
 
@@ -108,7 +20,7 @@ struct TypedBuffers {
   local_grad_t<T>* grad[N];
   double grad_scale;
   T* loss;
-  double* partial_sums;
+  double* sums;
   int32_t* out_of_unit_interval;
   int64_t row_len;
   int64_t chunks_per_row;
@@ -191,7 +103,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   }
 
   const A block_total = block_sum(sum);
-  if (threadIdx.x == 0 && b.partial_sums) b.partial_sums[block] = static_cast<double>(block_total);
+  if (threadIdx.x == 0 && b.sums) b.sums[block] = static_cast<double>(block_total);
   for (int k = 0; k < N; ++k) {
     if (!Op::unit_interval(k)) continue;
     // Every thread reaches this (the condition is uniform); a plain store of 1 by any
@@ -229,7 +141,7 @@ cudaError_t run_loss(const Op& op, const LossBuffers& buffers, cudaStream_t stre
   }
   b.grad_scale = buffers.grad_scale;
   b.loss = static_cast<T*>(buffers.elementwise_loss);
-  b.partial_sums = buffers.partial_sums;
+  b.sums = buffers.sums;
   b.out_of_unit_interval = buffers.out_of_unit_interval;
   b.row_len = buffers.row_len;
   b.chunks_per_row = chunks_per_row;
@@ -304,29 +216,11 @@ __global__ void __launch_bounds__(kFinishThreads)
 
 }  // namespace
 
-cudaError_t launch_loss(DType dtype, LossKind kind, double logvar_value,
-                        const LossBuffers& buffers, cudaStream_t stream) {
-  switch (kind) {
-    case LossKind::kBernoulliLogits:
-      return run_loss(dtype, BernoulliLogitsOp{}, buffers, stream);
-    case LossKind::kBernoulliProbs:
-      return run_loss(dtype, BernoulliProbsOp{}, buffers, stream);
-    case LossKind::kGaussianFixedVar:
-      // exp(-lv/2) and the constant term once on the host, in float64 as on the CPU.
-      return run_loss(dtype,
-                      GaussianFixedVarOp{std::exp(-0.5 * logvar_value),
-                                         0.5 * (logvar_value + kLog2Pi)},
-                      buffers, stream);
-    case LossKind::kGaussianLearnedVar:
-      return run_loss(dtype, GaussianLearnedVarOp{}, buffers, stream);
-    case LossKind::kSquaredError:
-      return run_loss(dtype, SquaredErrorOp{}, buffers, stream);
-    case LossKind::kKLStdNormal:
-      return run_loss(dtype, KLStdNormalOp{}, buffers, stream);
-    case LossKind::kKLPrior:
-      return run_loss(dtype, KLPriorOp{}, buffers, stream);
-  }
-  return cudaErrorInvalidValue;
+cudaError_t launch_loss(DType dtype, LossKind kind, double param, const LossBuffers& buffers,
+                        cudaStream_t stream) {
+  return visit_loss(
+      kind, param, [&](const auto& op) { return run_loss(dtype, op, buffers, stream); },
+      cudaErrorInvalidValue);
 }
 
 cudaError_t launch_finish_rows(DType dtype, const double* partials_a, int64_t chunks_a,

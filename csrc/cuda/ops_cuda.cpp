@@ -64,26 +64,13 @@ bool capturing_cuda_graph() {
 // that the op reads back).
 bool has_unit_interval_inputs(int64_t kind) {
   return visit_loss(
-      static_cast<vae_kernels::LossKind>(kind), 0.0,
+      static_cast<LossKind>(kind), 0.0,
       [](const auto& op) {
         bool any = false;
         for (int k = 0; k < op.kInputs; ++k) any = any || op.unit_interval(k);
         return any;
       },
       false);
-}
-
-// The launchers' LossKind for a schema kind (csrc/math/losses.h).
-LossKind launch_kind(int64_t kind) {
-  switch (static_cast<vae_kernels::LossKind>(kind)) {
-    case vae_kernels::LossKind::kBernoulliLogits: return LossKind::kBernoulliLogits;
-    case vae_kernels::LossKind::kBernoulliProbs: return LossKind::kBernoulliProbs;
-    case vae_kernels::LossKind::kGaussianFixedVar: return LossKind::kGaussianFixedVar;
-    case vae_kernels::LossKind::kGaussianLearnedVar: return LossKind::kGaussianLearnedVar;
-    case vae_kernels::LossKind::kSquaredError: return LossKind::kSquaredError;
-    case vae_kernels::LossKind::kKLPrior: return LossKind::kKLPrior;
-    default: return LossKind::kKLStdNormal;
-  }
 }
 
 // One loss pass over `inputs` (made contiguous; kept alive here): the elementwise
@@ -117,7 +104,7 @@ struct LossCall {
       buffers.elementwise_loss = elementwise.data_ptr();
     } else {
       partial_sums = at::empty({partial_count()}, first.options().dtype(at::kDouble));
-      buffers.partial_sums = partial_sums.data_ptr<double>();
+      buffers.sums = partial_sums.data_ptr<double>();
     }
     for (size_t k = 0; k < grad_mask.size(); ++k) {
       if (grad_mask[k]) {
@@ -139,8 +126,8 @@ struct LossCall {
   int64_t chunks_per_row() const { return loss_chunks_per_row(buffers.row_len); }
   int64_t partial_count() const { return buffers.rows * chunks_per_row(); }
 
-  void launch(DType dtype, LossKind kind, double logvar_value, cudaStream_t stream) const {
-    C10_CUDA_CHECK(launch_loss(dtype, kind, logvar_value, buffers, stream));
+  void launch(DType dtype, LossKind kind, double param, cudaStream_t stream) const {
+    C10_CUDA_CHECK(launch_loss(dtype, kind, param, buffers, stream));
   }
 
   // Reads the flags the kernels wrote: a device-to-host copy that waits for the op's
@@ -298,7 +285,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> reconstruction_nll(
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
   const LossCall call(inputs, reduction, divisor, mask, has_unit_interval_inputs(kind));
-  call.launch(dtype, launch_kind(kind), scale_value, stream);
+  call.launch(dtype, static_cast<LossKind>(kind), scale_value, stream);
   Tensor loss = reduce(call, reduction, divisor, input.options(), dtype, stream);
   call.check_unit_interval("reconstruction_nll", {"input (probabilities)", "target"});
   return {loss, call.grads[0], call.grads[1],
@@ -316,7 +303,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
   const DType dtype = dtype_of("elbo", recon);
   const LossCall recon_call({recon, x}, reduction, divisor, {grad_mask[0], grad_mask[1]},
                             check_unit_interval);
-  recon_call.launch(dtype, launch_kind(kind), /*param=*/0.0, stream);
+  recon_call.launch(dtype, static_cast<LossKind>(kind), /*param=*/0.0, stream);
   const LossCall kl_call({mu, logvar}, reduction, divisor, {grad_mask[2], grad_mask[3]}, false);
   kl_call.launch(dtype, LossKind::kKLStdNormal, 0.0, stream);
 

@@ -12,19 +12,21 @@ from pathlib import Path
 import torch
 
 LAUNCHERS_H = Path(__file__).resolve().parents[2] / "csrc" / "cuda" / "launchers.h"
+LOSSES_H = Path(__file__).resolve().parents[2] / "csrc" / "math" / "losses.h"
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 KERNEL_CHUNK = 8192  # kLossChunk
 
 
-def _enum(name: str) -> dict[str, int]:
+def _enum(name: str, header: Path) -> dict[str, int]:
     pattern = r"enum class " + name + r"\s*:\s*\w+\s*\{(.*?)\};"
-    body = re.search(pattern, LAUNCHERS_H.read_text(), re.DOTALL)
+    body = re.search(pattern, header.read_text(), re.DOTALL)
     return {k: int(v) for k, v in re.findall(r"(k\w+)\s*=\s*(\d+)", body.group(1))}
 
 
-LOSS_KINDS = _enum("LossKind")  # {"kBernoulliLogits": 0, ...}
-assert _enum("DType") == {"kFloat32": 0, "kFloat64": 1, "kFloat16": 2, "kBFloat16": 3}
+# {"kBernoulliLogits": 2, ...}: every loss, not the count
+LOSS_KINDS = {k: v for k, v in _enum("LossKind", LOSSES_H).items() if k != "kNumKinds"}
+assert _enum("DType", LAUNCHERS_H) == {"kFloat32": 0, "kFloat64": 1, "kFloat16": 2, "kBFloat16": 3}
 assert f"kLossChunk = {KERNEL_CHUNK};" in LAUNCHERS_H.read_text()
 
 

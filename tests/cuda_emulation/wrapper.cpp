@@ -10,7 +10,7 @@ using namespace vae_kernels::cuda;
 
 extern "C" {
 
-int vk_launch_loss(int dtype, int kind, double logvar_value, int64_t rows, int64_t row_len,
+int vk_launch_loss(int dtype, int kind, double param, int64_t rows, int64_t row_len,
                    const void* const* inputs, void* elementwise_loss, void* const* grads,
                    double grad_scale, double* partial_sums, int32_t* out_of_unit_interval) {
   LossBuffers b;
@@ -22,9 +22,9 @@ int vk_launch_loss(int dtype, int kind, double logvar_value, int64_t rows, int64
   }
   b.elementwise_loss = elementwise_loss;
   b.grad_scale = grad_scale;
-  b.partial_sums = partial_sums;
+  b.sums = partial_sums;
   b.out_of_unit_interval = out_of_unit_interval;
-  return launch_loss(DType(dtype), LossKind(kind), logvar_value, b, nullptr);
+  return launch_loss(DType(dtype), LossKind(kind), param, b, nullptr);
 }
 
 int vk_launch_finish_rows(int dtype, const double* partials_a, int64_t chunks_a,
