@@ -26,9 +26,9 @@ TORCH_LIBRARY(vae_kernels, m) {
       "gaussian_kl(Tensor mu, Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar, "
       "int reduction, SymInt divisor, bool[4] grad_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // A reconstruction likelihood `kind` (a LossKind of csrc/math/losses.h, from
-  // kFirstReconstruction on): inputs input, target, and `scale` for a kind with a learned
-  // scale (logvar, log-scale); `scale_value` is a fixed kind's scale.
+  // A reconstruction likelihood `kind` (a LossKind of csrc/math/losses.h): inputs
+  // input, target, and `scale` for a kind with a learned scale (logvar, log-scale);
+  // `scale_value` is a fixed-scale kind's scale.
   m.def(
       "reconstruction_nll(Tensor input, Tensor target, Tensor? scale, float scale_value, "
       "int kind, int reduction, SymInt divisor, bool[3] grad_mask) "

@@ -66,6 +66,12 @@ def run(impl, op: str, option: str, t: dict, reduction: str) -> torch.Tensor:
         return impl.bernoulli_nll(t["input"], t["target"], option == "logits", reduction)
     if op == "gaussian_nll":
         return impl.gaussian_nll(t["input"], t["target"], t.get("logvar", -0.3), reduction)
+    if op == "laplace_nll":
+        return impl.reconstruction_nll("laplace", t["input"], t["target"], t.get("logscale", 0.4),
+                                       reduction)
+    if op == "continuous_bernoulli_nll":
+        return impl.reconstruction_nll("continuous_bernoulli", t["input"], t["target"], 0.0,
+                                       reduction)
     return impl.mse_loss(t["input"], t["target"], reduction)
 
 

@@ -14,14 +14,14 @@ from conftest import ALL_DTYPES, assert_close_to_oracle, requires_cpu_backend, u
 
 pytestmark = requires_cpu_backend
 
-LIKELIHOODS = ["bernoulli", "bernoulli_probs", "gaussian", "mse"]
+LIKELIHOODS = ["bernoulli", "bernoulli_probs", "gaussian", "mse", "laplace", "continuous_bernoulli"]
 ELBO_REDUCTIONS = ["batchmean", "sum", "per_sample"]
 
 
 def make_inputs(likelihood: str, batch=6, data_shape=(3, 7, 5), latent=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     shape = (batch, *data_shape)
-    if likelihood == "bernoulli":
+    if likelihood in ("bernoulli", "continuous_bernoulli"):
         recon, x = torch.randn(shape, generator=g, dtype=torch.float64) * 2, torch.rand(shape, generator=g, dtype=torch.float64)
     elif likelihood == "bernoulli_probs":
         recon = torch.rand(shape, generator=g, dtype=torch.float64) * 0.9 + 0.05
@@ -159,3 +159,37 @@ def test_drop_in_for_pytorch_examples_loss_function():
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-3)
     for a, b in zip(our_grads, their_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("reduction", ELBO_REDUCTIONS)
+@pytest.mark.parametrize("likelihood", ["gaussian", "laplace"])
+@pytest.mark.parametrize("scale", ["float", "scalar", "per_pixel"])
+def test_elbo_with_a_reconstruction_scale(likelihood, scale, reduction):
+    """recon_scale: fixed (float) or learned (a tensor that gets its gradient), equal to the
+    likelihood's own loss plus beta * KL."""
+    recon, x, mu, logvar = (t.requires_grad_() for t in make_inputs(likelihood, seed=2))
+    value = {"float": -0.4, "scalar": torch.tensor(0.3, dtype=torch.float64),
+             "per_pixel": torch.randn(recon.shape[1:], dtype=torch.float64) * 0.3}[scale]
+    if isinstance(value, torch.Tensor):
+        value.requires_grad_()
+    out = vk.elbo_loss(recon, x, mu, logvar, likelihood=likelihood, beta=0.7, recon_scale=value,
+                       reduction=reduction, return_components=True, backend="cpu")
+    nll = vk.gaussian_nll if likelihood == "gaussian" else vk.laplace_nll
+    recon_nll = nll(recon, x, value, reduction=reduction, backend="torch")
+    kl = vk.gaussian_kl(mu, logvar, reduction=reduction, backend="torch")
+    for got, want in zip(out, (recon_nll + 0.7 * kl, recon_nll, kl)):
+        torch.testing.assert_close(got, want)
+    leaves = [recon, mu, logvar] + ([value] if isinstance(value, torch.Tensor) else [])
+    grads = torch.autograd.grad(out[0].sum(), leaves)
+    expected = torch.autograd.grad((recon_nll + 0.7 * kl).sum(), leaves)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_elbo_recon_scale_needs_a_likelihood_with_a_scale():
+    recon, x, mu, logvar = make_inputs("bernoulli")
+    with pytest.raises(ValueError, match="recon_scale applies to the likelihoods with a scale"):
+        vk.elbo_loss(recon, x, mu, logvar, recon_scale=0.5)
+    with pytest.raises(ValueError, match="recon_scale of shape"):
+        vk.elbo_loss(recon, x, mu, logvar, likelihood="laplace",
+                     recon_scale=torch.zeros(4, dtype=torch.float64))

@@ -178,7 +178,8 @@ def shapes(draw, min_dims: int = 1, max_dims: int = 4, small: bool = False):
     return tuple(dims)
 
 
-LOSS_OPS = ["gaussian_kl", "bernoulli_logits", "bernoulli_probs", "gaussian_nll", "mse_loss"]
+LOSS_OPS = ["gaussian_kl", "bernoulli_logits", "bernoulli_probs", "gaussian_nll", "mse_loss",
+            "laplace_nll", "continuous_bernoulli"]
 
 
 @st.composite
@@ -213,7 +214,7 @@ def loss_cases(draw, dtypes=tuple(DTYPES), small: bool = False) -> Case:
         values = {"input": _unit(gen, shape, 0.1), "target": _unit(gen, shape, 0.7)}
         if dtype == torch.float16:  # the gradient's 1/(p(1-p)) inside float16's range
             values["input"] = values["input"] * 0.98 + 0.01
-    elif op == "gaussian_nll":
+    elif op in ("gaussian_nll", "laplace_nll"):
         values = {"input": _values(gen, shape, scale), "target": _values(gen, shape, scale)}
         variance = draw(st.sampled_from(["fixed", "learned", "broadcast"]))
         options["variance"] = variance
@@ -221,6 +222,8 @@ def loss_cases(draw, dtypes=tuple(DTYPES), small: bool = False) -> Case:
             options["logvar"] = draw(st.sampled_from([0.0, -0.3, 2.5, -lv_bound / 2, lv_bound]))
         else:
             values["logvar"] = lv(shape if variance == "learned" else shape[-1:])
+    elif op == "continuous_bernoulli":
+        values = {"input": _values(gen, shape, scale), "target": _unit(gen, shape, 0.5)}
     else:
         values = {"input": _values(gen, shape, scale), "target": _values(gen, shape, scale)}
     if dtype == torch.float16:  # the inputs themselves must be float16 numbers
@@ -251,6 +254,13 @@ def call_loss(case: Case, args: dict[str, torch.Tensor], backend: str) -> torch.
         logvar = args.get("logvar", case.options.get("logvar"))
         return vk.gaussian_nll(args["input"], args["target"], logvar, reduction=red,
                                backend=backend)
+    if op == "laplace_nll":  # the log-scale drawn as the Gaussian's log-variance
+        logscale = args.get("logvar", case.options.get("logvar"))
+        return vk.laplace_nll(args["input"], args["target"], logscale, reduction=red,
+                              backend=backend)
+    if op == "continuous_bernoulli":
+        return vk.continuous_bernoulli_nll(args["input"], args["target"], reduction=red,
+                                           backend=backend)
     return vk.mse_loss(args["input"], args["target"], reduction=red, backend=backend)
 
 
@@ -286,6 +296,17 @@ def magnitudes(op: str, a: dict[str, torch.Tensor], options: dict):
         dm = (m.abs() + x.abs()) * torch.exp(-lv)
         return 0.5 * (t2 + lv.abs() + LOG_2PI), {"input": dm, "target": dm,
                                                   "logvar": 0.5 * (1 + t2)}
+    if op == "laplace_nll":
+        m, x = a["input"], a["target"]
+        s = a.get("logvar", options.get("logvar"))
+        s = torch.as_tensor(s, dtype=torch.float64).expand_as(m)
+        t = (m.abs() + x.abs()) * torch.exp(-s)
+        return t + s.abs() + math.log(2), {"input": torch.exp(-s), "target": torch.exp(-s),
+                                           "logvar": 1 + t}
+    if op == "continuous_bernoulli":
+        l, x = a["input"], a["target"]
+        value = l.abs() + math.log(2) + torch.log1p(l.abs())
+        return value, {"input": torch.ones_like(l) + x.abs() + 1, "target": l.abs()}
     m, x = a["input"], a["target"]
     s = (m.abs() + x.abs())
     return s * s, {"input": 2 * s, "target": 2 * s}
@@ -420,7 +441,7 @@ def elbo_cases(draw, dtypes=tuple(DTYPES), small: bool = False) -> Case:
         recon, x = _unit(gen, recon_shape, 0.1), _unit(gen, recon_shape, 0.7)
         if dtype == torch.float16:  # see loss_cases
             recon = recon * 0.98 + 0.01
-    elif likelihood == "bernoulli":
+    elif likelihood in ("bernoulli", "continuous_bernoulli"):
         recon, x = _values(gen, recon_shape, scale), _unit(gen, recon_shape, 0.5)
     else:
         recon, x = _values(gen, recon_shape, scale), _values(gen, recon_shape, scale)
@@ -453,7 +474,8 @@ def call_elbo(case: Case, args, backend: str) -> torch.Tensor:
 def elbo_magnitudes(case: Case, a):
     lik = case.options["likelihood"]
     recon_op = {"bernoulli": "bernoulli_logits", "bernoulli_probs": "bernoulli_probs",
-                "gaussian": "gaussian_nll", "mse": "mse_loss"}[lik]
+                "gaussian": "gaussian_nll", "mse": "mse_loss", "laplace": "laplace_nll",
+                "continuous_bernoulli": "continuous_bernoulli"}[lik]
     recon_value, recon_grads = magnitudes(recon_op, {"input": a["recon"], "target": a["x"]},
                                           {"logvar": 0.0})
     kl_value, kl_grads = magnitudes("gaussian_kl", {"mu": a["mu"], "logvar": a["logvar"]}, {})

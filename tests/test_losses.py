@@ -1,4 +1,5 @@
-"""The loss ops (KL, Bernoulli NLL, Gaussian NLL, squared error) of the C++ CPU backend
+"""The loss ops (KL, Bernoulli, Gaussian, Laplace and continuous-Bernoulli NLL, squared
+error) of the C++ CPU backend
 against the float64 oracle (vae_kernels.reference), in value and gradient, for every
 dtype, reduction and option; gradcheck in float64; torch's own losses as a second oracle."""
 
@@ -61,6 +62,19 @@ def make_case(op: str, shape, dtype, option, seed=0):
     elif op == "mse_loss":
         tensors = {"input": randn(), "target": randn()}
         call = lambda t, **kw: vk.mse_loss(t["input"], t["target"], **kw)  # noqa: E731
+    elif op == "laplace_nll":
+        tensors = {"input": randn(), "target": randn()}
+        if option == "learned":
+            tensors["logscale"] = randn() * 0.5
+        elif option == "broadcast_learned":  # a learned scalar, as latent diffusion's logvar
+            tensors["logscale"] = torch.randn((), generator=g, dtype=torch.float64) * 0.5
+        fixed = 0.4 if option == "fixed" else None
+        call = lambda t, **kw: vk.laplace_nll(  # noqa: E731
+            t["input"], t["target"], t.get("logscale", fixed), **kw)
+    elif op == "continuous_bernoulli_nll":
+        # Logits on both sides of the series' |l| = 1, targets in [0, 1].
+        tensors = {"input": randn() * 3, "target": rand()}
+        call = lambda t, **kw: vk.continuous_bernoulli_nll(t["input"], t["target"], **kw)  # noqa: E731
     else:
         raise AssertionError(op)
     return tensors, call
@@ -76,6 +90,10 @@ CASES = [
     ("gaussian_nll", "learned"),
     ("gaussian_nll", "broadcast_learned"),
     ("mse_loss", "plain"),
+    ("laplace_nll", "fixed"),
+    ("laplace_nll", "learned"),
+    ("laplace_nll", "broadcast_learned"),
+    ("continuous_bernoulli_nll", "logits"),
 ]
 CASE_IDS = [f"{op}-{opt}" for op, opt in CASES]
 
@@ -225,7 +243,7 @@ def test_target_gradients():
         tensors, call = make_case(op, (4, 6), torch.float64, option, seed=11)
         for k, v in tensors.items():
             v.requires_grad_(k == "target")
-        if op == "bernoulli_nll":
+        if op in ("bernoulli_nll", "continuous_bernoulli_nll"):  # stay inside [0, 1]
             tensors["target"] = (tensors["target"].detach() * 0.8 + 0.1).requires_grad_()
         assert torch.autograd.gradcheck(
             lambda t: call({**tensors, "target": t}, reduction="sum", backend="cpu"),
@@ -260,3 +278,109 @@ def test_reductions_are_consistent():
     torch.testing.assert_close(vk.bernoulli_nll(l, x, reduction="batchmean"), none.sum() / 9)
     torch.testing.assert_close(vk.bernoulli_nll(l, x, reduction="per_sample"), none.sum((1, 2)))
     assert TOLERANCES  # the tolerance table is shared with the oracle tests
+
+
+# ------------------------------------------------------------------ Laplace, continuous Bernoulli
+
+BACKENDS_HERE = [b for b in ("cpu", "triton", "torch") if b in vk.available_backends()]
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_laplace_equals_torch_distributions_and_l1(backend):
+    g = torch.Generator().manual_seed(12)
+    m, x = torch.randn(2, 6, 9, generator=g, dtype=torch.float64)
+    s = torch.randn(9, generator=g, dtype=torch.float64) * 0.5
+    expected = -torch.distributions.Laplace(m, torch.exp(s)).log_prob(x)
+    torch.testing.assert_close(vk.laplace_nll(m, x, s, reduction="none", backend=backend), expected)
+    # At unit scale it is the L1 loss plus log 2 per element.
+    torch.testing.assert_close(
+        vk.laplace_nll(m, x, reduction="sum", backend=backend),
+        F.l1_loss(m, x, reduction="sum") + math.log(2) * m.numel(),
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_laplace_gradient_at_a_zero_residual_is_zero_as_l1_loss(backend):
+    m = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([[0.5, 0.0, 2.0]], dtype=torch.float64)
+    s = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    grad_m, grad_s = torch.autograd.grad(vk.laplace_nll(m, x, s, backend=backend), (m, s))
+    b_inv = math.exp(-0.3)
+    torch.testing.assert_close(grad_m, torch.tensor([[0.0, -b_inv, 0.0]], dtype=torch.float64))
+    # d/ds of (|r| e^-s + s), summed over the 3 elements of the one datapoint.
+    torch.testing.assert_close(grad_s, torch.tensor(3 - 1.0 * b_inv, dtype=torch.float64))
+    m32 = m.detach().float().requires_grad_()
+    (grad,) = torch.autograd.grad(vk.laplace_nll(m32, x.float(), backend=backend), m32)
+    (expected,) = torch.autograd.grad(F.l1_loss(m32, x.float(), reduction="sum"), m32)
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_latent_diffusion_nll_is_laplace_minus_log2(backend):
+    """latent-diffusion's LPIPSWithDiscriminator: nll = |x - x_rec| / exp(logvar) + logvar,
+    summed and divided by the batch (its weighted_nll_loss without weights)."""
+    g = torch.Generator().manual_seed(13)
+    x, x_rec = torch.randn(2, 4, 3, 8, 8, generator=g)
+    logvar = torch.nn.Parameter(torch.tensor(0.2))
+    theirs = torch.sum(torch.abs(x.contiguous() - x_rec.contiguous()) / torch.exp(logvar) + logvar)
+    theirs = theirs / x.shape[0]
+    ours = vk.laplace_nll(x_rec, x, logvar, backend=backend) - math.log(2) * x[0].numel()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+    (ours_grad,) = torch.autograd.grad(ours, logvar)
+    (their_grad,) = torch.autograd.grad(theirs, logvar)
+    torch.testing.assert_close(ours_grad, their_grad, rtol=1e-5, atol=1e-4)
+
+
+def _continuous_bernoulli_exact(logit: float, target: float) -> float:
+    """-log CB(target; sigmoid(logit)) with 60 digits (mpmath)."""
+    import mpmath
+
+    with mpmath.workdps(60):
+        l, t = mpmath.mpf(logit), mpmath.mpf(target)
+        log_c = mpmath.log(2) if logit == 0 else mpmath.log(l / mpmath.tanh(l / 2))
+        softplus = lambda z: mpmath.log1p(mpmath.exp(z))  # noqa: E731
+        return float(t * softplus(-l) + (1 - t) * softplus(l) - log_c)
+
+
+CB_LOGITS = [0.0, 1e-7, -1e-4, 1e-2, 0.5, -0.999, 1.0, 1.001, 3.0, -20.0, 36.0, 80.0, -1e3, 1e4, -1e4]
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_continuous_bernoulli_is_accurate_at_every_logit(backend, dtype):
+    """Against exact values, near 0 (where log C is 0/0) and out to |logit| = 1e4 (where
+    torch.distributions, which clamps probabilities, is off by nats)."""
+    logits = torch.tensor(CB_LOGITS, dtype=dtype)
+    for target in (0.0, 0.3, 1.0):
+        x = torch.full_like(logits, target)
+        ours = vk.continuous_bernoulli_nll(logits[:, None], x[:, None], reduction="none",
+                                           backend=backend)[:, 0]
+        exact = torch.tensor([_continuous_bernoulli_exact(float(l), target) for l in logits],
+                             dtype=torch.float64)
+        rtol, atol = (4e-7, 1e-7) if dtype == torch.float32 else (1e-13, 1e-15)
+        torch.testing.assert_close(ours.double(), exact, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_continuous_bernoulli_gradient_and_torch_distributions(backend):
+    g = torch.Generator().manual_seed(14)
+    l = (torch.randn(5, 40, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    x = torch.rand(5, 40, generator=g, dtype=torch.float64)
+    ours = vk.continuous_bernoulli_nll(l, x, reduction="none", backend=backend)
+    # torch's distribution is exact for moderate logits (outside its Taylor window).
+    theirs = -torch.distributions.ContinuousBernoulli(logits=l.detach()).log_prob(x)
+    torch.testing.assert_close(ours.detach(), theirs, rtol=1e-6, atol=1e-6)
+    (grad,) = torch.autograd.grad(ours.sum(), l)
+    lv = l.detach()
+    expected = torch.sigmoid(lv) - x - (1 / lv - 1 / torch.sinh(lv))
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_continuous_bernoulli_targets_must_lie_in_unit_interval(backend):
+    l = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"target must lie in \[0, 1\]"):
+        vk.continuous_bernoulli_nll(l, torch.full((2, 3), 1.5), backend=backend)
+    with pytest.raises(ValueError, match=r"x must lie in \[0, 1\]"):
+        vk.elbo_loss(l, torch.full((2, 3), -0.5), l, l, likelihood="continuous_bernoulli",
+                     backend=backend)

@@ -8,13 +8,22 @@
 from .backends import available_backends
 from .functional import (
     bernoulli_nll,
+    continuous_bernoulli_nll,
     elbo_loss,
     gaussian_kl,
     gaussian_nll,
+    laplace_nll,
     mse_loss,
     reparameterize,
 )
-from .modules import BernoulliNLLLoss, ELBOLoss, GaussianKLLoss, GaussianNLLLoss
+from .modules import (
+    BernoulliNLLLoss,
+    ContinuousBernoulliNLLLoss,
+    ELBOLoss,
+    GaussianKLLoss,
+    GaussianNLLLoss,
+    LaplaceNLLLoss,
+)
 
 __version__ = "0.1.0"
 
@@ -24,11 +33,15 @@ __all__ = [
     "bernoulli_nll",
     "gaussian_nll",
     "mse_loss",
+    "laplace_nll",
+    "continuous_bernoulli_nll",
     "elbo_loss",
     "ELBOLoss",
     "GaussianKLLoss",
     "BernoulliNLLLoss",
     "GaussianNLLLoss",
+    "LaplaceNLLLoss",
+    "ContinuousBernoulliNLLLoss",
     "available_backends",
     "__version__",
 ]

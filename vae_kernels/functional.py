@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .schema import ELBO_REDUCTIONS, REDUCTIONS
+from .schema import BY_NAME, ELBO_REDUCTIONS, REDUCTIONS
 from .schema import LIKELIHOOD_NAMES as LIKELIHOODS
 
 __all__ = [
@@ -45,6 +45,8 @@ __all__ = [
     "bernoulli_nll",
     "gaussian_nll",
     "mse_loss",
+    "laplace_nll",
+    "continuous_bernoulli_nll",
     "elbo_loss",
 ]
 
@@ -92,6 +94,19 @@ def _check_broadcastable(name: str, t: Tensor, to_name: str, to: Tensor) -> None
             f"{name} of shape {tuple(t.shape)} must broadcast to {to_name}'s shape "
             f"{tuple(to.shape)}"
         )
+
+
+def _check_scale(name: str, scale: object, input: Tensor) -> Union[float, Tensor]:
+    """A likelihood's scale argument: a float (fixed), or a tensor broadcastable to
+    ``input`` (learned: it receives gradients, summed over the broadcast dimensions)."""
+    if isinstance(scale, Tensor):
+        _check_float_tensor(name, scale)
+        _check_same("input", input, name, scale, shape=False)
+        _check_broadcastable(name, scale, "input", input)
+        return scale
+    if isinstance(scale, numbers.Real) and not isinstance(scale, bool):
+        return float(scale)
+    raise TypeError(f"{name} must be a float or a tensor, got {type(scale).__name__}")
 
 
 def _check_reduction(reduction: str, allowed: tuple[str, ...], why: str = "") -> None:
@@ -264,14 +279,7 @@ def gaussian_nll(
     _check_float_tensor("input", input)
     _check_float_tensor("target", target)
     _check_same("input", input, "target", target)
-    if isinstance(logvar, Tensor):
-        _check_float_tensor("logvar", logvar)
-        _check_same("input", input, "logvar", logvar, shape=False)
-        _check_broadcastable("logvar", logvar, "input", input)
-    elif isinstance(logvar, numbers.Real) and not isinstance(logvar, bool):
-        logvar = float(logvar)
-    else:
-        raise TypeError(f"logvar must be a float or a tensor, got {type(logvar).__name__}")
+    logvar = _check_scale("logvar", logvar, input)
     _check_reduction(reduction, REDUCTIONS)
     _check_batch_dim("input", input, reduction)
     impl = backends.resolve(backend, input.device)
@@ -301,6 +309,76 @@ def mse_loss(
     return impl.mse_loss(input, target, reduction)
 
 
+def laplace_nll(
+    input: Tensor,
+    target: Tensor,
+    logscale: Union[float, Tensor] = 0.0,
+    *,
+    reduction: str = "batchmean",
+    backend: str = "auto",
+) -> Tensor:
+    """Negative Laplace log-density ``|target - input| * exp(-logscale) + logscale + log 2``.
+
+    The L1 reconstruction loss with a scale: latent-diffusion's
+    ``|x - x_rec| / exp(logvar) + logvar`` (``LPIPSWithDiscriminator``, before its
+    perceptual term) is ``laplace_nll(x_rec, x, logvar, reduction="batchmean")`` minus
+    ``log 2`` times the elements per image.
+
+    Args:
+        input: the predicted location.
+        target: the data, same shape.
+        logscale: log b: a float (fixed scale), or a tensor broadcastable to ``input``
+            (a learned scalar or a per-pixel map; it receives gradients, summed over
+            the broadcast dimensions).
+        reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
+
+    The gradient at a zero residual is 0, as ``F.l1_loss``'s.
+    """
+    _check_float_tensor("input", input)
+    _check_float_tensor("target", target)
+    _check_same("input", input, "target", target)
+    logscale = _check_scale("logscale", logscale, input)
+    _check_reduction(reduction, REDUCTIONS)
+    _check_batch_dim("input", input, reduction)
+    impl = backends.resolve(backend, input.device)
+    return impl.reconstruction_nll("laplace", input, target, logscale, reduction)
+
+
+def continuous_bernoulli_nll(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    reduction: str = "batchmean",
+    backend: str = "auto",
+) -> Tensor:
+    """Negative continuous-Bernoulli log-density (Loaiza-Ganem & Cunningham, 2019) of
+    ``target`` in [0, 1]: ``BCE-with-logits(logits, target) - log C(logits)`` with the
+    normalizer ``log C(l) = log(l / tanh(l / 2))``.
+
+    Computed from the logits at every value: a series near 0 (where the formula is 0/0)
+    and ``log|l| - log1p(-e^-|l|) + log1p(e^-|l|)`` beyond, so it stays exact far out
+    (``torch.distributions.ContinuousBernoulli`` clamps probabilities and is off by
+    0.8 nats at logit 80). The gradient in the logits is
+    ``sigmoid(l) - target - (1/l - 1/sinh(l))``.
+
+    Args:
+        logits: the decoder's logits.
+        target: the data in [0, 1], same shape; values outside raise ValueError.
+        reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
+    """
+    _check_float_tensor("logits", logits)
+    _check_float_tensor("target", target)
+    _check_same("logits", logits, "target", target)
+    _check_reduction(reduction, REDUCTIONS)
+    _check_batch_dim("logits", logits, reduction)
+    impl = backends.resolve(backend, logits.device)
+    if impl is backends.reference:
+        _check_unit_interval("target", target)
+    return impl.reconstruction_nll("continuous_bernoulli", logits, target, 0.0, reduction)
+
+
 def elbo_loss(
     recon: Tensor,
     x: Tensor,
@@ -309,6 +387,7 @@ def elbo_loss(
     *,
     likelihood: str = "bernoulli",
     beta: float = 1.0,
+    recon_scale: Union[float, Tensor, None] = None,
     reduction: str = "batchmean",
     return_components: bool = False,
     backend: str = "auto",
@@ -316,13 +395,20 @@ def elbo_loss(
     """The negative ELBO ``recon_nll + beta * KL(N(mu, exp(logvar)) || N(0, I))`` in one call.
 
     Args:
-        recon: decoder output of shape (B, ...): logits for ``likelihood="bernoulli"``,
-            probabilities for ``"bernoulli_probs"``, the mean for ``"gaussian"``
-            (unit variance, full NLL) and ``"mse"`` (squared error).
+        recon: decoder output of shape (B, ...): logits for ``likelihood="bernoulli"``
+            and ``"continuous_bernoulli"``, probabilities for ``"bernoulli_probs"``, the
+            mean for ``"gaussian"`` (full NLL) and ``"mse"`` (squared error), the
+            location for ``"laplace"`` (L1).
         x: the data, same shape as ``recon``.
         mu, logvar: posterior parameters of shape (B, ...), same B.
-        likelihood: ``"bernoulli"``, ``"bernoulli_probs"``, ``"gaussian"`` or ``"mse"``.
+        likelihood: ``"bernoulli"``, ``"bernoulli_probs"``, ``"gaussian"``, ``"mse"``,
+            ``"laplace"`` or ``"continuous_bernoulli"``.
         beta: weight of the KL term (beta-VAE), >= 0.
+        recon_scale: the scale of a ``"gaussian"`` (its log-variance) or ``"laplace"``
+            (its log-scale, log b) likelihood: a float (fixed), or a tensor broadcastable
+            to ``recon`` (learned: an ``nn.Parameter`` scalar as in latent diffusion, a
+            per-pixel map or a decoder output; it receives gradients). None: unit scale
+            (0), computed with the ELBO in one fused op.
         reduction: ``"batchmean"`` (sum / B: nats per datapoint), ``"sum"`` or
             ``"per_sample"`` (shape (B,)).
         return_components: also return the reconstruction NLL and the KL, reduced
@@ -344,6 +430,15 @@ def elbo_loss(
     _check_same("mu", mu, "logvar", logvar)
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    row = BY_NAME[likelihood]
+    if recon_scale is not None:
+        if row.scale_name is None:
+            with_scale = tuple(r.name for r in BY_NAME.values() if r.scale_name is not None)
+            raise ValueError(
+                f"recon_scale applies to the likelihoods with a scale {with_scale}, "
+                f"not {likelihood!r}"
+            )
+        recon_scale = _check_scale("recon_scale", recon_scale, recon)
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
         raise TypeError(f"beta must be a float, got {type(beta).__name__}")
     if not beta >= 0:
@@ -361,11 +456,19 @@ def elbo_loss(
             f"recon and mu must have the same batch size, got {recon.shape[0]} and {mu.shape[0]}"
         )
     impl = backends.resolve(backend, recon.device)
-    if impl is backends.reference and likelihood.startswith("bernoulli"):
-        _check_unit_interval("x", x)
-        if likelihood == "bernoulli_probs":
+    if impl is backends.reference:
+        if row.unit_interval[1]:
+            _check_unit_interval("x", x)
+        if row.unit_interval[0]:
             _check_unit_interval("recon", recon, " (probabilities)")
-    loss, recon_nll, kl = impl.elbo_loss(recon, x, mu, logvar, likelihood, float(beta), reduction)
+    if recon_scale is None:
+        loss, recon_nll, kl = impl.elbo_loss(
+            recon, x, mu, logvar, likelihood, float(beta), reduction
+        )
+    else:  # a scale: the likelihood's op with its scale, then the KL
+        recon_nll = impl.reconstruction_nll(likelihood, recon, x, recon_scale, reduction)
+        kl = impl.gaussian_kl(mu, logvar, None, None, reduction)
+        loss = recon_nll + float(beta) * kl
     if return_components:
         return loss, recon_nll, kl
     return loss

@@ -13,6 +13,8 @@ class ELBOLoss(nn.Module):
     """The negative ELBO as a module: ``ELBOLoss(...)(recon, x, mu, logvar)``.
 
     See :func:`vae_kernels.elbo_loss` for the arguments; they are fixed at construction.
+    ``recon_scale`` is a fixed float here; a learned scale (a tensor) is passed at call
+    time: ``loss(recon, x, mu, logvar, recon_scale=self.logvar)``.
     """
 
     def __init__(
@@ -22,6 +24,7 @@ class ELBOLoss(nn.Module):
         reduction: str = "batchmean",
         return_components: bool = False,
         backend: str = "auto",
+        recon_scale: Union[float, None] = None,
     ) -> None:
         super().__init__()
         if likelihood not in F.LIKELIHOODS:
@@ -33,9 +36,15 @@ class ELBOLoss(nn.Module):
         self.reduction = reduction
         self.return_components = return_components
         self.backend = backend
+        self.recon_scale = recon_scale
 
     def forward(
-        self, recon: Tensor, x: Tensor, mu: Tensor, logvar: Tensor
+        self,
+        recon: Tensor,
+        x: Tensor,
+        mu: Tensor,
+        logvar: Tensor,
+        recon_scale: Union[Tensor, float, None] = None,
     ) -> Union[Tensor, tuple[Tensor, Tensor, Tensor]]:
         return F.elbo_loss(
             recon,
@@ -44,6 +53,7 @@ class ELBOLoss(nn.Module):
             logvar,
             likelihood=self.likelihood,
             beta=self.beta,
+            recon_scale=self.recon_scale if recon_scale is None else recon_scale,
             reduction=self.reduction,
             return_components=self.return_components,
             backend=self.backend,
@@ -101,4 +111,43 @@ class GaussianNLLLoss(nn.Module):
             self.logvar if logvar is None else logvar,
             reduction=self.reduction,
             backend=self.backend,
+        )
+
+
+class LaplaceNLLLoss(nn.Module):
+    """Laplace negative log-density (L1 with a scale) with a fixed float log-scale, or a
+    learned one passed at call time; see :func:`vae_kernels.laplace_nll`."""
+
+    def __init__(
+        self, logscale: float = 0.0, reduction: str = "batchmean", backend: str = "auto"
+    ) -> None:
+        super().__init__()
+        self.logscale = logscale
+        self.reduction = reduction
+        self.backend = backend
+
+    def forward(
+        self, input: Tensor, target: Tensor, logscale: Union[Tensor, None] = None
+    ) -> Tensor:
+        return F.laplace_nll(
+            input,
+            target,
+            self.logscale if logscale is None else logscale,
+            reduction=self.reduction,
+            backend=self.backend,
+        )
+
+
+class ContinuousBernoulliNLLLoss(nn.Module):
+    """Continuous-Bernoulli negative log-density from logits, see
+    :func:`vae_kernels.continuous_bernoulli_nll`."""
+
+    def __init__(self, reduction: str = "batchmean", backend: str = "auto") -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.backend = backend
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.continuous_bernoulli_nll(
+            logits, target, reduction=self.reduction, backend=self.backend
         )

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LOG_2PI = math.log(2.0 * math.pi)
+LOG_2 = math.log(2.0)
 
 # PyTorch's binary_cross_entropy clamps each log term at -100 (aten/src/ATen/native/Loss.cpp).
 BCE_LOG_CLAMP = -100.0
@@ -97,7 +98,7 @@ def bernoulli_nll_elementwise(input: Tensor, target: Tensor, logits: bool = True
     # The gradients written out (F.binary_cross_entropy itself refuses NaN, which must
     # propagate here); each term adds zero to the value and its gradient to the graph.
     wide = torch.promote_types(p.dtype, torch.float32)  # 1e-12 underflows in float16
-    d_input = ((p - x).to(wide) / torch.clamp_min((p * (1.0 - p)).to(wide), BCE_GRAD_EPSILON))
+    d_input = (p - x).to(wide) / torch.clamp_min((p * (1.0 - p)).to(wide), BCE_GRAD_EPSILON)
     d_target = log_1mp - log_p
     return loss + (input - p) * d_input.to(p.dtype) + (target - x) * d_target
 
@@ -125,6 +126,46 @@ def squared_error_elementwise(input: Tensor, target: Tensor) -> Tensor:
     return diff * diff
 
 
+def _abs_with_sign_gradient(r: Tensor) -> Tensor:
+    """|r| whose gradient is sign(r): 0 at r = 0 (as F.l1_loss), NaN at NaN (torch.sign
+    gives 0 there, which would hide a NaN from the gradient)."""
+    sign = torch.where(torch.isnan(r), r, torch.sign(r)).detach()
+    return r * sign
+
+
+def laplace_nll_elementwise(
+    input: Tensor, target: Tensor, logscale: Union[float, Tensor] = 0.0
+) -> Tensor:
+    """-log Laplace(target | input, exp(logscale)) per element: |x - m| e^-s + s + log 2.
+
+    e^-s is applied as two factors e^(-s/2), as in the kernels (csrc/math/laplace_nll.h),
+    so a zero residual at a very negative log-scale is not inf * 0.
+    """
+    half = torch.exp(-0.5 * logscale) if isinstance(logscale, Tensor) else math.exp(-0.5 * logscale)
+    return _abs_with_sign_gradient(target - input) * half * half + logscale + LOG_2
+
+
+def continuous_bernoulli_log_norm(logits: Tensor) -> Tensor:
+    """log C(l) = log(l / tanh(l / 2)) of the continuous Bernoulli, at every logit: the
+    series log 2 + l^2/12 - 7 l^4/1440 + 31 l^6/90720 near 0 (the formula is 0/0 at 0),
+    the formula elsewhere (float64: tanh(l/2) rounds to 1 beyond |l| ~ 38, where
+    log C = log|l| to within 1e-16)."""
+    a = logits.abs()
+    small = a < 1e-2
+    a_safe = torch.where(small, torch.ones_like(a), a)  # no 0/0 in the unused branch
+    l2 = logits * logits
+    series = LOG_2 + l2 * (1.0 / 12.0 + l2 * (-7.0 / 1440.0 + l2 * (31.0 / 90720.0)))
+    return torch.where(small, series, torch.log(a_safe / torch.tanh(0.5 * a_safe)))
+
+
+def continuous_bernoulli_nll_elementwise(logits: Tensor, target: Tensor) -> Tensor:
+    """-log ContinuousBernoulli(target | sigmoid(logits)) per element: BCE-with-logits
+    minus log C(l). No probability is formed, so nothing is clamped."""
+    return bernoulli_nll_elementwise(logits, target, logits=True) - continuous_bernoulli_log_norm(
+        logits
+    )
+
+
 def reconstruction_nll_elementwise(recon: Tensor, x: Tensor, likelihood: str) -> Tensor:
     """The per-element reconstruction term of the ELBO for each ``likelihood``."""
     if likelihood == "bernoulli":
@@ -135,6 +176,10 @@ def reconstruction_nll_elementwise(recon: Tensor, x: Tensor, likelihood: str) ->
         return gaussian_nll_elementwise(recon, x, 0.0)
     if likelihood == "mse":
         return squared_error_elementwise(recon, x)
+    if likelihood == "laplace":
+        return laplace_nll_elementwise(recon, x, 0.0)
+    if likelihood == "continuous_bernoulli":
+        return continuous_bernoulli_nll_elementwise(recon, x)
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
@@ -177,6 +222,18 @@ def gaussian_nll(
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str) -> Tensor:
     return reduce_loss(squared_error_elementwise(input, target), reduction)
+
+
+def reconstruction_nll(
+    likelihood: str, input: Tensor, target: Tensor, scale: Union[float, Tensor], reduction: str
+) -> Tensor:
+    """The negative log-likelihood of a ``vae_kernels.schema.LIKELIHOODS`` row, with its
+    scale (ignored by likelihoods without one)."""
+    if likelihood == "gaussian":
+        return gaussian_nll(input, target, scale, reduction)
+    if likelihood == "laplace":
+        return reduce_loss(laplace_nll_elementwise(input, target, scale), reduction)
+    return reduce_loss(reconstruction_nll_elementwise(input, target, likelihood), reduction)
 
 
 def elbo_loss(

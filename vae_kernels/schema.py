@@ -25,10 +25,9 @@ ELBO_REDUCTIONS = ("batchmean", "sum", "per_sample")
 
 
 class LossKind(enum.IntEnum):
-    """The elementwise losses of the kernels: csrc/math/losses.h's ``LossKind``, and the
-    ``KIND`` of the Triton loss kernel. Reconstruction kinds (from
-    ``FIRST_RECONSTRUCTION`` on) are the ``kind`` argument of the reconstruction_nll and
-    elbo ops."""
+    """The elementwise losses of the kernels: csrc/math/losses.h's ``LossKind`` (new kinds
+    are appended), and the ``KIND`` of the Triton loss kernel. The reconstruction_nll and
+    elbo ops take a reconstruction kind (a ``kind`` of a ``LIKELIHOODS`` row)."""
 
     KL_STD_NORMAL = 0  # mu, logvar
     KL_PRIOR = 1  # mu, logvar, prior_mu, prior_logvar
@@ -37,9 +36,9 @@ class LossKind(enum.IntEnum):
     GAUSSIAN_FIXED_VAR = 4  # mean, target (the log-variance is a scalar argument)
     GAUSSIAN_LEARNED_VAR = 5  # mean, target, logvar
     SQUARED_ERROR = 6  # input, target
-
-
-FIRST_RECONSTRUCTION = LossKind.BERNOULLI_LOGITS
+    LAPLACE_FIXED_SCALE = 7  # mean, target (the log-scale is a scalar argument)
+    LAPLACE_LEARNED_SCALE = 8  # mean, target, logscale
+    CONTINUOUS_BERNOULLI = 9  # logits, target
 
 
 @dataclass(frozen=True)
@@ -64,6 +63,16 @@ LIKELIHOODS = (
         "gaussian", "the mean", LossKind.GAUSSIAN_FIXED_VAR, LossKind.GAUSSIAN_LEARNED_VAR, "logvar"
     ),
     Likelihood("mse", "the prediction (squared error)", LossKind.SQUARED_ERROR),
+    Likelihood(
+        "laplace",
+        "the location (L1)",
+        LossKind.LAPLACE_FIXED_SCALE,
+        LossKind.LAPLACE_LEARNED_SCALE,
+        "logscale",
+    ),
+    Likelihood(
+        "continuous_bernoulli", "logits", LossKind.CONTINUOUS_BERNOULLI, unit_interval=(False, True)
+    ),
 )
 LIKELIHOOD_NAMES = tuple(likelihood.name for likelihood in LIKELIHOODS)
 BY_NAME = {likelihood.name: likelihood for likelihood in LIKELIHOODS}

@@ -28,6 +28,9 @@ struct Math<at::vec::Vectorized<T>> {
   static V sqrt(const V& x) { return x.sqrt(); }
   static V cos(const V& x) { return x.cos(); }
   static V abs(const V& x) { return x.abs(); }
+  static V sign(const V& x) {  // -1, 0 or 1; NaN stays NaN
+    return V::blendv(V::blendv(x * V(T(0)), V(T(-1)), x < V(T(0))), V(T(1)), x > V(T(0)));
+  }
   static V maximum(const V& a, const V& b) { return at::vec::maximum(a, b); }
   static V where_nonneg(const V& c, const V& a, const V& b) { return V::blendv(b, a, c >= V(T(0))); }
 };
@@ -46,6 +49,9 @@ struct Math<at::vec::Vectorized<float>> {
   static V sqrt(const V& x) { return x.sqrt(); }
   static V cos(const V& x) { return x.cos(); }
   static V abs(const V& x) { return x.abs(); }
+  static V sign(const V& x) {  // -1, 0 or 1; NaN stays NaN
+    return V::blendv(V::blendv(x * V(0.f), V(-1.f), x < V(0.f)), V(1.f), x > V(0.f));
+  }
   static V maximum(const V& a, const V& b) { return at::vec::maximum(a, b); }
   static V where_nonneg(const V& c, const V& a, const V& b) { return V::blendv(b, a, c >= V(0.f)); }
 

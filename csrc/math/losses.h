@@ -4,6 +4,8 @@
 //
 // An Op describes one elementwise loss:
 //   static constexpr int kInputs;
+//   static constexpr bool kReconstruction: a likelihood (input, target[, scale]), which
+//     the reconstruction_nll and elbo ops take; else a KL term
 //   static constexpr bool unit_interval(int k): whether input k must lie in [0, 1]
 //   template <class V> V loss(const V* in) const;
 //   template <class V> V loss_and_grad(const V* in, V* grad) const;
@@ -13,28 +15,32 @@
 #include <cstdint>
 
 #include "bernoulli_nll.h"
+#include "continuous_bernoulli_nll.h"
 #include "gaussian_kl.h"
 #include "gaussian_nll.h"
+#include "laplace_nll.h"
 
 namespace vae_kernels {
 
 // The inputs of each loss, in order (the order of LossBuffers::inputs and ::grads).
-// The KL terms come first; every kind from kFirstReconstruction on is a reconstruction
-// likelihood (input, target[, a learned scale]), which the reconstruction_nll and elbo
-// ops take by this value (vae_kernels/schema.py mirrors it).
+// The reconstruction_nll and elbo ops take a kind by this value (vae_kernels/schema.py
+// mirrors it); new kinds are appended.
 enum class LossKind : int32_t {
-  kKLStdNormal = 0,         // mu, logvar
-  kKLPrior = 1,             // mu, logvar, prior_mu, prior_logvar
-  kBernoulliLogits = 2,     // logits, target
-  kBernoulliProbs = 3,      // probabilities, target
-  kGaussianFixedVar = 4,    // mean, target (log-variance: the `param` of visit_loss)
-  kGaussianLearnedVar = 5,  // mean, target, logvar
-  kSquaredError = 6,        // input, target
-  kNumKinds = 7,
+  kKLStdNormal = 0,          // mu, logvar
+  kKLPrior = 1,              // mu, logvar, prior_mu, prior_logvar
+  kBernoulliLogits = 2,      // logits, target
+  kBernoulliProbs = 3,       // probabilities, target
+  kGaussianFixedVar = 4,     // mean, target (log-variance: the `param` of visit_loss)
+  kGaussianLearnedVar = 5,   // mean, target, logvar
+  kSquaredError = 6,         // input, target
+  kLaplaceFixedScale = 7,    // mean, target (log-scale: the `param` of visit_loss)
+  kLaplaceLearnedScale = 8,  // mean, target, logscale
+  kContinuousBernoulli = 9,  // logits, target
+  kNumKinds = 10,
 };
-constexpr int64_t kFirstReconstruction = static_cast<int64_t>(LossKind::kBernoulliLogits);
 
 struct BernoulliLogitsOp {
+  static constexpr bool kReconstruction = true;
   static constexpr int kInputs = 2;
   static constexpr VK_HOST_DEVICE bool unit_interval(int k) { return k == 1; }
   template <class V> VK_HOST_DEVICE V loss(const V* in) const {
@@ -46,6 +52,7 @@ struct BernoulliLogitsOp {
 };
 
 struct BernoulliProbsOp {
+  static constexpr bool kReconstruction = true;
   static constexpr int kInputs = 2;
   static constexpr VK_HOST_DEVICE bool unit_interval(int) { return true; }
   template <class V> VK_HOST_DEVICE V loss(const V* in) const {
@@ -57,6 +64,7 @@ struct BernoulliProbsOp {
 };
 
 struct GaussianFixedVarOp {
+  static constexpr bool kReconstruction = true;
   static constexpr int kInputs = 2;
   static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
   // exp(-logvar / 2) and the constant term, once per call in float64, so no exp runs
@@ -76,6 +84,7 @@ struct GaussianFixedVarOp {
 };
 
 struct GaussianLearnedVarOp {
+  static constexpr bool kReconstruction = true;
   static constexpr int kInputs = 3;
   static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
   template <class V> VK_HOST_DEVICE V loss(const V* in) const {
@@ -87,6 +96,7 @@ struct GaussianLearnedVarOp {
 };
 
 struct SquaredErrorOp {
+  static constexpr bool kReconstruction = true;
   static constexpr int kInputs = 2;
   static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
   template <class V> VK_HOST_DEVICE V loss(const V* in) const { return squared_error(in[0], in[1]); }
@@ -96,6 +106,7 @@ struct SquaredErrorOp {
 };
 
 struct KLStdNormalOp {
+  static constexpr bool kReconstruction = false;
   static constexpr int kInputs = 2;
   static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
   template <class V> VK_HOST_DEVICE V loss(const V* in) const {
@@ -107,6 +118,7 @@ struct KLStdNormalOp {
 };
 
 struct KLPriorOp {
+  static constexpr bool kReconstruction = false;
   static constexpr int kInputs = 4;
   static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
   template <class V> VK_HOST_DEVICE V loss(const V* in) const {
@@ -117,8 +129,51 @@ struct KLPriorOp {
   }
 };
 
+struct LaplaceFixedScaleOp {
+  static constexpr bool kReconstruction = true;
+  static constexpr int kInputs = 2;
+  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
+  double half_inv_scale;  // exp(-logscale / 2), once per call in float64
+  double log_norm;        // logscale + log 2
+  static LaplaceFixedScaleOp with_logscale(double logscale) {
+    return {std::exp(-0.5 * logscale), logscale + kLog2};
+  }
+  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
+    return laplace_nll_fixed_scale(in[0], in[1], V(half_inv_scale), V(log_norm));
+  }
+  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
+    return laplace_nll_fixed_scale_and_grad(in[0], in[1], V(half_inv_scale), V(log_norm),
+                                            grad[0], grad[1]);
+  }
+};
+
+struct LaplaceLearnedScaleOp {
+  static constexpr bool kReconstruction = true;
+  static constexpr int kInputs = 3;
+  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
+  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
+    return laplace_nll(in[0], in[1], in[2]);
+  }
+  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
+    return laplace_nll_and_grad(in[0], in[1], in[2], grad[0], grad[1], grad[2]);
+  }
+};
+
+struct ContinuousBernoulliOp {
+  static constexpr bool kReconstruction = true;
+  static constexpr int kInputs = 2;
+  static constexpr VK_HOST_DEVICE bool unit_interval(int k) { return k == 1; }
+  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
+    return continuous_bernoulli_nll(in[0], in[1]);
+  }
+  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
+    return continuous_bernoulli_nll_and_grad(in[0], in[1], grad[0], grad[1]);
+  }
+};
+
 // Returns f(op) for the Op of `kind` (host code: the kernels receive the op), or
-// `unknown` for a value outside LossKind. `param` is kGaussianFixedVar's log-variance.
+// `unknown` for a value outside LossKind. `param` is a fixed-scale kind's scale (the
+// log-variance of kGaussianFixedVar, the log-scale of kLaplaceFixedScale).
 template <class R, class F>
 R visit_loss(LossKind kind, double param, F&& f, R unknown) {
   switch (kind) {
@@ -129,6 +184,9 @@ R visit_loss(LossKind kind, double param, F&& f, R unknown) {
     case LossKind::kSquaredError: return f(SquaredErrorOp{});
     case LossKind::kKLStdNormal: return f(KLStdNormalOp{});
     case LossKind::kKLPrior: return f(KLPriorOp{});
+    case LossKind::kLaplaceFixedScale: return f(LaplaceFixedScaleOp::with_logscale(param));
+    case LossKind::kLaplaceLearnedScale: return f(LaplaceLearnedScaleOp{});
+    case LossKind::kContinuousBernoulli: return f(ContinuousBernoulliOp{});
     case LossKind::kNumKinds: break;
   }
   return unknown;
@@ -137,9 +195,10 @@ R visit_loss(LossKind kind, double param, F&& f, R unknown) {
 // The number of inputs of a reconstruction kind (2, or 3 with a learned scale), or 0
 // for any other value.
 inline int reconstruction_input_count(int64_t kind) {
-  if (kind < kFirstReconstruction || kind >= static_cast<int64_t>(LossKind::kNumKinds)) return 0;
+  if (kind < 0 || kind >= static_cast<int64_t>(LossKind::kNumKinds)) return 0;
   return visit_loss(
-      static_cast<LossKind>(kind), 0.0, [](const auto& op) { return op.kInputs; }, 0);
+      static_cast<LossKind>(kind), 0.0,
+      [](const auto& op) { return op.kReconstruction ? op.kInputs : 0; }, 0);
 }
 
 // An elementwise loss over `rows` rows of `row_len` contiguous elements (numel

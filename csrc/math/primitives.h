@@ -17,8 +17,10 @@
 
 namespace vae_kernels {
 
+constexpr double kLog2 = 0.6931471805599453;
+
 template <typename V>
-struct Math;  // Scalar, exp, log, log1p, log1p_unit, sqrt, cos, abs, maximum, where_nonneg
+struct Math;  // Scalar, exp, log, log1p, log1p_unit, sqrt, cos, abs, sign, maximum, where_nonneg
 
 template <typename T>
 struct ScalarMath {
@@ -31,6 +33,8 @@ struct ScalarMath {
   static VK_INLINE T sqrt(T x) { return ::sqrt(x); }
   static VK_INLINE T cos(T x) { return ::cos(x); }
   static VK_INLINE T abs(T x) { return ::fabs(x); }
+  // -1, 0 or 1; NaN stays NaN.
+  static VK_INLINE T sign(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x * T(0)); }
   // NaN-propagating, like at::vec::maximum and torch.maximum.
   static VK_INLINE T maximum(T a, T b) { return (a != a) ? a : ((b != b) ? b : (a > b ? a : b)); }
   // c >= 0 ? a : b

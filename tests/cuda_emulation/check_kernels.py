@@ -98,11 +98,11 @@ class Draw:
 
 @dataclass(frozen=True)
 class LossCase:
-    kind: str  # the LossKind enumerator of launchers.h
+    kind: str  # the LossKind enumerator of csrc/math/losses.h
     inputs: Callable[[Draw], list]  # float64 inputs, in the kernel's order
     oracle: Callable[..., torch.Tensor]  # elementwise loss from float64 inputs
     unit_interval: tuple = ()  # the inputs flagged when outside [0, 1]
-    logvar_value: float = 0.0
+    logvar_value: float = 0.0  # a fixed-scale kind's scale
 
 
 LOSSES = [
@@ -120,6 +120,12 @@ LOSSES = [
              reference.gaussian_kl_elementwise),
     LossCase("kKLPrior", lambda d: [d.randn(), d.randn(0.7), d.randn(0.5), d.randn(0.5)],
              reference.gaussian_kl_elementwise),
+    LossCase("kLaplaceFixedScale", lambda d: [d.randn(), d.randn()],
+             lambda m, x: reference.laplace_nll_elementwise(m, x, 0.4), logvar_value=0.4),
+    LossCase("kLaplaceLearnedScale", lambda d: [d.randn(), d.randn(), d.randn(0.5)],
+             reference.laplace_nll_elementwise),
+    LossCase("kContinuousBernoulli", lambda d: [d.randn(3), d.rand()],
+             reference.continuous_bernoulli_nll_elementwise, (1,)),
 ]
 LOSS_BY_KIND = {c.kind: c for c in LOSSES}
 

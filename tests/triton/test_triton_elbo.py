@@ -19,7 +19,7 @@ from triton_testing import (
 
 pytestmark = requires_triton
 
-LIKELIHOODS = ["bernoulli", "bernoulli_probs", "gaussian", "mse"]
+LIKELIHOODS = ["bernoulli", "bernoulli_probs", "gaussian", "mse", "laplace", "continuous_bernoulli"]
 ELBO_REDUCTIONS = ["sum", "batchmean", "per_sample"]
 # (recon shape, latent shape): tiny, and one whose recon rows cross a column block.
 ELBO_SHAPES = [((3, 7), (3, 2)), ((2, 3, 4), (2, 5)), ((2, 300), (2, 20))]

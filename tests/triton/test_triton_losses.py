@@ -65,11 +65,24 @@ def _loss_case(name, shape, dtype):
     if name == "mse":
         return (lambda b, r, m, x: vk.mse_loss(m, x, reduction=r, backend=b),
                 [randn(shape, dtype, 1), randn(shape, dtype, 2)])
+    if name == "laplace_fixed":
+        return (lambda b, r, m, x: vk.laplace_nll(m, x, 0.4, reduction=r, backend=b),
+                [randn(shape, dtype, 1), randn(shape, dtype, 2)])
+    if name == "laplace_learned":
+        return (lambda b, r, m, x, s: vk.laplace_nll(m, x, s, reduction=r, backend=b),
+                [randn(shape, dtype, 1), randn(shape, dtype, 2), randn(shape, dtype, 3, 0.5)])
+    if name == "laplace_scalar_logscale":  # latent diffusion's learned scalar
+        return (lambda b, r, m, x, s: vk.laplace_nll(m, x, s, reduction=r, backend=b),
+                [randn(shape, dtype, 1), randn(shape, dtype, 2), randn((), dtype, 3, 0.5)])
+    if name == "continuous_bernoulli":
+        return (lambda b, r, l, x: vk.continuous_bernoulli_nll(l, x, reduction=r, backend=b),
+                [randn(shape, dtype, 1, 3.0), rand(shape, dtype, 2)])
     raise ValueError(name)
 
 
 LOSSES = ["kl", "kl_prior", "kl_broadcast_prior", "bernoulli_logits", "bernoulli_probs",
-          "gaussian_fixed", "gaussian_learned", "gaussian_broadcast_logvar", "mse"]
+          "gaussian_fixed", "gaussian_learned", "gaussian_broadcast_logvar", "mse",
+          "laplace_fixed", "laplace_learned", "laplace_scalar_logscale", "continuous_bernoulli"]
 
 
 def _leaves(tensors, dtype=None):

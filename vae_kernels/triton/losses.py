@@ -47,13 +47,17 @@ from .layout import (
     tile_shape,
 )
 from .math import (
+    LOG_2,
     LOG_2PI,
     bernoulli_logits_nll_and_grad,
     bernoulli_probs_nll_and_grad,
+    continuous_bernoulli_nll_and_grad,
     gaussian_kl_and_grad,
     gaussian_kl_std_normal_and_grad,
     gaussian_nll_and_grad,
     gaussian_nll_fixed_var_and_grad,
+    laplace_nll_and_grad,
+    laplace_nll_fixed_scale_and_grad,
     squared_error_and_grad,
     to_compute_dtype,
 )
@@ -67,6 +71,9 @@ BERNOULLI_PROBS = tl.constexpr(int(LossKind.BERNOULLI_PROBS))
 GAUSSIAN_FIXED_VAR = tl.constexpr(int(LossKind.GAUSSIAN_FIXED_VAR))
 GAUSSIAN_LEARNED_VAR = tl.constexpr(int(LossKind.GAUSSIAN_LEARNED_VAR))
 SQUARED_ERROR = tl.constexpr(int(LossKind.SQUARED_ERROR))
+LAPLACE_FIXED_SCALE = tl.constexpr(int(LossKind.LAPLACE_FIXED_SCALE))
+LAPLACE_LEARNED_SCALE = tl.constexpr(int(LossKind.LAPLACE_LEARNED_SCALE))
+CONTINUOUS_BERNOULLI = tl.constexpr(int(LossKind.CONTINUOUS_BERNOULLI))
 
 # Where a pass writes its partial sums.
 PARTIALS_NONE = tl.constexpr(0)  # reduction none: no sums
@@ -102,7 +109,7 @@ def elementwise_loss_kernel(
     out_of_range_ptr,  # int32 [programs, 2]: input 0 / input 1 outside [0, 1] in this tile
     rows, row_len, col_blocks,
     divisor,  # the local gradients are divided by it (the reduction's divisor)
-    fixed_logvar_hi, fixed_logvar_lo,  # GAUSSIAN_FIXED_VAR's log-variance, split in two
+    fixed_logvar_hi, fixed_logvar_lo,  # a fixed-scale KIND's log-scale, split in two
     KIND: tl.constexpr,
     NUM_INPUTS: tl.constexpr,
     WRITE_GRAD0: tl.constexpr, WRITE_GRAD1: tl.constexpr,
@@ -142,6 +149,16 @@ def elementwise_loss_kernel(
         loss, grad0, grad1 = gaussian_nll_fixed_var_and_grad(a, b, inv_std, half_log_norm)
     elif KIND == GAUSSIAN_LEARNED_VAR:
         loss, grad0, grad1, grad2 = gaussian_nll_and_grad(a, b, c)
+    elif KIND == LAPLACE_FIXED_SCALE:
+        logscale = tl.cast(fixed_logvar_hi, a.dtype) + tl.cast(fixed_logvar_lo, a.dtype)
+        half_inv_scale = tl.exp(-0.5 * logscale)  # once per program, not per element
+        loss, grad0, grad1 = laplace_nll_fixed_scale_and_grad(
+            a, b, half_inv_scale, logscale + LOG_2
+        )
+    elif KIND == LAPLACE_LEARNED_SCALE:
+        loss, grad0, grad1, grad2 = laplace_nll_and_grad(a, b, c)
+    elif KIND == CONTINUOUS_BERNOULLI:
+        loss, grad0, grad1 = continuous_bernoulli_nll_and_grad(a, b)
     else:
         tl.static_assert(KIND == SQUARED_ERROR)
         loss, grad0, grad1 = squared_error_and_grad(a, b)

@@ -16,8 +16,11 @@ import triton.language as tl
 
 # Schema constants (csrc/math/*.h); tl.constexpr, as Triton requires of globals.
 LOG_2PI = tl.constexpr(1.8378770664093453)  # log(2*pi)
+LOG_2 = tl.constexpr(0.6931471805599453)
 BCE_LOG_CLAMP = tl.constexpr(-100.0)  # PyTorch's binary_cross_entropy clamps each log at -100
-BCE_GRAD_EPSILON = tl.constexpr(9.999999960041972e-13)  # float(1e-12): torch's EPSILON is a float  # ... and floors p*(1-p) at 1e-12 in its gradient
+BCE_GRAD_EPSILON = tl.constexpr(
+    9.999999960041972e-13
+)  # float(1e-12): torch's EPSILON is a float  # ... and floors p*(1-p) at 1e-12 in its gradient
 
 
 @triton.jit
@@ -200,3 +203,89 @@ def squared_error_and_grad(input, target):
     d_input = 2.0 * diff
     d_target = 0.0 - d_input
     return diff * diff, d_input, d_target
+
+
+@triton.jit
+def sign(x):
+    """-1, 0 or 1; NaN stays NaN (as Math<V>::sign)."""
+    return tl.where(x > 0.0, 1.0, tl.where(x < 0.0, -1.0, x * 0.0))
+
+
+# ------------------------------------------------------------------ Laplace NLL
+
+
+@triton.jit
+def laplace_nll_fixed_scale_and_grad(mean, target, half_inv_scale, log_norm):
+    """|m - x| e^-s + s + log 2 with s fixed (half_inv_scale = e^(-s/2), log_norm =
+    s + log 2); returns (nll, d m = sign(m - x) e^-s, d x = -d m). e^-s is applied as
+    two factors e^(-s/2), as csrc/math/laplace_nll.h."""
+    residual = mean - target
+    d_mean = sign(residual) * half_inv_scale * half_inv_scale
+    nll = tl.abs(residual) * half_inv_scale * half_inv_scale + log_norm
+    return nll, d_mean, 0.0 - d_mean
+
+
+@triton.jit
+def laplace_nll_and_grad(mean, target, logscale):
+    """|m - x| e^-s + s + log 2; returns (nll, d m, d x, d s = 1 - |m - x| e^-s)."""
+    half_inv_scale = tl.exp(-0.5 * logscale)
+    residual = mean - target
+    t = tl.abs(residual) * half_inv_scale * half_inv_scale
+    d_mean = sign(residual) * half_inv_scale * half_inv_scale
+    nll = t + logscale + LOG_2
+    return nll, d_mean, 0.0 - d_mean, 1.0 - t
+
+
+# ------------------------------------------------------------------ continuous Bernoulli
+
+# c_n of log C(l) = log 2 + sum_n c_n l^(2n) (csrc/math/continuous_bernoulli_nll.h).
+CB_SERIES = (
+    8.3333333333333333e-02, -4.8611111111111111e-03, 3.4171075837742504e-04,
+    -2.6248346560846561e-05, 2.1336045641601197e-06, -1.8027895356488831e-07,
+    1.5659479531834029e-08, -1.3883706783700259e-09, 1.2504263775315482e-10,
+    -1.1402553853609106e-11, 1.0502918900453167e-12, -9.7548766787216445e-14,
+    9.1234679589585563e-15, -8.5837196979419134e-16, 8.1173179946081066e-17,
+    -7.7105275105257792e-18,
+)  # fmt: skip
+
+
+@triton.jit
+def _cb_series(l2, TERMS: tl.constexpr):
+    """(sum_n c_n l2^n, sum_n 2n c_n l2^(n-1)) for n = 1..TERMS, by Horner."""
+    value = l2 * 0.0
+    slope = l2 * 0.0
+    for i in tl.static_range(TERMS):
+        n: tl.constexpr = TERMS - i
+        value = value * l2 + CB_SERIES[n - 1]
+        slope = slope * l2 + 2.0 * n * CB_SERIES[n - 1]
+    return value * l2, slope
+
+
+@triton.jit
+def continuous_bernoulli_log_norm(logits):
+    """(log C(l) - log 2, d log C / dl = 1/l - 1/sinh l): the series on |l| <= 1 (8 terms
+    in float32, 16 in float64), log|l| - log1p(-e) + log1p(e) with e = e^-|l| beyond."""
+    if logits.dtype == tl.float64:
+        value, slope = _cb_series(logits * logits, 16)
+    else:
+        value, slope = _cb_series(logits * logits, 8)
+    slope = slope * logits
+    a = tl.abs(logits)
+    e = tl.exp(0.0 - a)
+    far_value = tl.log(a) - log1p(0.0 - e) + log1p(e) - LOG_2
+    far_slope = 1.0 / logits - sign(logits) * (2.0 * e / (1.0 - e * e))
+    series_holds = a <= 1.0  # False for NaN, which then takes the far branch
+    return tl.where(series_holds, value, far_value), tl.where(series_holds, slope, far_slope)
+
+
+@triton.jit
+def continuous_bernoulli_nll_and_grad(logits, target):
+    """BCE-with-logits(l, x) - log C(l); returns (nll, d l, d x = -l). Both terms are
+    ~log 2 near l = 0, so each is taken minus log 2 (the BCE's through an accurate
+    e^-|l| - 1) before the difference, as csrc/math/continuous_bernoulli_nll.h."""
+    log_norm, d_log_norm = continuous_bernoulli_log_norm(logits)
+    _, d_logits, d_target = bernoulli_logits_nll_and_grad(logits, target)
+    _, e_minus_one = exp_minus_one_minus_x(0.0 - tl.abs(logits))
+    linear_part = tl.where(logits >= 0.0, logits * (1.0 - target), 0.0 - logits * target)
+    bce_minus_log2 = linear_part + log1p(0.5 * e_minus_one)
+    return bce_minus_log2 - log_norm, d_logits - d_log_norm, d_target

@@ -23,12 +23,10 @@ from torch.library import triton_op
 from ..op_autograd import OpsBackend, register_autograd
 from ..schema import (
     BY_KIND,
-    FIRST_RECONSTRUCTION,
     REDUCTION_NONE,
     REDUCTION_PER_SAMPLE,
     REDUCTION_SUM,
     Likelihood,
-    LossKind,
     local_grad_dtype,
 )
 from . import losses
@@ -221,11 +219,10 @@ def _check_kind(op: str, kind: int, with_scale: bool, scale_allowed: bool = True
     """The likelihood row of reconstruction ``kind``, which must (not) take a scale
     tensor as ``with_scale`` says."""
     row = BY_KIND.get(kind)
-    kinds = f"{int(FIRST_RECONSTRUCTION)}..{len(LossKind) - 1}"
     if row is None or (not scale_allowed and kind == row.learned_kind):
         which = "" if scale_allowed else " without a learned scale"
         raise ValueError(
-            f"{NAMESPACE}.{op}: kind must be a reconstruction LossKind{which} ({kinds}), got {kind}"
+            f"{NAMESPACE}.{op}: kind must be a reconstruction LossKind{which}, got {kind}"
         )
     if with_scale != (kind == row.learned_kind):
         needs = "takes no scale tensor" if with_scale else "needs a scale tensor"
