@@ -16,15 +16,21 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(vae_kernels, m) {
-  m.def("reparameterize(Tensor mu, Tensor logvar, Tensor eps) -> Tensor");
-  m.def("reparameterize_backward(Tensor grad_z, Tensor logvar, Tensor eps) -> (Tensor, Tensor)");
-  m.def("reparameterize_philox(Tensor mu, Tensor logvar, Tensor seed, int num_samples) -> Tensor");
+  // `logsigma`: the scale arguments (logvar, prior_logvar) hold log sigma instead of the
+  // log-variance; the kernels read them as they are (csrc/math/sampling.h, losses.h).
+  m.def("reparameterize(Tensor mu, Tensor logvar, Tensor eps, bool logsigma=False) -> Tensor");
   m.def(
-      "reparameterize_philox_backward(Tensor grad_z, Tensor logvar, Tensor seed) "
+      "reparameterize_backward(Tensor grad_z, Tensor logvar, Tensor eps, bool logsigma=False) "
       "-> (Tensor, Tensor)");
   m.def(
+      "reparameterize_philox(Tensor mu, Tensor logvar, Tensor seed, int num_samples, "
+      "bool logsigma=False) -> Tensor");
+  m.def(
+      "reparameterize_philox_backward(Tensor grad_z, Tensor logvar, Tensor seed, "
+      "bool logsigma=False) -> (Tensor, Tensor)");
+  m.def(
       "gaussian_kl(Tensor mu, Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar, "
-      "int reduction, SymInt divisor, bool[4] grad_mask) "
+      "int reduction, SymInt divisor, bool[4] grad_mask, bool logsigma=False) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // A reconstruction likelihood `kind` (a LossKind of csrc/math/losses.h): inputs
   // input, target, and `scale` for a kind with a learned scale (logvar, log-scale);
@@ -36,7 +42,7 @@ TORCH_LIBRARY(vae_kernels, m) {
   // The negative ELBO: the reconstruction `kind` (at its unit scale) + beta * KL to N(0, I).
   m.def(
       "elbo(Tensor recon, Tensor x, Tensor mu, Tensor logvar, int kind, float beta, "
-      "int reduction, SymInt divisor, bool[4] grad_mask) "
+      "int reduction, SymInt divisor, bool[4] grad_mask, bool logsigma=False) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("loss_backward(Tensor local_grad, Tensor grad_output, int reduction) -> Tensor");
   // In place: the forward's local-gradient buffer becomes the input's gradient, which

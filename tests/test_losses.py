@@ -35,14 +35,17 @@ def make_case(op: str, shape, dtype, option, seed=0):
     randn = lambda: torch.randn(shape, generator=g, dtype=torch.float64)  # noqa: E731
     if op == "gaussian_kl":
         tensors = {"mu": randn(), "logvar": randn() * 0.7}
-        if option == "prior":
+        if option.startswith("logsigma"):  # log sigma: half the log-variance's spread
+            tensors["logvar"] = tensors["logvar"] * 0.5
+        if option in ("prior", "logsigma_prior"):
             tensors["prior_mu"] = randn() * 0.5
             tensors["prior_logvar"] = randn() * 0.5
         elif option == "broadcast_prior":  # a learned prior of shape (last dim,)
             tensors["prior_mu"] = torch.randn(shape[-1:], generator=g, dtype=torch.float64)
             tensors["prior_logvar"] = torch.randn(shape[-1:], generator=g, dtype=torch.float64) * 0.3
+        scale = "logsigma" if option.startswith("logsigma") else "logvar"
         call = lambda t, **kw: vk.gaussian_kl(  # noqa: E731
-            t["mu"], t["logvar"], t.get("prior_mu"), t.get("prior_logvar"), **kw)
+            t["mu"], t["logvar"], t.get("prior_mu"), t.get("prior_logvar"), scale=scale, **kw)
     elif op == "bernoulli_nll":
         if option == "logits":
             tensors = {"input": randn() * 3, "target": rand()}
@@ -84,6 +87,8 @@ CASES = [
     ("gaussian_kl", "std_normal"),
     ("gaussian_kl", "prior"),
     ("gaussian_kl", "broadcast_prior"),
+    ("gaussian_kl", "logsigma_std_normal"),
+    ("gaussian_kl", "logsigma_prior"),
     ("bernoulli_nll", "logits"),
     ("bernoulli_nll", "probs"),
     ("gaussian_nll", "fixed"),
@@ -239,7 +244,7 @@ def test_gaussian_kl_equals_torch_distributions():
 def test_target_gradients():
     """Targets that require grad get their true gradient (d/dx), for every loss."""
     g = torch.Generator().manual_seed(10)
-    for op, option in CASES[3:]:
+    for op, option in [c for c in CASES if c[0] != "gaussian_kl"]:
         tensors, call = make_case(op, (4, 6), torch.float64, option, seed=11)
         for k, v in tensors.items():
             v.requires_grad_(k == "target")
@@ -384,3 +389,74 @@ def test_continuous_bernoulli_targets_must_lie_in_unit_interval(backend):
     with pytest.raises(ValueError, match=r"x must lie in \[0, 1\]"):
         vk.elbo_loss(l, torch.full((2, 3), -0.5), l, l, likelihood="continuous_bernoulli",
                      backend=backend)
+
+
+# ------------------------------------------------------------------ scales as log sigma
+
+
+def _vdvae_gaussian_analytical_kl(mu1, mu2, logsigma1, logsigma2):
+    # openai/vdvae vae_helpers.py, as written there.
+    return -0.5 + logsigma2 - logsigma1 + 0.5 * (logsigma1.exp() ** 2 + (mu1 - mu2) ** 2) / (
+        logsigma2.exp() ** 2
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_logsigma_kl_equals_vdvae_gaussian_analytical_kl(backend, dtype):
+    g = torch.Generator().manual_seed(15)
+    mu1, mu2 = torch.randn(2, 8, 16, 4, 4, generator=g, dtype=dtype)
+    s1, s2 = (torch.randn(2, 8, 16, 4, 4, generator=g, dtype=dtype) * 0.5).unbind(0)
+    leaves = [t.clone().requires_grad_() for t in (mu1, s1, mu2, s2)]
+    ours = vk.gaussian_kl(leaves[0], leaves[1], leaves[2], leaves[3], scale="logsigma",
+                          reduction="none", backend=backend)
+    theirs = _vdvae_gaussian_analytical_kl(*(t.double() for t in (mu1, mu2, s1, s2)))
+    tol = TOLERANCES[dtype]
+    torch.testing.assert_close(ours.double(), theirs, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
+    weights = upstream_weights(ours)
+    grads = torch.autograd.grad((ours * weights).sum(), leaves)
+    ref = [t.double().requires_grad_() for t in (mu1, s1, mu2, s2)]
+    ref_out = _vdvae_gaussian_analytical_kl(ref[0], ref[2], ref[1], ref[3])
+    expected = torch.autograd.grad((ref_out * weights.double()).sum(), ref)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got.double(), want, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+@pytest.mark.parametrize("num_samples", [None, 3])
+def test_logsigma_sample_equals_the_logvar_sample_of_twice_it(backend, num_samples):
+    g = torch.Generator().manual_seed(16)
+    mu, s = torch.randn(2, 5, 7, generator=g, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (mu, s)]
+    z = vk.reparameterize(leaves[0], leaves[1], scale="logsigma", num_samples=num_samples,
+                          generator=torch.Generator().manual_seed(3), backend=backend)
+    z_lv = vk.reparameterize(mu, 2 * s, num_samples=num_samples,
+                             generator=torch.Generator().manual_seed(3), backend=backend)
+    torch.testing.assert_close(z, z_lv, rtol=1e-14, atol=1e-14)
+    weights = upstream_weights(z)
+    grad_mu, grad_s = torch.autograd.grad((z * weights).sum(), leaves)
+    std = torch.exp(s)
+    eps = (z_lv - mu) / std
+    torch.testing.assert_close(grad_mu, weights.sum(0) if num_samples else weights)
+    expected = (weights * eps * std).sum(0) if num_samples else weights * eps * std
+    torch.testing.assert_close(grad_s, expected)
+    # And with the caller's noise.
+    e = torch.randn(mu.shape, generator=g, dtype=torch.float64)
+    z_e = vk.reparameterize(mu, s, e, scale="logsigma", backend=backend)
+    torch.testing.assert_close(z_e, mu + torch.exp(s) * e)
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_logsigma_elbo_and_unknown_scales(backend):
+    g = torch.Generator().manual_seed(17)
+    recon, x = torch.randn(4, 9, generator=g, dtype=torch.float64), torch.rand(4, 9, generator=g, dtype=torch.float64)
+    mu, s = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+    ours = vk.elbo_loss(recon, x, mu, s, scale="logsigma", return_components=True, backend=backend)
+    expected = vk.elbo_loss(recon, x, mu, 2 * s, return_components=True, backend="torch")
+    for got, want in zip(ours, expected):
+        torch.testing.assert_close(got, want)
+    for call in (lambda: vk.gaussian_kl(mu, s, scale="log_sigma", backend=backend),
+                 lambda: vk.reparameterize(mu, s, scale="sigma", backend=backend),
+                 lambda: vk.elbo_loss(recon, x, mu, s, scale=None, backend=backend)):
+        with pytest.raises(ValueError, match="scale must be one of \\('logvar', 'logsigma'\\)"):
+            call()

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .schema import BY_NAME, ELBO_REDUCTIONS, REDUCTIONS
+from .schema import BY_NAME, ELBO_REDUCTIONS, REDUCTIONS, SCALES
 from .schema import LIKELIHOOD_NAMES as LIKELIHOODS
 
 __all__ = [
@@ -109,6 +109,11 @@ def _check_scale(name: str, scale: object, input: Tensor) -> Union[float, Tensor
     raise TypeError(f"{name} must be a float or a tensor, got {type(scale).__name__}")
 
 
+def _check_scale_name(scale: object) -> None:
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+
+
 def _check_reduction(reduction: str, allowed: tuple[str, ...], why: str = "") -> None:
     if reduction not in allowed:
         raise ValueError(f"reduction must be one of {allowed}{why}, got {reduction!r}")
@@ -131,13 +136,15 @@ def reparameterize(
     *,
     num_samples: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
+    scale: str = "logvar",
     backend: str = "auto",
 ) -> Tensor:
     """Reparameterized sample ``z = mu + exp(0.5 * logvar) * eps`` from N(mu, exp(logvar)).
 
     Args:
         mu: posterior mean, any shape, e.g. (B, J).
-        logvar: posterior log-variance, same shape, dtype and device as ``mu``.
+        logvar: posterior log-variance (log sigma with ``scale="logsigma"``), same shape,
+            dtype and device as ``mu``.
         eps: standard-normal noise of shape ``mu.shape`` (or ``(K, *mu.shape)`` with
             ``num_samples=K``). If None, the kernel draws the noise itself from a
             counter-based generator (Philox) seeded from ``generator`` (or the default
@@ -146,11 +153,16 @@ def reparameterize(
         num_samples: K, to draw K samples per element; the result has shape
             ``(K, *mu.shape)``. None for a single sample of shape ``mu.shape``.
         generator: torch generator the noise seed is drawn from, when ``eps`` is None.
+        scale: ``"logvar"`` (the default) or ``"logsigma"``: ``z = mu + exp(logsigma) * eps``,
+            as VDVAE and NVAE parameterize their posteriors; the kernels read log sigma
+            as it is, and ``reparameterize(mu, s, scale="logsigma", generator=g)`` equals
+            ``reparameterize(mu, 2 * s, generator=g)`` for the same generator state.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
 
     Returns:
         z, differentiable with respect to ``mu`` and ``logvar``.
     """
+    _check_scale_name(scale)
     _check_float_tensor("mu", mu)
     _check_float_tensor("logvar", logvar)
     _check_same("mu", mu, "logvar", logvar)
@@ -174,7 +186,7 @@ def reparameterize(
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     impl = backends.resolve(backend, mu.device)
-    return impl.reparameterize(mu, logvar, eps, num_samples, generator)
+    return impl.reparameterize(mu, logvar, eps, num_samples, generator, scale == "logsigma")
 
 
 def gaussian_kl(
@@ -184,6 +196,7 @@ def gaussian_kl(
     prior_logvar: Optional[Tensor] = None,
     *,
     reduction: str = "batchmean",
+    scale: str = "logvar",
     backend: str = "auto",
 ) -> Tensor:
     """Closed-form KL(N(mu, exp(logvar)) || N(prior_mu, exp(prior_logvar))).
@@ -197,8 +210,13 @@ def gaussian_kl(
         prior_mu, prior_logvar: optional prior parameters broadcastable to ``mu``.
         reduction: ``"none"`` (elementwise), ``"sum"``, ``"mean"`` (over all
             elements), ``"batchmean"`` (sum / B) or ``"per_sample"`` (shape (B,)).
+        scale: ``"logvar"`` (the default) or ``"logsigma"``: ``logvar`` and
+            ``prior_logvar`` hold log sigma. ``gaussian_kl(mu1, s1, mu2, s2,
+            scale="logsigma", reduction="none")`` is VDVAE's
+            ``gaussian_analytical_kl(mu1, mu2, s1, s2)``.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
+    _check_scale_name(scale)
     _check_float_tensor("mu", mu)
     _check_float_tensor("logvar", logvar)
     _check_same("mu", mu, "logvar", logvar)
@@ -210,7 +228,7 @@ def gaussian_kl(
     _check_reduction(reduction, REDUCTIONS)
     _check_batch_dim("mu", mu, reduction)
     impl = backends.resolve(backend, mu.device)
-    return impl.gaussian_kl(mu, logvar, prior_mu, prior_logvar, reduction)
+    return impl.gaussian_kl(mu, logvar, prior_mu, prior_logvar, reduction, scale == "logsigma")
 
 
 def bernoulli_nll(
@@ -390,6 +408,7 @@ def elbo_loss(
     recon_scale: Union[float, Tensor, None] = None,
     reduction: str = "batchmean",
     return_components: bool = False,
+    scale: str = "logvar",
     backend: str = "auto",
 ) -> Union[Tensor, tuple[Tensor, Tensor, Tensor]]:
     """The negative ELBO ``recon_nll + beta * KL(N(mu, exp(logvar)) || N(0, I))`` in one call.
@@ -413,11 +432,14 @@ def elbo_loss(
             ``"per_sample"`` (shape (B,)).
         return_components: also return the reconstruction NLL and the KL, reduced
             the same way (computed in the same pass).
+        scale: ``"logvar"`` (the default) or ``"logsigma"``: the posterior's ``logvar``
+            holds log sigma (see :func:`gaussian_kl`).
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
 
     ``elbo_loss(recon, x, mu, logvar, likelihood="bernoulli_probs", reduction="sum")``
     is the ``loss_function`` of pytorch/examples ``vae/main.py``.
     """
+    _check_scale_name(scale)
     for name, t in (("recon", recon), ("x", x), ("mu", mu), ("logvar", logvar)):
         _check_float_tensor(name, t)
     if x.shape != recon.shape and x.numel() == recon.numel():
@@ -463,11 +485,11 @@ def elbo_loss(
             _check_unit_interval("recon", recon, " (probabilities)")
     if recon_scale is None:
         loss, recon_nll, kl = impl.elbo_loss(
-            recon, x, mu, logvar, likelihood, float(beta), reduction
+            recon, x, mu, logvar, likelihood, float(beta), reduction, scale == "logsigma"
         )
     else:  # a scale: the likelihood's op with its scale, then the KL
         recon_nll = impl.reconstruction_nll(likelihood, recon, x, recon_scale, reduction)
-        kl = impl.gaussian_kl(mu, logvar, None, None, reduction)
+        kl = impl.gaussian_kl(mu, logvar, None, None, reduction, scale == "logsigma")
         loss = recon_nll + float(beta) * kl
     if return_components:
         return loss, recon_nll, kl

@@ -25,6 +25,7 @@ class ELBOLoss(nn.Module):
         return_components: bool = False,
         backend: str = "auto",
         recon_scale: Union[float, None] = None,
+        scale: str = "logvar",
     ) -> None:
         super().__init__()
         if likelihood not in F.LIKELIHOODS:
@@ -37,6 +38,7 @@ class ELBOLoss(nn.Module):
         self.return_components = return_components
         self.backend = backend
         self.recon_scale = recon_scale
+        self.scale = scale
 
     def forward(
         self,
@@ -54,6 +56,7 @@ class ELBOLoss(nn.Module):
             likelihood=self.likelihood,
             beta=self.beta,
             recon_scale=self.recon_scale if recon_scale is None else recon_scale,
+            scale=self.scale,
             reduction=self.reduction,
             return_components=self.return_components,
             backend=self.backend,
@@ -64,15 +67,28 @@ class ELBOLoss(nn.Module):
 
 
 class GaussianKLLoss(nn.Module):
-    """KL(N(mu, exp(logvar)) || N(0, I)), see :func:`vae_kernels.gaussian_kl`."""
+    """KL(N(mu, exp(logvar)) || prior), the prior N(0, I) or given at call time; see
+    :func:`vae_kernels.gaussian_kl` (``scale="logsigma"``: the scales are log sigma)."""
 
-    def __init__(self, reduction: str = "batchmean", backend: str = "auto") -> None:
+    def __init__(
+        self, reduction: str = "batchmean", backend: str = "auto", scale: str = "logvar"
+    ) -> None:
         super().__init__()
         self.reduction = reduction
         self.backend = backend
+        self.scale = scale
 
-    def forward(self, mu: Tensor, logvar: Tensor) -> Tensor:
-        return F.gaussian_kl(mu, logvar, reduction=self.reduction, backend=self.backend)
+    def forward(
+        self,
+        mu: Tensor,
+        logvar: Tensor,
+        prior_mu: Union[Tensor, None] = None,
+        prior_logvar: Union[Tensor, None] = None,
+    ) -> Tensor:
+        return F.gaussian_kl(
+            mu, logvar, prior_mu, prior_logvar, reduction=self.reduction, scale=self.scale,
+            backend=self.backend,
+        )  # fmt: skip
 
 
 class BernoulliNLLLoss(nn.Module):

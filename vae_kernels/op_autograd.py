@@ -90,13 +90,14 @@ class OpsBackend:
         eps: Optional[Tensor],
         num_samples: Optional[int],
         generator: Optional[torch.Generator],
+        logsigma: bool = False,
     ) -> Tensor:
         if eps is None:
             seed = _draw_seed(generator, mu.device)
-            z = self._sample("reparameterize_philox", mu, logvar, seed, num_samples or 1)
+            z = self._sample("reparameterize_philox", mu, logvar, seed, num_samples or 1, logsigma)
         else:
             samples = eps if num_samples is not None else eps.unsqueeze(0)
-            z = self._sample("reparameterize", mu, logvar, samples)
+            z = self._sample("reparameterize", mu, logvar, samples, logsigma)
         return z if num_samples is not None else z.squeeze(0)
 
     def _sample(self, name: str, *args) -> Tensor:
@@ -111,6 +112,7 @@ class OpsBackend:
         prior_mu: Optional[Tensor],
         prior_logvar: Optional[Tensor],
         reduction: str,
+        logsigma: bool = False,
     ) -> Tensor:
         mode, divisor = reduction_args(reduction, mu)
         if prior_mu is None and prior_logvar is None:
@@ -122,7 +124,7 @@ class OpsBackend:
                 for p in (prior_mu, prior_logvar)
             ]
         mask = [_needs_grad(t) for t in (mu, logvar, prior_mu, prior_logvar)]
-        return self._loss("gaussian_kl", mu, logvar, *priors, mode, divisor, mask)[0]
+        return self._loss("gaussian_kl", mu, logvar, *priors, mode, divisor, mask, logsigma)[0]
 
     def reconstruction_nll(
         self,
@@ -168,11 +170,13 @@ class OpsBackend:
         likelihood: str,
         beta: float,
         reduction: str,
+        logsigma: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor]:
         mode, divisor = reduction_args(reduction, recon)
         mask = [_needs_grad(t) for t in (recon, x, mu, logvar)]
+        kind = int(BY_NAME[likelihood].kind)
         loss, recon_nll, kl = self._loss(
-            "elbo", recon, x, mu, logvar, int(BY_NAME[likelihood].kind), beta, mode, divisor, mask
+            "elbo", recon, x, mu, logvar, kind, beta, mode, divisor, mask, logsigma
         )
         return loss, recon_nll, kl
 
@@ -341,28 +345,36 @@ class EagerLoss(torch.autograd.Function):
 
 
 def sample_input_grads(
-    ops, name: str, grad_z: Tensor, logvar: Tensor, noise: Tensor, needs_noise_grad: bool
+    ops,
+    name: str,
+    grad_z: Tensor,
+    logvar: Tensor,
+    noise: Tensor,
+    needs_noise_grad: bool,
+    logsigma: bool,
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """(grad_mu, grad_logvar, grad of the noise) of ``reparameterize`` (noise = eps) or
-    ``reparameterize_philox`` (noise = the seed: no gradient)."""
+    """(grad_mu, grad of the scale, grad of the noise) of ``reparameterize`` (noise = eps)
+    or ``reparameterize_philox`` (noise = the seed: no gradient)."""
     if name == "reparameterize_philox":
-        return (*ops.reparameterize_philox_backward(grad_z, logvar, noise), None)
-    grad_mu, grad_logvar = ops.reparameterize_backward(grad_z, logvar, noise)
+        return (*ops.reparameterize_philox_backward(grad_z, logvar, noise, logsigma), None)
+    grad_mu, grad_logvar = ops.reparameterize_backward(grad_z, logvar, noise, logsigma)
     # Noise that itself requires grad (rare): dz/deps = std.
-    grad_eps = grad_z * torch.exp(0.5 * logvar) if needs_noise_grad else None
+    std = torch.exp(logvar if logsigma else 0.5 * logvar)
+    grad_eps = grad_z * std if needs_noise_grad else None
     return grad_mu, grad_logvar, grad_eps
 
 
 class EagerSample(torch.autograd.Function):
     """Autograd of a sampling op called eagerly from the public API:
     ``EagerSample.apply(ops, name, mu, logvar, noise, *options)`` runs the op below
-    autograd, with less per-call overhead than the registered autograd."""
+    autograd, with less per-call overhead than the registered autograd. The last
+    option is the op's ``logsigma``."""
 
     @staticmethod
     def forward(ctx, ops, name: str, mu: Tensor, logvar: Tensor, noise: Tensor, *options):
         with torch._C._AutoDispatchBelowAutograd():
             z = getattr(ops, name)(mu, logvar, noise, *options)
-        ctx.ops, ctx.name, ctx.n_options = ops, name, len(options)
+        ctx.ops, ctx.name, ctx.options = ops, name, options
         ctx.save_for_backward(logvar, noise)
         return z
 
@@ -371,8 +383,10 @@ class EagerSample(torch.autograd.Function):
         _refuse_double_backward()
         logvar, noise = ctx.saved_tensors
         needs_noise_grad = ctx.needs_input_grad[4]
-        grads = sample_input_grads(ctx.ops, ctx.name, grad_z, logvar, noise, needs_noise_grad)
-        return (None, None, *grads, *([None] * ctx.n_options))
+        grads = sample_input_grads(
+            ctx.ops, ctx.name, grad_z, logvar, noise, needs_noise_grad, ctx.options[-1]
+        )
+        return (None, None, *grads, *([None] * len(ctx.options)))
 
 
 def _refuse_double_backward() -> None:
@@ -397,13 +411,16 @@ def register_autograd(namespace: str) -> None:
 
     # -- sampling: backward ops of their own (sample_input_grads)
     def sample_setup(ctx, inputs, output):
-        _, logvar, noise, *_ = inputs
+        _, logvar, noise, *options = inputs
         ctx.save_for_backward(logvar, noise)
+        ctx.logsigma = options[-1]
 
     def register_sample(name: str) -> None:
         def backward(ctx, grad_z):
             logvar, noise = ctx.saved_tensors
-            grads = sample_input_grads(ops, name, grad_z, logvar, noise, ctx.needs_input_grad[2])
+            grads = sample_input_grads(
+                ops, name, grad_z, logvar, noise, ctx.needs_input_grad[2], ctx.logsigma
+            )
             return (*grads, *([None] * (len(ctx.needs_input_grad) - 3)))
 
         torch.library.register_autograd(lib + name, backward, setup_context=sample_setup)

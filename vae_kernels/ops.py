@@ -57,15 +57,17 @@ def _register_fakes() -> None:
     lib = "vae_kernels::"
     same = lambda t: t.new_empty(t.shape)  # noqa: E731
 
-    torch.library.register_fake(lib + "reparameterize")(lambda mu, logvar, eps: same(eps))
+    torch.library.register_fake(lib + "reparameterize")(
+        lambda mu, logvar, eps, logsigma=False: same(eps)
+    )
     torch.library.register_fake(lib + "reparameterize_backward")(
-        lambda grad_z, logvar, eps: (same(logvar), same(logvar))
+        lambda grad_z, logvar, eps, logsigma=False: (same(logvar), same(logvar))
     )
     torch.library.register_fake(lib + "reparameterize_philox")(
-        lambda mu, logvar, seed, num_samples: mu.new_empty((num_samples, *mu.shape))
+        lambda mu, logvar, seed, num_samples, logsigma=False: mu.new_empty((num_samples, *mu.shape))
     )
     torch.library.register_fake(lib + "reparameterize_philox_backward")(
-        lambda grad_z, logvar, seed: (same(logvar), same(logvar))
+        lambda grad_z, logvar, seed, logsigma=False: (same(logvar), same(logvar))
     )
     torch.library.register_fake(lib + "loss_backward")(
         lambda local_grad, grad_output, reduction: local_grad.new_empty(
@@ -84,7 +86,7 @@ def _register_fakes() -> None:
         )
 
     @torch.library.register_fake(lib + "gaussian_kl")
-    def _(mu, logvar, prior_mu, prior_logvar, reduction, divisor, grad_mask):
+    def _(mu, logvar, prior_mu, prior_logvar, reduction, divisor, grad_mask, logsigma=False):
         tensors = (mu, logvar, prior_mu, prior_logvar)
         return reduced_like(mu, reduction), *local_grads(tensors, grad_mask, mu)
 
@@ -94,7 +96,7 @@ def _register_fakes() -> None:
         return reduced_like(input, reduction), *local_grads(tensors, grad_mask, input)
 
     @torch.library.register_fake(lib + "elbo")
-    def _(recon, x, mu, logvar, kind, beta, reduction, divisor, grad_mask):
+    def _(recon, x, mu, logvar, kind, beta, reduction, divisor, grad_mask, logsigma=False):
         reduced = reduced_like(recon, reduction)
         tensors = (recon, x, mu, logvar)
         return reduced, same(reduced), same(reduced), *local_grads(tensors, grad_mask, recon)

@@ -52,12 +52,17 @@ def gaussian_kl_elementwise(
     logvar: Tensor,
     prior_mu: Optional[Tensor] = None,
     prior_logvar: Optional[Tensor] = None,
+    logsigma: bool = False,
 ) -> Tensor:
     """KL(N(mu, exp(logvar)) || N(prior_mu, exp(prior_logvar))) per element.
 
     With no prior given the prior is N(0, I). A missing prior_mu means 0 and a
-    missing prior_logvar means 0 when only the other is given.
+    missing prior_logvar means 0 when only the other is given. With ``logsigma`` the
+    scale arguments hold log sigma (the log-variance is twice it).
     """
+    if logsigma:
+        twice = lambda s: None if s is None else 2.0 * s  # noqa: E731
+        return gaussian_kl_elementwise(mu, twice(logvar), prior_mu, twice(prior_logvar))
     # exp(lv) - 1 - lv as expm1(lv) - lv: the plain form keeps only rounding error near
     # the prior (lv ~ 0), where the kernels are accurate (csrc/math/gaussian_kl.h).
     if prior_mu is None and prior_logvar is None:
@@ -192,12 +197,14 @@ def reparameterize(
     eps: Optional[Tensor],
     num_samples: Optional[int],
     generator: Optional[torch.Generator],
+    logsigma: bool = False,
 ) -> Tensor:
-    """z = mu + exp(0.5 * logvar) * eps, with eps ~ N(0, I) from torch.randn if not given."""
+    """z = mu + exp(0.5 * logvar) * eps (``logsigma``: mu + exp(logvar) * eps, the second
+    argument holding log sigma), with eps ~ N(0, I) from torch.randn if not given."""
     if eps is None:
         shape = mu.shape if num_samples is None else (num_samples, *mu.shape)
         eps = torch.randn(shape, generator=generator, dtype=mu.dtype, device=mu.device)
-    return mu + torch.exp(0.5 * logvar) * eps
+    return mu + torch.exp(logvar if logsigma else 0.5 * logvar) * eps
 
 
 def gaussian_kl(
@@ -206,8 +213,11 @@ def gaussian_kl(
     prior_mu: Optional[Tensor],
     prior_logvar: Optional[Tensor],
     reduction: str,
+    logsigma: bool = False,
 ) -> Tensor:
-    return reduce_loss(gaussian_kl_elementwise(mu, logvar, prior_mu, prior_logvar), reduction)
+    return reduce_loss(
+        gaussian_kl_elementwise(mu, logvar, prior_mu, prior_logvar, logsigma), reduction
+    )
 
 
 def bernoulli_nll(input: Tensor, target: Tensor, logits: bool, reduction: str) -> Tensor:
@@ -244,8 +254,9 @@ def elbo_loss(
     likelihood: str,
     beta: float,
     reduction: str,
+    logsigma: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(negative ELBO, reconstruction NLL, KL), each reduced with ``reduction``."""
     recon_nll = reduce_loss(reconstruction_nll_elementwise(recon, x, likelihood), reduction)
-    kl = reduce_loss(gaussian_kl_elementwise(mu, logvar), reduction)
+    kl = reduce_loss(gaussian_kl_elementwise(mu, logvar, logsigma=logsigma), reduction)
     return recon_nll + beta * kl, recon_nll, kl

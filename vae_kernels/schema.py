@@ -19,6 +19,8 @@ from torch import Tensor
 
 # The `reduction` argument of the loss ops.
 REDUCTION_NONE, REDUCTION_PER_SAMPLE, REDUCTION_SUM = 0, 1, 2
+# The public `scale` names: what the scale argument of the Gaussian ops holds.
+SCALES = ("logvar", "logsigma")
 # The public `reduction` names (``reduction_args`` encodes them).
 REDUCTIONS = ("none", "sum", "mean", "batchmean", "per_sample")
 ELBO_REDUCTIONS = ("batchmean", "sum", "per_sample")
@@ -39,6 +41,8 @@ class LossKind(enum.IntEnum):
     LAPLACE_FIXED_SCALE = 7  # mean, target (the log-scale is a scalar argument)
     LAPLACE_LEARNED_SCALE = 8  # mean, target, logscale
     CONTINUOUS_BERNOULLI = 9  # logits, target
+    KL_STD_NORMAL_LOGSIGMA = 10  # mu, logsigma
+    KL_PRIOR_LOGSIGMA = 11  # mu, logsigma, prior_mu, prior_logsigma
 
 
 @dataclass(frozen=True)

@@ -20,18 +20,22 @@ struct KernelTable {
   // The elementwise loss `kind` (csrc/math/losses.h; `param`: see visit_loss), with the
   // per-row sums in buffers.sums.
   void (*loss)(c10::ScalarType dtype, LossKind kind, double param, LossBuffers& buffers);
-  // z[k, i] = mu[i] + exp(0.5 logvar[i]) * eps[k, i] for k < num_samples, i < numel.
+  // z[k, i] = mu[i] + exp(std_exponent * s[i]) * eps[k, i] for k < num_samples, i < numel;
+  // s is a log-variance (std_exponent 1/2) or a log-sigma (1): csrc/math/sampling.h.
   void (*reparameterize)(c10::ScalarType dtype, const void* mu, const void* logvar,
-                         const void* eps, void* z, int64_t numel, int64_t num_samples);
+                         const void* eps, void* z, int64_t numel, int64_t num_samples,
+                         double std_exponent);
   void (*reparameterize_backward)(c10::ScalarType dtype, const void* grad_z, const void* logvar,
                                   const void* eps, void* grad_mu, void* grad_logvar, int64_t numel,
-                                  int64_t num_samples);
+                                  int64_t num_samples, double std_exponent);
   // The same, with eps[k, i] = philox_standard_normal(seed, k * numel + i).
   void (*reparameterize_philox)(c10::ScalarType dtype, const void* mu, const void* logvar,
-                                uint64_t seed, void* z, int64_t numel, int64_t num_samples);
+                                uint64_t seed, void* z, int64_t numel, int64_t num_samples,
+                                double std_exponent);
   void (*reparameterize_philox_backward)(c10::ScalarType dtype, const void* grad_z,
                                          const void* logvar, uint64_t seed, void* grad_mu,
-                                         void* grad_logvar, int64_t numel, int64_t num_samples);
+                                         void* grad_logvar, int64_t numel, int64_t num_samples,
+                                         double std_exponent);
   // out[r, j] = local_grad[r, j] * grad_output[r or j or 0], where grad_output has one
   // value per element, per row, or a single value. `dtype` is that of grad_output and
   // out; local_grad has the local-gradient dtype (float32 for float16).

@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "../math/sampling.h"
 #include "../op_checks.h"
 #include "kernels.h"
 
@@ -175,17 +176,22 @@ Tensor reduce_rows(const std::vector<double>& row_sums, const Tensor& elementwis
 
 // ------------------------------------------------------------------ sampling
 
-Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& eps) {
+double std_exponent(bool logsigma) {
+  return logsigma ? kStdExponentLogSigma : kStdExponentLogVar;
+}
+
+Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& eps, bool logsigma) {
   check_reparameterize_args(mu, logvar, eps, kDevice);
   const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous(), eps_c = eps.contiguous();
   Tensor z = empty_output(eps_c);
   kernels().reparameterize(mu.scalar_type(), mu_c.const_data_ptr(), logvar_c.const_data_ptr(),
-                           eps_c.const_data_ptr(), z.data_ptr(), mu.numel(), eps.size(0));
+                           eps_c.const_data_ptr(), z.data_ptr(), mu.numel(), eps.size(0),
+                           std_exponent(logsigma));
   return z;
 }
 
 std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const Tensor& logvar,
-                                                   const Tensor& eps) {
+                                                   const Tensor& eps, bool logsigma) {
   check_reparameterize_backward_args(grad_z, logvar, eps, kDevice);
   const Tensor grad_c = grad_z.contiguous(), logvar_c = logvar.contiguous(),
                eps_c = eps.contiguous();
@@ -193,14 +199,14 @@ std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const T
   kernels().reparameterize_backward(logvar.scalar_type(), grad_c.const_data_ptr(),
                                     logvar_c.const_data_ptr(), eps_c.const_data_ptr(),
                                     grad_mu.data_ptr(), grad_logvar.data_ptr(), logvar.numel(),
-                                    eps.size(0));
+                                    eps.size(0), std_exponent(logsigma));
   return {grad_mu, grad_logvar};
 }
 
 uint64_t read_seed(const Tensor& seed) { return static_cast<uint64_t>(seed.item<int64_t>()); }
 
 Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tensor& seed,
-                             int64_t num_samples) {
+                             int64_t num_samples, bool logsigma) {
   check_reparameterize_philox_args(mu, logvar, seed, num_samples, kDevice);
   const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous();
   std::vector<int64_t> shape{num_samples};
@@ -209,20 +215,20 @@ Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tenso
   kernels().reparameterize_philox(mu.scalar_type(), mu_c.const_data_ptr(),
                                   logvar_c.const_data_ptr(),
                                   read_seed(seed), z.data_ptr(),
-                                  mu.numel(), num_samples);
+                                  mu.numel(), num_samples, std_exponent(logsigma));
   return z;
 }
 
 std::tuple<Tensor, Tensor> reparameterize_philox_backward(const Tensor& grad_z,
                                                           const Tensor& logvar,
-                                                          const Tensor& seed) {
+                                                          const Tensor& seed, bool logsigma) {
   check_reparameterize_philox_backward_args(grad_z, logvar, seed, kDevice);
   const Tensor grad_c = grad_z.contiguous(), logvar_c = logvar.contiguous();
   Tensor grad_mu = at::empty_like(logvar_c), grad_logvar = at::empty_like(logvar_c);
   kernels().reparameterize_philox_backward(
       logvar.scalar_type(), grad_c.const_data_ptr(), logvar_c.const_data_ptr(),
       read_seed(seed), grad_mu.data_ptr(),
-      grad_logvar.data_ptr(), logvar.numel(), grad_z.size(0));
+      grad_logvar.data_ptr(), logvar.numel(), grad_z.size(0), std_exponent(logsigma));
   return {grad_mu, grad_logvar};
 }
 
@@ -231,14 +237,14 @@ std::tuple<Tensor, Tensor> reparameterize_philox_backward(const Tensor& grad_z,
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
     const Tensor& mu, const Tensor& logvar, const std::optional<Tensor>& prior_mu,
     const std::optional<Tensor>& prior_logvar, int64_t reduction, int64_t divisor,
-    std::array<bool, 4> grad_mask) {
+    std::array<bool, 4> grad_mask, bool logsigma) {
   const std::vector<Tensor> inputs =
       gaussian_kl_inputs(mu, logvar, prior_mu, prior_logvar, reduction, kDevice);
   const bool with_prior = prior_mu.has_value();
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
   LossCall call(inputs, reduction, divisor, mask);
-  call.run(mu.scalar_type(), with_prior ? LossKind::kKLPrior : LossKind::kKLStdNormal);
+  call.run(mu.scalar_type(), kl_kind(with_prior, logsigma));
   // Each output its own tensor: outputs must never alias one another.
   return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, mu.options()),
           call.grads[0], call.grads[1],
@@ -263,13 +269,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> reconstruction_nll(
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
     const Tensor& recon, const Tensor& x, const Tensor& mu, const Tensor& logvar,
-    int64_t kind, double beta, int64_t reduction, int64_t divisor, std::array<bool, 4> grad_mask) {
+    int64_t kind, double beta, int64_t reduction, int64_t divisor, std::array<bool, 4> grad_mask,
+    bool logsigma) {
   check_elbo_args(recon, x, mu, logvar, kind, reduction, kDevice);
   LossCall recon_call({recon, x}, reduction, divisor, {grad_mask[0], grad_mask[1]});
   recon_call.run(recon.scalar_type(), static_cast<LossKind>(kind));
   recon_call.check_unit_interval("elbo_loss", {"recon (probabilities)", "x"});
   LossCall kl_call({mu, logvar}, reduction, divisor, {grad_mask[2], grad_mask[3]});
-  kl_call.run(mu.scalar_type(), LossKind::kKLStdNormal);
+  kl_call.run(mu.scalar_type(), kl_kind(/*with_prior=*/false, logsigma));
 
   std::vector<double> loss_rows(recon_call.row_sums.size());
   for (size_t r = 0; r < loss_rows.size(); ++r) {

@@ -12,13 +12,15 @@ constexpr int64_t kSampleGrain = 8192;
 
 template <typename scalar_t>
 void reparameterize_typed(const scalar_t* mu, const scalar_t* logvar, const scalar_t* eps,
-                          scalar_t* z, int64_t numel, int64_t num_samples) {
+                          scalar_t* z, int64_t numel, int64_t num_samples, double std_exponent) {
+  using Vec = AccVec<scalar_t>;
+  const Vec c(static_cast<acc_type_t<scalar_t>>(std_exponent));
   constexpr int64_t W = kVecWidth<scalar_t>;
   at::parallel_for(0, numel, kSampleGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i += W) {
       const int64_t count = std::min(W, end - i);
       const auto m = load_vec(mu + i, count);
-      const auto std = posterior_std(load_vec(logvar + i, count));
+      const auto std = posterior_std(load_vec(logvar + i, count), c);
       for (int64_t k = 0; k < num_samples; ++k) {
         const int64_t at = k * numel + i;
         store_vec(z + at, reparameterize_forward(m, std, load_vec(eps + at, count)), count);
@@ -30,9 +32,10 @@ void reparameterize_typed(const scalar_t* mu, const scalar_t* logvar, const scal
 template <typename scalar_t>
 void reparameterize_backward_typed(const scalar_t* grad_z, const scalar_t* logvar,
                                    const scalar_t* eps, scalar_t* grad_mu, scalar_t* grad_logvar,
-                                   int64_t numel, int64_t num_samples) {
+                                   int64_t numel, int64_t num_samples, double std_exponent) {
   using Vec = AccVec<scalar_t>;
   using acc_t = acc_type_t<scalar_t>;
+  const Vec c(static_cast<acc_t>(std_exponent));
   constexpr int64_t W = kVecWidth<scalar_t>;
   at::parallel_for(0, numel, kSampleGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i += W) {
@@ -44,9 +47,9 @@ void reparameterize_backward_typed(const scalar_t* grad_z, const scalar_t* logva
         sum_grad = sum_grad + g;
         sum_grad_eps = sum_grad_eps + g * load_vec(eps + at, count);
       }
-      const auto std = posterior_std(load_vec(logvar + i, count));
+      const auto std = posterior_std(load_vec(logvar + i, count), c);
       store_vec(grad_mu + i, sum_grad, count);
-      store_vec(grad_logvar + i, reparameterize_logvar_backward(std, sum_grad_eps), count);
+      store_vec(grad_logvar + i, reparameterize_scale_backward(std, sum_grad_eps, c), count);
     }
   });
 }
@@ -75,8 +78,10 @@ void philox_normal_block(uint64_t seed, uint64_t first, int64_t count, acc_t* ep
 
 template <typename scalar_t>
 void reparameterize_philox_typed(const scalar_t* mu, const scalar_t* logvar, uint64_t seed,
-                                 scalar_t* z, int64_t numel, int64_t num_samples) {
+                                 scalar_t* z, int64_t numel, int64_t num_samples,
+                                 double std_exponent) {
   using acc_t = acc_type_t<scalar_t>;
+  const AccVec<scalar_t> c(static_cast<acc_t>(std_exponent));
   constexpr int64_t W = kVecWidth<scalar_t>;
   at::parallel_for(0, numel, kSampleGrain, [&](int64_t begin, int64_t end) {
     alignas(64) acc_t eps[kNoiseBlock];
@@ -86,7 +91,7 @@ void reparameterize_philox_typed(const scalar_t* mu, const scalar_t* logvar, uin
         philox_normal_block(seed, static_cast<uint64_t>(k * numel + block), count, eps);
         for (int64_t j = 0; j < count; j += W) {
           const int64_t n = std::min(W, count - j), i = block + j;
-          const auto std = posterior_std(load_vec(logvar + i, n));
+          const auto std = posterior_std(load_vec(logvar + i, n), c);
           const auto sample = reparameterize_forward(load_vec(mu + i, n), std, load_vec(eps + j, n));
           store_vec(z + k * numel + i, sample, n);
         }
@@ -99,9 +104,10 @@ template <typename scalar_t>
 void reparameterize_philox_backward_typed(const scalar_t* grad_z, const scalar_t* logvar,
                                           uint64_t seed, scalar_t* grad_mu,
                                           scalar_t* grad_logvar, int64_t numel,
-                                          int64_t num_samples) {
+                                          int64_t num_samples, double std_exponent) {
   using Vec = AccVec<scalar_t>;
   using acc_t = acc_type_t<scalar_t>;
+  const Vec c(static_cast<acc_t>(std_exponent));
   constexpr int64_t W = kVecWidth<scalar_t>;
   at::parallel_for(0, numel, kSampleGrain, [&](int64_t begin, int64_t end) {
     alignas(64) acc_t eps[kNoiseBlock];
@@ -121,9 +127,9 @@ void reparameterize_philox_backward_typed(const scalar_t* grad_z, const scalar_t
       }
       for (int64_t j = 0; j < count; j += W) {
         const int64_t n = std::min(W, count - j), i = block + j;
-        const auto std = posterior_std(load_vec(logvar + i, n));
+        const auto std = posterior_std(load_vec(logvar + i, n), c);
         store_vec(grad_mu + i, Vec::loadu(sum_grad + j, n), n);
-        store_vec(grad_logvar + i, reparameterize_logvar_backward(std, Vec::loadu(sum_grad_eps + j, n)), n);
+        store_vec(grad_logvar + i, reparameterize_scale_backward(std, Vec::loadu(sum_grad_eps + j, n), c), n);
       }
     }
   });
@@ -133,41 +139,43 @@ void reparameterize_philox_backward_typed(const scalar_t* grad_z, const scalar_t
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "vae_kernels_sample", __VA_ARGS__)
 
 void reparameterize(c10::ScalarType dtype, const void* mu, const void* logvar, const void* eps,
-                    void* z, int64_t numel, int64_t num_samples) {
+                    void* z, int64_t numel, int64_t num_samples, double std_exponent) {
   VK_DISPATCH_FLOATING(dtype, [&] {
     reparameterize_typed(static_cast<const scalar_t*>(mu), static_cast<const scalar_t*>(logvar),
                          static_cast<const scalar_t*>(eps), static_cast<scalar_t*>(z), numel,
-                         num_samples);
+                         num_samples, std_exponent);
   });
 }
 
 void reparameterize_backward(c10::ScalarType dtype, const void* grad_z, const void* logvar,
                              const void* eps, void* grad_mu, void* grad_logvar, int64_t numel,
-                             int64_t num_samples) {
+                             int64_t num_samples, double std_exponent) {
   VK_DISPATCH_FLOATING(dtype, [&] {
     reparameterize_backward_typed(
         static_cast<const scalar_t*>(grad_z), static_cast<const scalar_t*>(logvar),
         static_cast<const scalar_t*>(eps), static_cast<scalar_t*>(grad_mu),
-        static_cast<scalar_t*>(grad_logvar), numel, num_samples);
+        static_cast<scalar_t*>(grad_logvar), numel, num_samples, std_exponent);
   });
 }
 
 void reparameterize_philox(c10::ScalarType dtype, const void* mu, const void* logvar,
-                           uint64_t seed, void* z, int64_t numel, int64_t num_samples) {
+                           uint64_t seed, void* z, int64_t numel, int64_t num_samples,
+                           double std_exponent) {
   VK_DISPATCH_FLOATING(dtype, [&] {
     reparameterize_philox_typed(static_cast<const scalar_t*>(mu),
                                 static_cast<const scalar_t*>(logvar), seed,
-                                static_cast<scalar_t*>(z), numel, num_samples);
+                                static_cast<scalar_t*>(z), numel, num_samples, std_exponent);
   });
 }
 
 void reparameterize_philox_backward(c10::ScalarType dtype, const void* grad_z, const void* logvar,
                                     uint64_t seed, void* grad_mu, void* grad_logvar, int64_t numel,
-                                    int64_t num_samples) {
+                                    int64_t num_samples, double std_exponent) {
   VK_DISPATCH_FLOATING(dtype, [&] {
     reparameterize_philox_backward_typed(
         static_cast<const scalar_t*>(grad_z), static_cast<const scalar_t*>(logvar), seed,
-        static_cast<scalar_t*>(grad_mu), static_cast<scalar_t*>(grad_logvar), numel, num_samples);
+        static_cast<scalar_t*>(grad_mu), static_cast<scalar_t*>(grad_logvar), numel, num_samples,
+        std_exponent);
   });
 }
 

@@ -62,25 +62,28 @@ cudaError_t launch_finish_total(DType dtype, const double* partials_a, int64_t c
                                 double scale, void* out_total, void* out_a, void* out_b,
                                 cudaStream_t stream);
 
-// z[k, i] = mu[i] + exp(0.5 logvar[i]) * eps[k, i] for k < num_samples, i < numel.
+// z[k, i] = mu[i] + exp(std_exponent * s[i]) * eps[k, i] for k < num_samples, i < numel,
+// with s a log-variance (std_exponent 1/2) or a log-sigma (1): csrc/math/sampling.h.
 cudaError_t launch_reparameterize(DType dtype, const void* mu, const void* logvar, const void* eps,
                                   void* z, int64_t numel, int64_t num_samples,
-                                  cudaStream_t stream);
-// grad_mu[i] = sum_k grad_z[k, i], grad_logvar[i] = 0.5 std_i sum_k grad_z[k, i] eps[k, i]
+                                  double std_exponent, cudaStream_t stream);
+// grad_mu[i] = sum_k grad_z[k, i], grad_logvar[i] = std_exponent std_i sum_k grad_z[k, i] eps[k, i]
 // (k in order).
 cudaError_t launch_reparameterize_backward(DType dtype, const void* grad_z, const void* logvar,
                                            const void* eps, void* grad_mu, void* grad_logvar,
                                            int64_t numel, int64_t num_samples,
-                                           cudaStream_t stream);
+                                           double std_exponent, cudaStream_t stream);
 // The same with eps[k, i] = philox_standard_normal(*seed, k * numel + i); `seed` points
 // to one int64 in device memory (read by the kernels: no host synchronization).
 cudaError_t launch_reparameterize_philox(DType dtype, const void* mu, const void* logvar,
                                          const int64_t* seed, void* z, int64_t numel,
-                                         int64_t num_samples, cudaStream_t stream);
+                                         int64_t num_samples, double std_exponent,
+                                         cudaStream_t stream);
 cudaError_t launch_reparameterize_philox_backward(DType dtype, const void* grad_z,
                                                   const void* logvar, const int64_t* seed,
                                                   void* grad_mu, void* grad_logvar, int64_t numel,
-                                                  int64_t num_samples, cudaStream_t stream);
+                                                  int64_t num_samples, double std_exponent,
+                                                  cudaStream_t stream);
 
 // out[r, j] = local_grad[r, j] * grad_output[r * stride_row + j * stride_elem] over
 // `rows` rows of `row_len` elements: stride_elem = 1 (one upstream value per element;

@@ -22,6 +22,7 @@
 #include <array>
 #include <vector>
 
+#include "../math/sampling.h"
 #include "../op_checks.h"
 #include "launchers.h"
 
@@ -168,30 +169,25 @@ Tensor reduce(const LossCall& call, int64_t reduction, int64_t divisor,
 
 // ------------------------------------------------------------------ sampling
 
-Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& eps) {
-  check_floating("reparameterize", "mu", mu);
-  check_like("reparameterize", "logvar", logvar, "mu", mu);
-  check_like("reparameterize", "eps", eps, "mu", mu, /*same_shape=*/false);
-  TORCH_CHECK_VALUE(eps.dim() == mu.dim() + 1 && eps.sizes().slice(1) == mu.sizes(),
-                    "vae_kernels.reparameterize: eps must have shape (num_samples, *mu.shape) = "
-                    "(K, ", mu.sizes(), "), got ", eps.sizes());
+double std_exponent(bool logsigma) {
+  return logsigma ? kStdExponentLogSigma : kStdExponentLogVar;
+}
+
+Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& eps, bool logsigma) {
+  check_reparameterize_args(mu, logvar, eps, kDevice);
   const c10::cuda::CUDAGuard guard(mu.device());
   const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous(), eps_c = eps.contiguous();
   Tensor z = at::empty_like(eps_c);
   C10_CUDA_CHECK(launch_reparameterize(dtype_of("reparameterize", mu), mu_c.const_data_ptr(),
                                        logvar_c.const_data_ptr(), eps_c.const_data_ptr(),
-                                       z.data_ptr(), mu.numel(), eps.size(0), stream_of(mu)));
+                                       z.data_ptr(), mu.numel(), eps.size(0),
+                                       std_exponent(logsigma), stream_of(mu)));
   return z;
 }
 
 std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const Tensor& logvar,
-                                                   const Tensor& eps) {
-  check_floating("reparameterize_backward", "eps", eps);
-  check_like("reparameterize_backward", "grad_z", grad_z, "eps", eps);
-  check_like("reparameterize_backward", "logvar", logvar, "eps", eps, /*same_shape=*/false);
-  TORCH_CHECK_VALUE(eps.dim() == logvar.dim() + 1 && eps.sizes().slice(1) == logvar.sizes(),
-                    "vae_kernels.reparameterize_backward: eps must have shape (K, ",
-                    logvar.sizes(), "), got ", eps.sizes());
+                                                   const Tensor& eps, bool logsigma) {
+  check_reparameterize_backward_args(grad_z, logvar, eps, kDevice);
   const c10::cuda::CUDAGuard guard(logvar.device());
   const Tensor grad_c = grad_z.contiguous(), logvar_c = logvar.contiguous(),
                eps_c = eps.contiguous();
@@ -199,55 +195,47 @@ std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const T
   C10_CUDA_CHECK(launch_reparameterize_backward(
       dtype_of("reparameterize_backward", logvar), grad_c.const_data_ptr(),
       logvar_c.const_data_ptr(), eps_c.const_data_ptr(), grad_mu.data_ptr(),
-      grad_logvar.data_ptr(), logvar.numel(), eps.size(0), stream_of(logvar)));
+      grad_logvar.data_ptr(), logvar.numel(), eps.size(0), std_exponent(logsigma),
+      stream_of(logvar)));
   return {grad_mu, grad_logvar};
 }
 
 // The seed as one int64 in `like`'s device memory, read by the kernels: a seed drawn
 // on the GPU (vae_kernels.ops draws it with torch.randint on the tensors' device)
 // never travels to the host. A CPU seed is copied over.
-Tensor seed_on_device(const char* op, const Tensor& seed, const Tensor& like) {
-  TORCH_CHECK_VALUE(seed.numel() == 1 && seed.scalar_type() == at::kLong, "vae_kernels.", op,
-                    ": seed must be an int64 tensor with one element, got ", seed.scalar_type(),
-                    " of shape ", seed.sizes());
+Tensor seed_on_device(const Tensor& seed, const Tensor& like) {
   return seed.to(like.device(), at::kLong).contiguous();
 }
 
 Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tensor& seed,
-                             int64_t num_samples) {
-  check_floating("reparameterize_philox", "mu", mu);
-  check_like("reparameterize_philox", "logvar", logvar, "mu", mu);
-  TORCH_CHECK_VALUE(num_samples >= 1,
-                    "vae_kernels.reparameterize_philox: num_samples must be >= 1, got ",
-                    num_samples);
+                             int64_t num_samples, bool logsigma) {
+  check_reparameterize_philox_args(mu, logvar, seed, num_samples, kDevice);
   const c10::cuda::CUDAGuard guard(mu.device());
   const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous();
-  const Tensor seed_d = seed_on_device("reparameterize_philox", seed, mu);
+  const Tensor seed_d = seed_on_device(seed, mu);
   std::vector<int64_t> shape{num_samples};
   shape.insert(shape.end(), mu.sizes().begin(), mu.sizes().end());
   Tensor z = at::empty(shape, mu.options().memory_format(at::MemoryFormat::Contiguous));
   C10_CUDA_CHECK(launch_reparameterize_philox(
       dtype_of("reparameterize_philox", mu), mu_c.const_data_ptr(), logvar_c.const_data_ptr(),
-      seed_d.const_data_ptr<int64_t>(), z.data_ptr(), mu.numel(), num_samples, stream_of(mu)));
+      seed_d.const_data_ptr<int64_t>(), z.data_ptr(), mu.numel(), num_samples,
+      std_exponent(logsigma), stream_of(mu)));
   return z;
 }
 
 std::tuple<Tensor, Tensor> reparameterize_philox_backward(const Tensor& grad_z,
                                                           const Tensor& logvar,
-                                                          const Tensor& seed) {
-  check_floating("reparameterize_philox_backward", "logvar", logvar);
-  check_like("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar, false);
-  TORCH_CHECK_VALUE(grad_z.dim() == logvar.dim() + 1 && grad_z.sizes().slice(1) == logvar.sizes(),
-                    "vae_kernels.reparameterize_philox_backward: grad_z must have shape (K, ",
-                    logvar.sizes(), "), got ", grad_z.sizes());
+                                                          const Tensor& seed, bool logsigma) {
+  check_reparameterize_philox_backward_args(grad_z, logvar, seed, kDevice);
   const c10::cuda::CUDAGuard guard(logvar.device());
   const Tensor grad_c = grad_z.contiguous(), logvar_c = logvar.contiguous();
-  const Tensor seed_d = seed_on_device("reparameterize_philox_backward", seed, logvar);
+  const Tensor seed_d = seed_on_device(seed, logvar);
   Tensor grad_mu = at::empty_like(logvar_c), grad_logvar = at::empty_like(logvar_c);
   C10_CUDA_CHECK(launch_reparameterize_philox_backward(
       dtype_of("reparameterize_philox_backward", logvar), grad_c.const_data_ptr(),
       logvar_c.const_data_ptr(), seed_d.const_data_ptr<int64_t>(), grad_mu.data_ptr(),
-      grad_logvar.data_ptr(), logvar.numel(), grad_z.size(0), stream_of(logvar)));
+      grad_logvar.data_ptr(), logvar.numel(), grad_z.size(0), std_exponent(logsigma),
+      stream_of(logvar)));
   return {grad_mu, grad_logvar};
 }
 
@@ -256,7 +244,7 @@ std::tuple<Tensor, Tensor> reparameterize_philox_backward(const Tensor& grad_z,
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
     const Tensor& mu, const Tensor& logvar, const std::optional<Tensor>& prior_mu,
     const std::optional<Tensor>& prior_logvar, int64_t reduction, int64_t divisor,
-    std::array<bool, 4> grad_mask) {
+    std::array<bool, 4> grad_mask, bool logsigma) {
   const std::vector<Tensor> inputs =
       gaussian_kl_inputs(mu, logvar, prior_mu, prior_logvar, reduction, kDevice);
   const bool with_prior = prior_mu.has_value();
@@ -266,7 +254,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
   const LossCall call(inputs, reduction, divisor, mask, /*check_unit_interval=*/false);
-  call.launch(dtype, with_prior ? LossKind::kKLPrior : LossKind::kKLStdNormal, 0.0, stream);
+  call.launch(dtype, kl_kind(with_prior, logsigma), 0.0, stream);
   // Each output its own tensor: outputs must never alias one another.
   return {reduce(call, reduction, divisor, mu.options(), dtype, stream), call.grads[0],
           call.grads[1], with_prior ? call.grads[2] : no_local_grad(mu),
@@ -294,7 +282,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> reconstruction_nll(
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
     const Tensor& recon, const Tensor& x, const Tensor& mu, const Tensor& logvar,
-    int64_t kind, double beta, int64_t reduction, int64_t divisor, std::array<bool, 4> grad_mask) {
+    int64_t kind, double beta, int64_t reduction, int64_t divisor, std::array<bool, 4> grad_mask,
+    bool logsigma) {
   check_elbo_args(recon, x, mu, logvar, kind, reduction, kDevice);
   const bool check_unit_interval = has_unit_interval_inputs(kind);
 
@@ -305,7 +294,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
                             check_unit_interval);
   recon_call.launch(dtype, static_cast<LossKind>(kind), /*param=*/0.0, stream);
   const LossCall kl_call({mu, logvar}, reduction, divisor, {grad_mask[2], grad_mask[3]}, false);
-  kl_call.launch(dtype, LossKind::kKLStdNormal, 0.0, stream);
+  kl_call.launch(dtype, kl_kind(/*with_prior=*/false, logsigma), 0.0, stream);
 
   // loss = recon + beta * kl, per row or in total, each divided by `divisor`.
   const auto options = recon.options();

@@ -17,12 +17,12 @@ constexpr int kThreads = 256;
 template <typename T>
 __global__ void reparameterize_kernel(const T* __restrict__ mu, const T* __restrict__ logvar,
                                       const T* __restrict__ eps, T* __restrict__ z, int64_t numel,
-                                      int64_t total) {
+                                      int64_t total, double std_exponent) {
   using A = acc_t<T>;
   for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
        index += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = index % numel;
-    const A std = posterior_std(to_acc(logvar[i]));
+    const A std = posterior_std(to_acc(logvar[i]), A(std_exponent));
     z[index] = from_acc<T>(reparameterize_forward(to_acc(mu[i]), std, to_acc(eps[index])));
   }
 }
@@ -33,7 +33,7 @@ __global__ void reparameterize_backward_kernel(const T* __restrict__ grad_z,
                                                const T* __restrict__ logvar,
                                                const T* __restrict__ eps, T* __restrict__ grad_mu,
                                                T* __restrict__ grad_logvar, int64_t numel,
-                                               int64_t num_samples) {
+                                               int64_t num_samples, double std_exponent) {
   using A = acc_t<T>;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < numel;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -44,23 +44,24 @@ __global__ void reparameterize_backward_kernel(const T* __restrict__ grad_z,
       sum_grad += g;
       sum_grad_eps += g * to_acc(eps[index]);
     }
-    const A std = posterior_std(to_acc(logvar[i]));
+    const A std = posterior_std(to_acc(logvar[i]), A(std_exponent));
     grad_mu[i] = from_acc<T>(sum_grad);
-    grad_logvar[i] = from_acc<T>(reparameterize_logvar_backward(std, sum_grad_eps));
+    grad_logvar[i] = from_acc<T>(reparameterize_scale_backward(std, sum_grad_eps, A(std_exponent)));
   }
 }
 
 template <typename T>
 __global__ void reparameterize_philox_kernel(const T* __restrict__ mu, const T* __restrict__ logvar,
                                              const int64_t* __restrict__ seed_ptr,
-                                             T* __restrict__ z, int64_t numel, int64_t total) {
+                                             T* __restrict__ z, int64_t numel, int64_t total,
+                                             double std_exponent) {
   using A = acc_t<T>;
   const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
   for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
        index += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = index % numel;
     const A eps = philox_standard_normal(seed, static_cast<uint64_t>(index));
-    const A std = posterior_std(to_acc(logvar[i]));
+    const A std = posterior_std(to_acc(logvar[i]), A(std_exponent));
     z[index] = from_acc<T>(reparameterize_forward(to_acc(mu[i]), std, eps));
   }
 }
@@ -71,7 +72,7 @@ __global__ void reparameterize_philox_backward_kernel(const T* __restrict__ grad
                                                       const int64_t* __restrict__ seed_ptr,
                                                       T* __restrict__ grad_mu,
                                                       T* __restrict__ grad_logvar, int64_t numel,
-                                                      int64_t num_samples) {
+                                                      int64_t num_samples, double std_exponent) {
   using A = acc_t<T>;
   const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < numel;
@@ -84,9 +85,9 @@ __global__ void reparameterize_philox_backward_kernel(const T* __restrict__ grad
       sum_grad += g;
       sum_grad_eps += g * eps;
     }
-    const A std = posterior_std(to_acc(logvar[i]));
+    const A std = posterior_std(to_acc(logvar[i]), A(std_exponent));
     grad_mu[i] = from_acc<T>(sum_grad);
-    grad_logvar[i] = from_acc<T>(reparameterize_logvar_backward(std, sum_grad_eps));
+    grad_logvar[i] = from_acc<T>(reparameterize_scale_backward(std, sum_grad_eps, A(std_exponent)));
   }
 }
 
@@ -94,55 +95,58 @@ __global__ void reparameterize_philox_backward_kernel(const T* __restrict__ grad
 
 cudaError_t launch_reparameterize(DType dtype, const void* mu, const void* logvar, const void* eps,
                                   void* z, int64_t numel, int64_t num_samples,
-                                  cudaStream_t stream) {
+                                  double std_exponent, cudaStream_t stream) {
   const int64_t total = numel * num_samples;
   if (total <= 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     return launch_kernel(reparameterize_kernel<T>, grid_for(total, kThreads), kThreads, stream,
                          static_cast<const T*>(mu), static_cast<const T*>(logvar),
-                         static_cast<const T*>(eps), static_cast<T*>(z), numel, total);
+                         static_cast<const T*>(eps), static_cast<T*>(z), numel, total,
+                         std_exponent);
   });
 }
 
 cudaError_t launch_reparameterize_backward(DType dtype, const void* grad_z, const void* logvar,
                                            const void* eps, void* grad_mu, void* grad_logvar,
                                            int64_t numel, int64_t num_samples,
-                                           cudaStream_t stream) {
+                                           double std_exponent, cudaStream_t stream) {
   if (numel <= 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     return launch_kernel(reparameterize_backward_kernel<T>, grid_for(numel, kThreads), kThreads,
                          stream, static_cast<const T*>(grad_z), static_cast<const T*>(logvar),
                          static_cast<const T*>(eps), static_cast<T*>(grad_mu),
-                         static_cast<T*>(grad_logvar), numel, num_samples);
+                         static_cast<T*>(grad_logvar), numel, num_samples, std_exponent);
   });
 }
 
 cudaError_t launch_reparameterize_philox(DType dtype, const void* mu, const void* logvar,
                                          const int64_t* seed, void* z, int64_t numel,
-                                         int64_t num_samples, cudaStream_t stream) {
+                                         int64_t num_samples, double std_exponent,
+                                         cudaStream_t stream) {
   const int64_t total = numel * num_samples;
   if (total <= 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     return launch_kernel(reparameterize_philox_kernel<T>, grid_for(total, kThreads), kThreads,
                          stream, static_cast<const T*>(mu), static_cast<const T*>(logvar), seed,
-                         static_cast<T*>(z), numel, total);
+                         static_cast<T*>(z), numel, total, std_exponent);
   });
 }
 
 cudaError_t launch_reparameterize_philox_backward(DType dtype, const void* grad_z,
                                                   const void* logvar, const int64_t* seed,
                                                   void* grad_mu, void* grad_logvar, int64_t numel,
-                                                  int64_t num_samples, cudaStream_t stream) {
+                                                  int64_t num_samples, double std_exponent,
+                                         cudaStream_t stream) {
   if (numel <= 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     return launch_kernel(reparameterize_philox_backward_kernel<T>, grid_for(numel, kThreads),
                          kThreads, stream, static_cast<const T*>(grad_z),
                          static_cast<const T*>(logvar), seed, static_cast<T*>(grad_mu),
-                         static_cast<T*>(grad_logvar), numel, num_samples);
+                         static_cast<T*>(grad_logvar), numel, num_samples, std_exponent);
   });
 }
 

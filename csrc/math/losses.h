@@ -36,7 +36,9 @@ enum class LossKind : int32_t {
   kLaplaceFixedScale = 7,    // mean, target (log-scale: the `param` of visit_loss)
   kLaplaceLearnedScale = 8,  // mean, target, logscale
   kContinuousBernoulli = 9,  // logits, target
-  kNumKinds = 10,
+  kKLStdNormalLogSigma = 10,  // mu, logsigma
+  kKLPriorLogSigma = 11,      // mu, logsigma, prior_mu, prior_logsigma
+  kNumKinds = 12,
 };
 
 struct BernoulliLogitsOp {
@@ -171,6 +173,39 @@ struct ContinuousBernoulliOp {
   }
 };
 
+// The KL terms with scales given as log sigma (VDVAE's gaussian_analytical_kl): the
+// log-variance formulas at lv = 2 s, computed in registers (2 s is exact), and
+// d s = 2 d lv.
+struct KLStdNormalLogSigmaOp {
+  static constexpr bool kReconstruction = false;
+  static constexpr int kInputs = 2;
+  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
+  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
+    return gaussian_kl_std_normal(in[0], V(2) * in[1]);
+  }
+  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
+    const V kl = gaussian_kl_std_normal_and_grad(in[0], V(2) * in[1], grad[0], grad[1]);
+    grad[1] = V(2) * grad[1];
+    return kl;
+  }
+};
+
+struct KLPriorLogSigmaOp {
+  static constexpr bool kReconstruction = false;
+  static constexpr int kInputs = 4;
+  static constexpr VK_HOST_DEVICE bool unit_interval(int) { return false; }
+  template <class V> VK_HOST_DEVICE V loss(const V* in) const {
+    return gaussian_kl(in[0], V(2) * in[1], in[2], V(2) * in[3]);
+  }
+  template <class V> VK_HOST_DEVICE V loss_and_grad(const V* in, V* grad) const {
+    const V kl = gaussian_kl_and_grad(in[0], V(2) * in[1], in[2], V(2) * in[3], grad[0], grad[1],
+                                      grad[2], grad[3]);
+    grad[1] = V(2) * grad[1];
+    grad[3] = V(2) * grad[3];
+    return kl;
+  }
+};
+
 // Returns f(op) for the Op of `kind` (host code: the kernels receive the op), or
 // `unknown` for a value outside LossKind. `param` is a fixed-scale kind's scale (the
 // log-variance of kGaussianFixedVar, the log-scale of kLaplaceFixedScale).
@@ -187,9 +222,17 @@ R visit_loss(LossKind kind, double param, F&& f, R unknown) {
     case LossKind::kLaplaceFixedScale: return f(LaplaceFixedScaleOp::with_logscale(param));
     case LossKind::kLaplaceLearnedScale: return f(LaplaceLearnedScaleOp{});
     case LossKind::kContinuousBernoulli: return f(ContinuousBernoulliOp{});
+    case LossKind::kKLStdNormalLogSigma: return f(KLStdNormalLogSigmaOp{});
+    case LossKind::kKLPriorLogSigma: return f(KLPriorLogSigmaOp{});
     case LossKind::kNumKinds: break;
   }
   return unknown;
+}
+
+// The KL kind for a prior (N(0, I) or given) and a scale parameterization.
+inline LossKind kl_kind(bool with_prior, bool logsigma) {
+  if (logsigma) return with_prior ? LossKind::kKLPriorLogSigma : LossKind::kKLStdNormalLogSigma;
+  return with_prior ? LossKind::kKLPrior : LossKind::kKLStdNormal;
 }
 
 // The number of inputs of a reconstruction kind (2, or 3 with a learned scale), or 0

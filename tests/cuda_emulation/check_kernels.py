@@ -126,6 +126,11 @@ LOSSES = [
              reference.laplace_nll_elementwise),
     LossCase("kContinuousBernoulli", lambda d: [d.randn(3), d.rand()],
              reference.continuous_bernoulli_nll_elementwise, (1,)),
+    LossCase("kKLStdNormalLogSigma", lambda d: [d.randn(), d.randn(0.35)],
+             lambda m, s: reference.gaussian_kl_elementwise(m, s, logsigma=True)),
+    LossCase("kKLPriorLogSigma",
+             lambda d: [d.randn(), d.randn(0.35), d.randn(0.5), d.randn(0.25)],
+             lambda m, s, pm, ps: reference.gaussian_kl_elementwise(m, s, pm, ps, logsigma=True)),
 ]
 LOSS_BY_KIND = {c.kind: c for c in LOSSES}
 
@@ -323,18 +328,20 @@ def philox_eps(kernels, seed: int, numel: int, num_samples: int) -> torch.Tensor
     return z.view(num_samples, numel)
 
 
-def sampling_oracle(mu, logvar, eps, grad_z):
-    """z and the gradients of <z, grad_z> in mu and logvar, in float64."""
+def sampling_oracle(mu, logvar, eps, grad_z, logsigma=False):
+    """z and the gradients of <z, grad_z> in mu and the scale, in float64."""
     leaves = [mu.clone().requires_grad_(), logvar.clone().requires_grad_()]
-    z = reference.reparameterize(*leaves, eps, None, None)
+    z = reference.reparameterize(*leaves, eps, None, None, logsigma)
     return z.detach(), torch.autograd.grad(z, leaves, grad_z)
 
 
+@pytest.mark.parametrize("scale", ["logvar", "logsigma"])
 @pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
 @pytest.mark.parametrize("shape", SAMPLE_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("noise", ["caller", "philox"])
-def test_reparameterize(kernels, noise, dtype, shape, offset):
+def test_reparameterize(kernels, noise, dtype, shape, offset, scale):
+    c = 1.0 if scale == "logsigma" else 0.5
     numel, k = shape
     d, dk = Draw(numel, seed=6), Draw(numel * k, seed=7)
     mu, logvar, grad_z = d.randn().to(dtype), d.randn(0.5).to(dtype), dk.randn().to(dtype)
@@ -350,19 +357,20 @@ def test_reparameterize(kernels, noise, dtype, shape, offset):
     def launch():
         z, grad_mu, grad_logvar = (buffer(n, dtype, offset) for n in (numel * k, numel, numel))
         if noise == "caller":
-            kernels.reparameterize(dtype, bufs[0], bufs[1], e, z, numel, k)
+            kernels.reparameterize(dtype, bufs[0], bufs[1], e, z, numel, k, c)
             kernels.reparameterize_backward(dtype, bufs[2], bufs[1], e, grad_mu, grad_logvar,
-                                            numel, k)
+                                            numel, k, c)
         else:
-            kernels.reparameterize_philox(dtype, bufs[0], bufs[1], seed, z, numel, k)
+            kernels.reparameterize_philox(dtype, bufs[0], bufs[1], seed, z, numel, k, c)
             kernels.reparameterize_philox_backward(dtype, bufs[2], bufs[1], seed, grad_mu,
-                                                   grad_logvar, numel, k)
+                                                   grad_logvar, numel, k, c)
         return z, grad_mu, grad_logvar
 
     z, grad_mu, grad_logvar = launch()
     assert all(torch.equal(x, y) for x, y in zip((z, grad_mu, grad_logvar), launch()))
     z64, (grad_mu64, grad_logvar64) = sampling_oracle(mu.double(), logvar.double(), eps64,
-                                                      grad_z.double().view(k, numel))
+                                                      grad_z.double().view(k, numel),
+                                                      scale == "logsigma")
     assert_close_to_oracle(z.view(k, numel), z64, dtype)
     assert_close_to_oracle(grad_mu, grad_mu64, dtype, scale=k)
     assert_close_to_oracle(grad_logvar, grad_logvar64, dtype, scale=k)

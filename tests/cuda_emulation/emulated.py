@@ -54,10 +54,10 @@ _SIGNATURES = {
     "vk_launch_loss": [_I, _I, _D, _I64, _I64, _V, _V, _V, _D, _V, _V],
     "vk_launch_finish_rows": [_I, _V, _I64, _V, _I64, _D, _I64, _D, _V, _V, _V],
     "vk_launch_finish_total": [_I, _V, _I64, _V, _I64, _D, _D, _V, _V, _V],
-    "vk_launch_reparameterize": [_I, _V, _V, _V, _V, _I64, _I64],
-    "vk_launch_reparameterize_backward": [_I, _V, _V, _V, _V, _V, _I64, _I64],
-    "vk_launch_reparameterize_philox": [_I, _V, _V, _V, _V, _I64, _I64],
-    "vk_launch_reparameterize_philox_backward": [_I, _V, _V, _V, _V, _V, _I64, _I64],
+    "vk_launch_reparameterize": [_I, _V, _V, _V, _V, _I64, _I64, _D],
+    "vk_launch_reparameterize_backward": [_I, _V, _V, _V, _V, _V, _I64, _I64, _D],
+    "vk_launch_reparameterize_philox": [_I, _V, _V, _V, _V, _I64, _I64, _D],
+    "vk_launch_reparameterize_philox_backward": [_I, _V, _V, _V, _V, _V, _I64, _I64, _D],
     "vk_launch_loss_backward": [_I, _V, _V, _I64, _I64, _V, _I64, _I64],
     "vk_float_to_half": [_V, _V, _I64],
     "vk_half_to_float": [_V, _V, _I64],
@@ -108,24 +108,28 @@ class Kernels:
                    _ptr(partials_b), count_b, beta, scale, _ptr(out_total), _ptr(out_a),
                    _ptr(out_b))
 
-    def reparameterize(self, dtype, mu, logvar, eps, z, numel, num_samples) -> None:
+    # std_exponent: 0.5 for a log-variance, 1.0 for a log-sigma (csrc/math/sampling.h).
+    def reparameterize(self, dtype, mu, logvar, eps, z, numel, num_samples,
+                       std_exponent=0.5) -> None:
         self._call("vk_launch_reparameterize", DTYPE_CODES[dtype], _ptr(mu), _ptr(logvar),
-                   _ptr(eps), _ptr(z), numel, num_samples)
+                   _ptr(eps), _ptr(z), numel, num_samples, std_exponent)
 
     def reparameterize_backward(self, dtype, grad_z, logvar, eps, grad_mu, grad_logvar, numel,
-                                num_samples) -> None:
+                                num_samples, std_exponent=0.5) -> None:
         self._call("vk_launch_reparameterize_backward", DTYPE_CODES[dtype], _ptr(grad_z),
-                   _ptr(logvar), _ptr(eps), _ptr(grad_mu), _ptr(grad_logvar), numel, num_samples)
+                   _ptr(logvar), _ptr(eps), _ptr(grad_mu), _ptr(grad_logvar), numel, num_samples,
+                   std_exponent)
 
-    def reparameterize_philox(self, dtype, mu, logvar, seed, z, numel, num_samples) -> None:
+    def reparameterize_philox(self, dtype, mu, logvar, seed, z, numel, num_samples,
+                              std_exponent=0.5) -> None:
         self._call("vk_launch_reparameterize_philox", DTYPE_CODES[dtype], _ptr(mu), _ptr(logvar),
-                   _ptr(seed), _ptr(z), numel, num_samples)
+                   _ptr(seed), _ptr(z), numel, num_samples, std_exponent)
 
     def reparameterize_philox_backward(self, dtype, grad_z, logvar, seed, grad_mu, grad_logvar,
-                                       numel, num_samples) -> None:
+                                       numel, num_samples, std_exponent=0.5) -> None:
         self._call("vk_launch_reparameterize_philox_backward", DTYPE_CODES[dtype], _ptr(grad_z),
                    _ptr(logvar), _ptr(seed), _ptr(grad_mu), _ptr(grad_logvar), numel,
-                   num_samples)
+                   num_samples, std_exponent)
 
     def loss_backward(self, dtype, local_grad, grad_output, stride_elem, stride_row, out, rows,
                       row_len) -> None:

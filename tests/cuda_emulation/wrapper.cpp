@@ -42,30 +42,32 @@ int vk_launch_finish_total(int dtype, const double* partials_a, int64_t count_a,
 }
 
 int vk_launch_reparameterize(int dtype, const void* mu, const void* logvar, const void* eps,
-                             void* z, int64_t numel, int64_t num_samples) {
-  return launch_reparameterize(DType(dtype), mu, logvar, eps, z, numel, num_samples, nullptr);
+                             void* z, int64_t numel, int64_t num_samples, double std_exponent) {
+  return launch_reparameterize(DType(dtype), mu, logvar, eps, z, numel, num_samples, std_exponent,
+                               nullptr);
 }
 
 int vk_launch_reparameterize_backward(int dtype, const void* grad_z, const void* logvar,
                                       const void* eps, void* grad_mu, void* grad_logvar,
-                                      int64_t numel, int64_t num_samples) {
+                                      int64_t numel, int64_t num_samples, double std_exponent) {
   return launch_reparameterize_backward(DType(dtype), grad_z, logvar, eps, grad_mu, grad_logvar,
-                                        numel, num_samples, nullptr);
+                                        numel, num_samples, std_exponent, nullptr);
 }
 
 int vk_launch_reparameterize_philox(int dtype, const void* mu, const void* logvar,
                                     const int64_t* seed, void* z, int64_t numel,
-                                    int64_t num_samples) {
+                                    int64_t num_samples, double std_exponent) {
   return launch_reparameterize_philox(DType(dtype), mu, logvar, seed, z, numel, num_samples,
-                                      nullptr);
+                                      std_exponent, nullptr);
 }
 
 int vk_launch_reparameterize_philox_backward(int dtype, const void* grad_z, const void* logvar,
                                              const int64_t* seed, void* grad_mu,
                                              void* grad_logvar, int64_t numel,
-                                             int64_t num_samples) {
+                                             int64_t num_samples, double std_exponent) {
   return launch_reparameterize_philox_backward(DType(dtype), grad_z, logvar, seed, grad_mu,
-                                               grad_logvar, numel, num_samples, nullptr);
+                                               grad_logvar, numel, num_samples, std_exponent,
+                                               nullptr);
 }
 
 int vk_launch_loss_backward(int dtype, const void* local_grad, const void* grad_output,

@@ -74,6 +74,14 @@ def _loss_case(name, shape, dtype):
     if name == "laplace_scalar_logscale":  # latent diffusion's learned scalar
         return (lambda b, r, m, x, s: vk.laplace_nll(m, x, s, reduction=r, backend=b),
                 [randn(shape, dtype, 1), randn(shape, dtype, 2), randn((), dtype, 3, 0.5)])
+    if name == "kl_logsigma":
+        return (lambda b, r, mu, s: vk.gaussian_kl(mu, s, reduction=r, scale="logsigma", backend=b),
+                [randn(shape, dtype, 1), randn(shape, dtype, 2, 0.5)])
+    if name == "kl_prior_logsigma":
+        return (lambda b, r, mu, s, pm, ps: vk.gaussian_kl(mu, s, pm, ps, reduction=r,
+                                                          scale="logsigma", backend=b),
+                [randn(shape, dtype, 1), randn(shape, dtype, 2, 0.5), randn(shape, dtype, 3),
+                 randn(shape, dtype, 4, 0.25)])
     if name == "continuous_bernoulli":
         return (lambda b, r, l, x: vk.continuous_bernoulli_nll(l, x, reduction=r, backend=b),
                 [randn(shape, dtype, 1, 3.0), rand(shape, dtype, 2)])
@@ -82,7 +90,8 @@ def _loss_case(name, shape, dtype):
 
 LOSSES = ["kl", "kl_prior", "kl_broadcast_prior", "bernoulli_logits", "bernoulli_probs",
           "gaussian_fixed", "gaussian_learned", "gaussian_broadcast_logvar", "mse",
-          "laplace_fixed", "laplace_learned", "laplace_scalar_logscale", "continuous_bernoulli"]
+          "laplace_fixed", "laplace_learned", "laplace_scalar_logscale", "continuous_bernoulli",
+          "kl_logsigma", "kl_prior_logsigma"]
 
 
 def _leaves(tensors, dtype=None):

@@ -83,6 +83,25 @@ def test_philox_backward_regenerates_the_forward_noise():
     torch.testing.assert_close(grad_logvar, expected, **TOLERANCES[torch.float64])
 
 
+@pytest.mark.parametrize("eps_given", [False, True])
+def test_logsigma_sample_and_gradients(eps_given):
+    """scale="logsigma": z = mu + exp(s) eps, read as it is by the kernels; equal to the
+    log-variance sample of 2 s under the same generator state; d s = sum_k g_k (z_k - mu)."""
+    mu = randn((70, 5), torch.float64, 1).requires_grad_()
+    s = randn((70, 5), torch.float64, 2, 0.5).requires_grad_()
+    eps = randn((3, 70, 5), torch.float64, 3) if eps_given else None
+    z = vk.reparameterize(mu, s, eps, num_samples=3, scale="logsigma", backend="triton",
+                          generator=None if eps_given else torch.Generator(device=DEVICE).manual_seed(5))
+    z_lv = vk.reparameterize(mu.detach(), 2 * s.detach(), eps, num_samples=3, backend="triton",
+                             generator=None if eps_given else torch.Generator(device=DEVICE).manual_seed(5))
+    torch.testing.assert_close(z.detach(), z_lv, **TOLERANCES[torch.float64])
+    grad_z = upstream_weights(z.shape, torch.float64)
+    grad_mu, grad_s = torch.autograd.grad(z, (mu, s), grad_z)
+    torch.testing.assert_close(grad_mu, grad_z.sum(0), **TOLERANCES[torch.float64])
+    expected = (grad_z * (z.detach() - mu.detach())).sum(0)
+    torch.testing.assert_close(grad_s, expected, **TOLERANCES[torch.float64])
+
+
 def test_philox_reproducible_under_manual_seed_and_distinct_per_sample():
     mu = torch.zeros(64, 64, device=DEVICE)
     logvar = torch.zeros(64, 64, device=DEVICE)

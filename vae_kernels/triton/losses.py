@@ -74,6 +74,16 @@ SQUARED_ERROR = tl.constexpr(int(LossKind.SQUARED_ERROR))
 LAPLACE_FIXED_SCALE = tl.constexpr(int(LossKind.LAPLACE_FIXED_SCALE))
 LAPLACE_LEARNED_SCALE = tl.constexpr(int(LossKind.LAPLACE_LEARNED_SCALE))
 CONTINUOUS_BERNOULLI = tl.constexpr(int(LossKind.CONTINUOUS_BERNOULLI))
+KL_STD_NORMAL_LOGSIGMA = tl.constexpr(int(LossKind.KL_STD_NORMAL_LOGSIGMA))
+KL_PRIOR_LOGSIGMA = tl.constexpr(int(LossKind.KL_PRIOR_LOGSIGMA))
+
+
+def kl_kind(with_prior: bool, logsigma: bool) -> tl.constexpr:
+    """The KL kind for a prior (N(0, I) or given) and a scale parameterization."""
+    if logsigma:
+        return KL_PRIOR_LOGSIGMA if with_prior else KL_STD_NORMAL_LOGSIGMA
+    return KL_PRIOR if with_prior else KL_STD_NORMAL
+
 
 # Where a pass writes its partial sums.
 PARTIALS_NONE = tl.constexpr(0)  # reduction none: no sums
@@ -138,6 +148,13 @@ def elementwise_loss_kernel(
         loss, grad0, grad1 = gaussian_kl_std_normal_and_grad(a, b)
     elif KIND == KL_PRIOR:
         loss, grad0, grad1, grad2, grad3 = gaussian_kl_and_grad(a, b, c, d)
+    elif KIND == KL_STD_NORMAL_LOGSIGMA:  # the log-variance formulas at lv = 2 s
+        loss, grad0, grad1 = gaussian_kl_std_normal_and_grad(a, 2.0 * b)
+        grad1 = 2.0 * grad1
+    elif KIND == KL_PRIOR_LOGSIGMA:
+        loss, grad0, grad1, grad2, grad3 = gaussian_kl_and_grad(a, 2.0 * b, c, 2.0 * d)
+        grad1 = 2.0 * grad1
+        grad3 = 2.0 * grad3
     elif KIND == BERNOULLI_LOGITS:
         loss, grad0, grad1 = bernoulli_logits_nll_and_grad(a, b)
     elif KIND == BERNOULLI_PROBS:

@@ -57,8 +57,11 @@ def log1p(u):
 
 
 @triton.jit
-def posterior_std(logvar):
-    return tl.exp(0.5 * logvar)
+def posterior_std(log_scale, LOGSIGMA: tl.constexpr):
+    """exp(s / 2) of a log-variance s, or exp(s) of a log-sigma (csrc/math/sampling.h)."""
+    if LOGSIGMA:
+        return tl.exp(log_scale)
+    return tl.exp(0.5 * log_scale)
 
 
 @triton.jit
@@ -67,8 +70,11 @@ def reparameterize_forward(mu, std, eps):
 
 
 @triton.jit
-def reparameterize_logvar_backward(std, sum_grad_eps):
-    """d logvar = 0.5 * std * sum_k g_k * eps_k (d mu is the plain sum of g_k)."""
+def reparameterize_scale_backward(std, sum_grad_eps, LOGSIGMA: tl.constexpr):
+    """d s = c * std * sum_k g_k * eps_k, c = 1/2 for a log-variance and 1 for a
+    log-sigma (d mu is the plain sum of g_k)."""
+    if LOGSIGMA:
+        return std * sum_grad_eps
     return 0.5 * std * sum_grad_eps
 
 

@@ -139,25 +139,29 @@ def _raise_if_outside_unit_interval(op: str, loss_pass: losses.LossPass, names) 
 
 
 @triton_op(f"{NAMESPACE}::reparameterize", mutates_args=())
-def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor, logsigma: bool = False) -> Tensor:
     _check_floating("reparameterize", "mu", mu)
     _check_like("reparameterize", "logvar", logvar, "mu", mu)
     _check_like("reparameterize", "eps", eps, "mu", mu, same_shape=False)
     _check_samples("reparameterize", "eps", eps, "mu", mu)
-    return launch_reparameterize(mu, logvar, eps)
+    return launch_reparameterize(mu, logvar, eps, logsigma)
 
 
 @triton_op(f"{NAMESPACE}::reparameterize_backward", mutates_args=())
-def reparameterize_backward(grad_z: Tensor, logvar: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+def reparameterize_backward(
+    grad_z: Tensor, logvar: Tensor, eps: Tensor, logsigma: bool = False
+) -> tuple[Tensor, Tensor]:
     _check_floating("reparameterize_backward", "logvar", logvar)
     _check_like("reparameterize_backward", "eps", eps, "logvar", logvar, same_shape=False)
     _check_samples("reparameterize_backward", "eps", eps, "logvar", logvar)
     _check_like("reparameterize_backward", "grad_z", grad_z, "eps", eps)
-    return launch_reparameterize_backward(grad_z, logvar, eps, None)
+    return launch_reparameterize_backward(grad_z, logvar, eps, None, logsigma)
 
 
 @triton_op(f"{NAMESPACE}::reparameterize_philox", mutates_args=())
-def reparameterize_philox(mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int) -> Tensor:
+def reparameterize_philox(
+    mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int, logsigma: bool = False
+) -> Tensor:
     _check_floating("reparameterize_philox", "mu", mu)
     _check_like("reparameterize_philox", "logvar", logvar, "mu", mu)
     _check_seed("reparameterize_philox", seed, mu)
@@ -165,18 +169,18 @@ def reparameterize_philox(mu: Tensor, logvar: Tensor, seed: Tensor, num_samples:
         raise ValueError(
             f"{NAMESPACE}.reparameterize_philox: num_samples must be >= 1, got {num_samples}"
         )
-    return launch_reparameterize_philox(mu, logvar, seed, num_samples)
+    return launch_reparameterize_philox(mu, logvar, seed, num_samples, logsigma)
 
 
 @triton_op(f"{NAMESPACE}::reparameterize_philox_backward", mutates_args=())
 def reparameterize_philox_backward(
-    grad_z: Tensor, logvar: Tensor, seed: Tensor
+    grad_z: Tensor, logvar: Tensor, seed: Tensor, logsigma: bool = False
 ) -> tuple[Tensor, Tensor]:
     _check_floating("reparameterize_philox_backward", "logvar", logvar)
     _check_like("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar, False)
     _check_samples("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar)
     _check_seed("reparameterize_philox_backward", seed, logvar)
-    return launch_reparameterize_backward(grad_z, logvar, None, seed)
+    return launch_reparameterize_backward(grad_z, logvar, None, seed, logsigma)
 
 
 # ------------------------------------------------------------------ losses
@@ -191,6 +195,7 @@ def gaussian_kl(
     reduction: int,
     divisor: int,
     grad_mask: list[bool],
+    logsigma: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     op = "gaussian_kl"
     _check_floating(op, "mu", mu)
@@ -203,12 +208,13 @@ def gaussian_kl(
         _check_like(op, "prior_mu", prior_mu, "mu", mu)
         _check_like(op, "prior_logvar", prior_logvar, "mu", mu)
         loss_pass = elementwise_loss(
-            losses.KL_PRIOR, [mu, logvar, prior_mu, prior_logvar], grad_mask, reduction, divisor
-        )
+            losses.kl_kind(True, logsigma), [mu, logvar, prior_mu, prior_logvar], grad_mask,
+            reduction, divisor,
+        )  # fmt: skip
         grads = loss_pass.grads
     else:
         loss_pass = elementwise_loss(
-            losses.KL_STD_NORMAL, [mu, logvar], grad_mask[:2], reduction, divisor
+            losses.kl_kind(False, logsigma), [mu, logvar], grad_mask[:2], reduction, divisor
         )
         grads = [*loss_pass.grads, losses.no_local_grad(mu), losses.no_local_grad(mu)]
     loss, _, _ = reduce_loss(loss_pass, reduction, divisor, mu)
@@ -273,6 +279,7 @@ def elbo(
     reduction: int,
     divisor: int,
     grad_mask: list[bool],
+    logsigma: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     op = "elbo"
     _check_floating(op, "recon", recon)
@@ -293,7 +300,7 @@ def elbo(
     )  # fmt: skip
     _raise_if_outside_unit_interval("elbo_loss", recon_pass, ("recon (probabilities)", "x"))
     kl_pass = elementwise_loss(
-        losses.KL_STD_NORMAL, [mu, logvar], grad_mask[2:], reduction, divisor
+        losses.kl_kind(False, logsigma), [mu, logvar], grad_mask[2:], reduction, divisor
     )
     loss, recon_nll, kl = reduce_loss(
         recon_pass, reduction, divisor, recon, second=kl_pass, second_weight=beta

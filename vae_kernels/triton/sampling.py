@@ -1,5 +1,6 @@
 """Triton kernels of reparameterized sampling, z_k = mu + exp(0.5 logvar) * eps_k for
-K samples, with the caller's noise or in-kernel Philox noise.
+K samples (mu + exp(logsigma) * eps_k with LOGSIGMA), with the caller's noise or
+in-kernel Philox noise.
 
 In-kernel noise is ``tl.randn(seed, k * numel + i)`` with the seed loaded from the op's
 int64 seed tensor (no host sync): bit-for-bit the generator of ``csrc/math/philox.h``,
@@ -25,7 +26,7 @@ from .layout import as_rows, as_sample_rows, batch_rows, row_length, tile_indice
 from .math import (
     posterior_std,
     reparameterize_forward,
-    reparameterize_logvar_backward,
+    reparameterize_scale_backward,
     to_compute_dtype,
 )
 
@@ -43,11 +44,12 @@ def reparameterize_kernel(
     eps_ptr, eps_stride_sample, eps_stride_row, eps_stride_col,
     z_ptr,  # contiguous (K, rows, row_len)
     rows, row_len, col_blocks, numel, num_samples,
-    BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
+    LOGSIGMA: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):  # fmt: skip
     _, row, col, mask, _ = tile_indices(col_blocks, rows, row_len, BLOCK_ROWS, BLOCK_COLS)
     mu = _load_tile(mu_ptr, mu_stride_row, mu_stride_col, row, col, mask)
-    std = posterior_std(_load_tile(logvar_ptr, logvar_stride_row, logvar_stride_col, row, col, mask))
+    logvar = _load_tile(logvar_ptr, logvar_stride_row, logvar_stride_col, row, col, mask)
+    std = posterior_std(logvar, LOGSIGMA)
     # Pointers advance by one sample per iteration: 64-bit pointer arithmetic, so
     # k * numel never overflows a 32-bit integer.
     eps_ptrs = eps_ptr + row[:, None] * eps_stride_row + col[None, :] * eps_stride_col
@@ -67,7 +69,7 @@ def reparameterize_backward_kernel(
     eps_ptr, eps_stride_sample, eps_stride_row, eps_stride_col,
     grad_mu_ptr, grad_logvar_ptr,  # contiguous (rows, row_len)
     rows, row_len, col_blocks, num_samples,
-    BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
+    LOGSIGMA: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):  # fmt: skip
     _, row, col, mask, _ = tile_indices(col_blocks, rows, row_len, BLOCK_ROWS, BLOCK_COLS)
     logvar = _load_tile(logvar_ptr, logvar_stride_row, logvar_stride_col, row, col, mask)
@@ -84,7 +86,9 @@ def reparameterize_backward_kernel(
         eps_ptrs += eps_stride_sample
     out = row[:, None] * row_len + col[None, :]
     tl.store(grad_mu_ptr + out, sum_grad.to(grad_mu_ptr.dtype.element_ty), mask=mask)
-    grad_logvar = reparameterize_logvar_backward(posterior_std(logvar), sum_grad_eps)
+    grad_logvar = reparameterize_scale_backward(
+        posterior_std(logvar, LOGSIGMA), sum_grad_eps, LOGSIGMA
+    )
     tl.store(grad_logvar_ptr + out, grad_logvar.to(grad_logvar_ptr.dtype.element_ty), mask=mask)
 
 
@@ -95,17 +99,22 @@ def reparameterize_philox_kernel(
     seed_ptr,  # int64 [1]
     z_ptr,  # contiguous (K, rows, row_len)
     rows, row_len, col_blocks, numel, num_samples,
-    BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
+    LOGSIGMA: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):  # fmt: skip
     _, row, col, mask, _ = tile_indices(col_blocks, rows, row_len, BLOCK_ROWS, BLOCK_COLS)
     mu = _load_tile(mu_ptr, mu_stride_row, mu_stride_col, row, col, mask)
-    std = posterior_std(_load_tile(logvar_ptr, logvar_stride_row, logvar_stride_col, row, col, mask))
+    logvar = _load_tile(logvar_ptr, logvar_stride_row, logvar_stride_col, row, col, mask)
+    std = posterior_std(logvar, LOGSIGMA)
     seed = tl.load(seed_ptr)
     # index = k * numel + i: both the Philox counter and z's (contiguous) offset.
     index = row[:, None] * row_len + col[None, :]
     for _ in range(num_samples):
         eps = tl.randn(seed, index).to(mu.dtype)
-        tl.store(z_ptr + index, reparameterize_forward(mu, std, eps).to(z_ptr.dtype.element_ty), mask=mask)
+        tl.store(
+            z_ptr + index,
+            reparameterize_forward(mu, std, eps).to(z_ptr.dtype.element_ty),
+            mask=mask,
+        )
         index += numel
 
 
@@ -116,7 +125,7 @@ def reparameterize_philox_backward_kernel(
     seed_ptr,
     grad_mu_ptr, grad_logvar_ptr,  # contiguous (rows, row_len)
     rows, row_len, col_blocks, numel, num_samples,
-    BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
+    LOGSIGMA: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):  # fmt: skip
     _, row, col, mask, _ = tile_indices(col_blocks, rows, row_len, BLOCK_ROWS, BLOCK_COLS)
     logvar = _load_tile(logvar_ptr, logvar_stride_row, logvar_stride_col, row, col, mask)
@@ -134,7 +143,9 @@ def reparameterize_philox_backward_kernel(
         grad_ptrs += grad_z_stride_sample
     out = row[:, None] * row_len + col[None, :]
     tl.store(grad_mu_ptr + out, sum_grad.to(grad_mu_ptr.dtype.element_ty), mask=mask)
-    grad_logvar = reparameterize_logvar_backward(posterior_std(logvar), sum_grad_eps)
+    grad_logvar = reparameterize_scale_backward(
+        posterior_std(logvar, LOGSIGMA), sum_grad_eps, LOGSIGMA
+    )
     tl.store(grad_logvar_ptr + out, grad_logvar.to(grad_logvar_ptr.dtype.element_ty), mask=mask)
 
 
@@ -145,7 +156,7 @@ def _contiguous_empty(t: Tensor, shape=None) -> Tensor:
     return torch.empty(t.shape if shape is None else shape, dtype=t.dtype, device=t.device)
 
 
-def launch_reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+def launch_reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor, logsigma: bool) -> Tensor:
     rows, row_len = batch_rows(mu), row_length(mu)
     z = _contiguous_empty(eps)
     if z.numel() == 0:
@@ -158,13 +169,13 @@ def launch_reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
         eps_rows.data, eps_rows.stride_sample, eps_rows.stride_row, eps_rows.stride_col,
         z,
         rows, row_len, tile.col_blocks, mu.numel(), eps.shape[0],
-        BLOCK_ROWS=tile.block_rows, BLOCK_COLS=tile.block_cols, num_warps=tile.num_warps,
+        LOGSIGMA=logsigma, BLOCK_ROWS=tile.block_rows, BLOCK_COLS=tile.block_cols, num_warps=tile.num_warps,
     )  # fmt: skip
     return z
 
 
 def launch_reparameterize_backward(
-    grad_z: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Optional[Tensor]
+    grad_z: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Optional[Tensor], logsigma: bool
 ) -> tuple[Tensor, Tensor]:
     """(d mu, d logvar) from the caller's ``eps``, or from Philox noise of ``seed``."""
     rows, row_len = batch_rows(logvar), row_length(logvar)
@@ -181,7 +192,7 @@ def launch_reparameterize_backward(
             eps_rows.data, eps_rows.stride_sample, eps_rows.stride_row, eps_rows.stride_col,
             grad_mu, grad_logvar,
             rows, row_len, tile.col_blocks, grad_z.shape[0],
-            BLOCK_ROWS=tile.block_rows, BLOCK_COLS=tile.block_cols, num_warps=tile.num_warps,
+            LOGSIGMA=logsigma, BLOCK_ROWS=tile.block_rows, BLOCK_COLS=tile.block_cols, num_warps=tile.num_warps,
         )  # fmt: skip
     else:
         wrap_triton(reparameterize_philox_backward_kernel)[(tile.programs,)](
@@ -190,13 +201,13 @@ def launch_reparameterize_backward(
             seed,
             grad_mu, grad_logvar,
             rows, row_len, tile.col_blocks, logvar.numel(), grad_z.shape[0],
-            BLOCK_ROWS=tile.block_rows, BLOCK_COLS=tile.block_cols, num_warps=tile.num_warps,
+            LOGSIGMA=logsigma, BLOCK_ROWS=tile.block_rows, BLOCK_COLS=tile.block_cols, num_warps=tile.num_warps,
         )  # fmt: skip
     return grad_mu, grad_logvar
 
 
 def launch_reparameterize_philox(
-    mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int
+    mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int, logsigma: bool
 ) -> Tensor:
     rows, row_len = batch_rows(mu), row_length(mu)
     z = _contiguous_empty(mu, (num_samples, *mu.shape))
@@ -210,6 +221,6 @@ def launch_reparameterize_philox(
         seed,
         z,
         rows, row_len, tile.col_blocks, mu.numel(), num_samples,
-        BLOCK_ROWS=tile.block_rows, BLOCK_COLS=tile.block_cols, num_warps=tile.num_warps,
+        LOGSIGMA=logsigma, BLOCK_ROWS=tile.block_rows, BLOCK_COLS=tile.block_cols, num_warps=tile.num_warps,
     )  # fmt: skip
     return z
