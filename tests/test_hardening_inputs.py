@@ -73,6 +73,27 @@ CASES = [
     ("mse-input-bool", lambda b: vk.mse_loss(x2 > 0.5, x2, backend=b), TypeError, r"^input must be a floating-point tensor"),
     ("mse-input-sparse", lambda b: vk.mse_loss(sparse, x2, backend=b), TypeError, r"^input must be a dense \(strided\) tensor"),
     ("mse-input-number", lambda b: vk.mse_loss(1.0, x2, backend=b), TypeError, r"^input must be a torch.Tensor, got float"),
+    # -- laplace_nll
+    ("laplace-target-shape", lambda b: vk.laplace_nll(x2, x2.t(), backend=b), ValueError, r"^target must have the same shape as input"),
+    ("laplace-input-int", lambda b: vk.laplace_nll(x2.int(), x2, backend=b), TypeError, r"^input must be a floating-point tensor"),
+    ("laplace-logscale-shape", lambda b: vk.laplace_nll(x2, x2, torch.zeros(4), backend=b), ValueError, r"^logscale of shape \(4,\) must broadcast to input's shape \(4, 6\)"),
+    ("laplace-logscale-dtype", lambda b: vk.laplace_nll(x2, x2, torch.zeros((), dtype=torch.float64), backend=b), TypeError, r"^logscale must have the same dtype as input"),
+    ("laplace-logscale-int-tensor", lambda b: vk.laplace_nll(x2, x2, torch.zeros(6, dtype=torch.long), backend=b), TypeError, r"^logscale must be a floating-point tensor"),
+    ("laplace-logscale-str", lambda b: vk.laplace_nll(x2, x2, "0", backend=b), TypeError, r"^logscale must be a float or a tensor, got str"),
+    ("laplace-logscale-device", lambda b: vk.laplace_nll(x2, x2, meta, backend=b), ValueError, r"^logscale must be on the same device as input"),
+    ("laplace-reduction", lambda b: vk.laplace_nll(x2, x2, reduction="l1", backend=b), ValueError, r"^reduction must be one of"),
+    # -- continuous_bernoulli_nll
+    ("cb-target-above-1", lambda b: vk.continuous_bernoulli_nll(x2, x2 + 1.0001, backend=b), ValueError, r"target must lie in \[0, 1\]"),
+    ("cb-target-negative", lambda b: vk.continuous_bernoulli_nll(x2, -x2 - 1e-6, backend=b), ValueError, r"target must lie in \[0, 1\]"),
+    ("cb-target-shape", lambda b: vk.continuous_bernoulli_nll(x2, x2[:2], backend=b), ValueError, r"^target must have the same shape as logits"),
+    ("cb-logits-int", lambda b: vk.continuous_bernoulli_nll(x2.long(), x2, backend=b), TypeError, r"^logits must be a floating-point tensor"),
+    ("cb-elbo-x-outside", lambda b: vk.elbo_loss(x2, x2 + 2, lat, lat, likelihood="continuous_bernoulli", backend=b), ValueError, r"x must lie in \[0, 1\]"),
+    # -- scales
+    ("scale-kl", lambda b: vk.gaussian_kl(lat, lat, scale="sigma", backend=b), ValueError, r"^scale must be one of \('logvar', 'logsigma'\), got 'sigma'"),
+    ("scale-rep", lambda b: vk.reparameterize(lat, lat, scale="LOGSIGMA", backend=b), ValueError, r"^scale must be one of"),
+    ("scale-elbo", lambda b: vk.elbo_loss(x2, x2, lat, lat, scale=2, backend=b), ValueError, r"^scale must be one of"),
+    ("recon-scale-bernoulli", lambda b: vk.elbo_loss(x2, x2, lat, lat, recon_scale=0.0, backend=b), ValueError, r"^recon_scale applies to the likelihoods with a scale \('gaussian', 'laplace'\), not 'bernoulli'"),
+    ("recon-scale-shape", lambda b: vk.elbo_loss(x2, x2, lat, lat, likelihood="laplace", recon_scale=torch.zeros(5), backend=b), ValueError, r"^recon_scale of shape \(5,\) must broadcast to recon's shape \(4, 6\)"),
     # -- reparameterize
     ("rep-logvar-shape", lambda b: vk.reparameterize(lat, lat[:, :2], backend=b), ValueError, r"^logvar must have the same shape as mu"),
     ("rep-logvar-dtype", lambda b: vk.reparameterize(lat, lat.double(), backend=b), TypeError, r"^logvar must have the same dtype as mu"),

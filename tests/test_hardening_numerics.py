@@ -87,6 +87,25 @@ def _gnll_fixed(value):
     return call
 
 
+def _laplace(input, target, logscale=None, **kw):
+    return vk.laplace_nll(input, target, 0.0 if logscale is None else logscale, **kw)
+
+
+def _laplace_fixed(value):
+    def call(input, target, **kw):
+        return vk.laplace_nll(input, target, value, **kw)
+
+    return call
+
+
+def _cb(input, target, **kw):
+    return vk.continuous_bernoulli_nll(input, target, **kw)
+
+
+def _kl_logsigma(mu, logvar, prior_mu=None, prior_logvar=None, **kw):
+    return vk.gaussian_kl(mu, logvar, prior_mu, prior_logvar, scale="logsigma", **kw)
+
+
 def t(*values):
     return torch.tensor(values, dtype=torch.float64)
 
@@ -116,6 +135,26 @@ WIDE_CASES = {
     "gaussian_nll_fixed_plus100": (_gnll_fixed(100.0), {
         "input": t(0, 1e20, -1e25, 3e18), "target": t(0, 0, 0, -3e18)}),
     "mse": (vk.mse_loss, {"input": t(1e20, 1e19, -1e-30, 3e38), "target": t(0, -1e19, 1e-30, 0)}),
+    # A zero residual at log-scale -100 (e^100 overflows float32): 0, not 0 * inf.
+    "laplace_learned": (_laplace, {
+        "input": t(0, 1, 1e20, 0, 1e-3, -1e15, 1e30),
+        "target": t(0, 1, 0, 0, 0, 1e15, 1e30),
+        "logscale": t(-100, -100, 80, 100, -40, 60, 0)}),
+    "laplace_fixed_minus100": (_laplace_fixed(-100.0), {
+        "input": t(0, 1, 1e-30, -2e-25), "target": t(0, 1, 0, 0)}),
+    "laplace_fixed_plus100": (_laplace_fixed(100.0), {
+        "input": t(0, 1e20, -1e25, 3e37), "target": t(0, 0, 0, -3e37)}),
+    "continuous_bernoulli": (_cb, {
+        "input": t(0, 1e-30, -1e-6, 1.0, -1.0, 36, -80, 1e4, -1e4, 88.5, 3e38, -3e38),
+        "target": t(0.5, 0, 1, 0.3, 0.7, 0, 1, 0.25, 0.75, 1, 0.5, 0.5)}),
+    "kl_std_normal_logsigma": (_kl_logsigma, {
+        "mu": t(0, 0, 1e20, -1e20, 3, 0, 1e-30, 0),
+        "logvar": t(50, -50, 0, 0, 40, -40, 0, 44.0)}),
+    "kl_prior_logsigma": (_kl_logsigma, {
+        "mu": t(0, 1e20, 0, 1e20, 5, 0, 3),
+        "logvar": t(-50, 0, 50, 0, -50, 25, 5e-5),
+        "prior_mu": t(0, 0, 0, 1e20, 5, 1e-20, 3),
+        "prior_logvar": t(-50, 50, 50, 0, -50, -25, -50)}),
 }
 
 
@@ -226,6 +265,10 @@ def _nan_cases():
         "bce_probs": (_bce_probs, {"input": r(), "target": r()}),
         "gaussian_nll_learned": (_gnll, {"input": n(), "target": n(), "logvar": n()}),
         "mse": (vk.mse_loss, {"input": n(), "target": n()}),
+        "laplace_learned": (_laplace, {"input": n(), "target": n(), "logscale": n()}),
+        "continuous_bernoulli": (_cb, {"input": n() * 3, "target": r()}),
+        "kl_prior_logsigma": (_kl_logsigma, {"mu": n(), "logvar": n(), "prior_mu": n(),
+                                             "prior_logvar": n()}),
     }
 
 

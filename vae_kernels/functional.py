@@ -96,13 +96,15 @@ def _check_broadcastable(name: str, t: Tensor, to_name: str, to: Tensor) -> None
         )
 
 
-def _check_scale(name: str, scale: object, input: Tensor) -> Union[float, Tensor]:
+def _check_scale(
+    name: str, scale: object, input: Tensor, input_name: str = "input"
+) -> Union[float, Tensor]:
     """A likelihood's scale argument: a float (fixed), or a tensor broadcastable to
     ``input`` (learned: it receives gradients, summed over the broadcast dimensions)."""
     if isinstance(scale, Tensor):
         _check_float_tensor(name, scale)
-        _check_same("input", input, name, scale, shape=False)
-        _check_broadcastable(name, scale, "input", input)
+        _check_same(input_name, input, name, scale, shape=False)
+        _check_broadcastable(name, scale, input_name, input)
         return scale
     if isinstance(scale, numbers.Real) and not isinstance(scale, bool):
         return float(scale)
@@ -460,7 +462,7 @@ def elbo_loss(
                 f"recon_scale applies to the likelihoods with a scale {with_scale}, "
                 f"not {likelihood!r}"
             )
-        recon_scale = _check_scale("recon_scale", recon_scale, recon)
+        recon_scale = _check_scale("recon_scale", recon_scale, recon, "recon")
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
         raise TypeError(f"beta must be a float, got {type(beta).__name__}")
     if not beta >= 0:

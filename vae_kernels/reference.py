@@ -147,7 +147,9 @@ def laplace_nll_elementwise(
     so a zero residual at a very negative log-scale is not inf * 0.
     """
     half = torch.exp(-0.5 * logscale) if isinstance(logscale, Tensor) else math.exp(-0.5 * logscale)
-    return _abs_with_sign_gradient(target - input) * half * half + logscale + LOG_2
+    # |r e^(-s/2)| e^(-s/2): the gradient's sign(r) meets one factor before the other, so a
+    # zero residual gets 0, not 0 * e^-s = 0 * inf.
+    return _abs_with_sign_gradient((target - input) * half) * half + logscale + LOG_2
 
 
 def continuous_bernoulli_log_norm(logits: Tensor) -> Tensor:
@@ -157,8 +159,10 @@ def continuous_bernoulli_log_norm(logits: Tensor) -> Tensor:
     log C = log|l| to within 1e-16)."""
     a = logits.abs()
     small = a < 1e-2
-    a_safe = torch.where(small, torch.ones_like(a), a)  # no 0/0 in the unused branch
-    l2 = logits * logits
+    # Each branch sees safe values where it is not used: no 0/0, no inf * 0 in gradients.
+    a_safe = torch.where(small, torch.ones_like(a), a)
+    l_small = torch.where(small, logits, torch.zeros_like(logits))
+    l2 = l_small * l_small
     series = LOG_2 + l2 * (1.0 / 12.0 + l2 * (-7.0 / 1440.0 + l2 * (31.0 / 90720.0)))
     return torch.where(small, series, torch.log(a_safe / torch.tanh(0.5 * a_safe)))
 
