@@ -22,6 +22,12 @@ Numerics at the extremes (every backend; tests/test_hardening_numerics.py):
   gradients stay finite (``sigmoid(l) - x``, ``-l``).
 - NaN in an input propagates to every output and gradient that depends on it and to
   nothing else; the [0, 1] range checks let NaN through rather than raise.
+- Mixed precision, as torch's own losses: floating arguments of different dtypes promote
+  (bfloat16 with float32 gives float32, float32 with float64 gives float64), each
+  gradient has its own input's dtype, and under autocast the losses compute and return
+  float32 (``reparameterize`` keeps the promoted dtype of its inputs: z feeds the
+  decoder). An argument of another dtype is cast to the computed one before the kernel
+  (a conversion pass over it). Integer, bool and complex tensors raise TypeError.
 - float16: local gradients are stored in float32 before the upstream gradient and
   the reduction's 1/divisor are applied, so a gradient is finite wherever its final
   value fits float16, even if d loss_i / d input_i alone exceeds 65504.
@@ -29,6 +35,7 @@ Numerics at the extremes (every backend; tests/test_hardening_numerics.py):
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Optional, Union
 
@@ -68,11 +75,8 @@ def _check_float_tensor(name: str, t: object) -> Tensor:
 
 
 def _check_same(ref_name: str, ref: Tensor, name: str, t: Tensor, *, shape: bool = True) -> None:
-    """``t`` must share ``ref``'s dtype, device and (if ``shape``) shape."""
-    if t.dtype != ref.dtype:
-        raise TypeError(
-            f"{name} must have the same dtype as {ref_name} ({ref.dtype}), got {t.dtype}"
-        )
+    """``t`` must share ``ref``'s device and (if ``shape``) shape. Floating dtypes may
+    differ: they promote (``_compute_dtype``)."""
     if t.device != ref.device:
         raise ValueError(
             f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}"
@@ -82,6 +86,33 @@ def _check_same(ref_name: str, ref: Tensor, name: str, t: Tensor, *, shape: bool
             f"{name} must have the same shape as {ref_name} {tuple(ref.shape)}, "
             f"got {tuple(t.shape)}"
         )
+
+
+def _compute_dtype(*tensors: object, loss: bool = True) -> torch.dtype:
+    """The dtype a call computes and returns in, as torch's own losses: its floating
+    tensor arguments promote (bfloat16 with float32 gives float32, float32 with float64
+    gives float64); under autocast a loss (``loss``) computes and returns float32
+    (float64 stays float64)."""
+    found = [t for t in tensors if isinstance(t, Tensor)]
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in found))
+    if loss and dtype != torch.float64 and _autocast_enabled(found[0].device.type):
+        return torch.float32
+    return dtype
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type without autocast (meta, ...)
+        return False
+
+
+def _cast(dtype: torch.dtype, *tensors):
+    """Each tensor in ``dtype`` (a differentiable cast, so each gradient comes back in
+    its own input's dtype); None and floats pass through."""
+    return tuple(
+        t.to(dtype) if isinstance(t, Tensor) and t.dtype != dtype else t for t in tensors
+    )
 
 
 def _check_broadcastable(name: str, t: Tensor, to_name: str, to: Tensor) -> None:
@@ -187,6 +218,7 @@ def reparameterize(
             raise ValueError("generator is only used when eps is None; pass one or the other")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    mu, logvar, eps = _cast(_compute_dtype(mu, logvar, eps, loss=False), mu, logvar, eps)
     impl = backends.resolve(backend, mu.device)
     return impl.reparameterize(mu, logvar, eps, num_samples, generator, scale == "logsigma")
 
@@ -229,6 +261,9 @@ def gaussian_kl(
             _check_broadcastable(name, prior, "mu", mu)
     _check_reduction(reduction, REDUCTIONS)
     _check_batch_dim("mu", mu, reduction)
+    mu, logvar, prior_mu, prior_logvar = _cast(
+        _compute_dtype(mu, logvar, prior_mu, prior_logvar), mu, logvar, prior_mu, prior_logvar
+    )
     impl = backends.resolve(backend, mu.device)
     return impl.gaussian_kl(mu, logvar, prior_mu, prior_logvar, reduction, scale == "logsigma")
 
@@ -261,6 +296,7 @@ def bernoulli_nll(
         raise TypeError(f"logits must be a bool, got {type(logits).__name__}")
     _check_reduction(reduction, REDUCTIONS)
     _check_batch_dim("input", input, reduction)
+    input, target = _cast(_compute_dtype(input, target), input, target)
     impl = backends.resolve(backend, input.device)
     if impl is backends.reference:
         _check_unit_interval("target", target)
@@ -302,6 +338,7 @@ def gaussian_nll(
     logvar = _check_scale("logvar", logvar, input)
     _check_reduction(reduction, REDUCTIONS)
     _check_batch_dim("input", input, reduction)
+    input, target, logvar = _cast(_compute_dtype(input, target, logvar), input, target, logvar)
     impl = backends.resolve(backend, input.device)
     return impl.gaussian_nll(input, target, logvar, reduction)
 
@@ -325,6 +362,7 @@ def mse_loss(
     _check_same("input", input, "target", target)
     _check_reduction(reduction, REDUCTIONS)
     _check_batch_dim("input", input, reduction)
+    input, target = _cast(_compute_dtype(input, target), input, target)
     impl = backends.resolve(backend, input.device)
     return impl.mse_loss(input, target, reduction)
 
@@ -361,6 +399,8 @@ def laplace_nll(
     logscale = _check_scale("logscale", logscale, input)
     _check_reduction(reduction, REDUCTIONS)
     _check_batch_dim("input", input, reduction)
+    dtype = _compute_dtype(input, target, logscale)
+    input, target, logscale = _cast(dtype, input, target, logscale)
     impl = backends.resolve(backend, input.device)
     return impl.reconstruction_nll("laplace", input, target, logscale, reduction)
 
@@ -393,6 +433,7 @@ def continuous_bernoulli_nll(
     _check_same("logits", logits, "target", target)
     _check_reduction(reduction, REDUCTIONS)
     _check_batch_dim("logits", logits, reduction)
+    logits, target = _cast(_compute_dtype(logits, target), logits, target)
     impl = backends.resolve(backend, logits.device)
     if impl is backends.reference:
         _check_unit_interval("target", target)
@@ -479,6 +520,8 @@ def elbo_loss(
         raise ValueError(
             f"recon and mu must have the same batch size, got {recon.shape[0]} and {mu.shape[0]}"
         )
+    dtype = _compute_dtype(recon, x, mu, logvar, recon_scale)
+    recon, x, mu, logvar, recon_scale = _cast(dtype, recon, x, mu, logvar, recon_scale)
     impl = backends.resolve(backend, recon.device)
     if impl is backends.reference:
         if row.unit_interval[1]:

@@ -461,3 +461,15 @@ def register_autograd(namespace: str) -> None:
 
     for name in _LOSS_LAYOUT:
         register_loss(name)
+
+
+def register_autocast(namespace: str) -> None:
+    """Under autocast the loss ops compute and return float32, as torch's own losses do
+    (lower-precision floating inputs are cast to float32; float64 stays). The sampling
+    ops keep their inputs' dtype: z feeds the decoder."""
+    for name in _LOSS_LAYOUT:
+        for device_type in ("cpu", "cuda"):
+            try:
+                torch.library.register_autocast(f"{namespace}::{name}", device_type, torch.float32)
+            except ValueError:  # this torch has no autocast for the device
+                pass

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .op_autograd import OpsBackend, reduced_like, register_autograd
+from .op_autograd import OpsBackend, reduced_like, register_autocast, register_autograd
 from .schema import local_grad_dtype
 
 LIBRARY_PATH = Path(__file__).with_name("libvae_kernels_C.so")
@@ -105,3 +105,4 @@ def _register_fakes() -> None:
 if LIBRARY_ERROR is None:
     _register_fakes()
     register_autograd("vae_kernels")
+    register_autocast("vae_kernels")

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch._subclasses.functional_tensor import FunctionalTensorMode
 from torch.library import triton_op
 
-from ..op_autograd import OpsBackend, register_autograd
+from ..op_autograd import OpsBackend, register_autocast, register_autograd
 from ..schema import (
     BY_KIND,
     REDUCTION_NONE,
@@ -388,5 +388,6 @@ if is_interpreted(losses.elementwise_loss_kernel):
         _op.register_torch_dispatch(FunctionalTensorMode, _keep_opaque)
 
 register_autograd(NAMESPACE)
+register_autocast(NAMESPACE)
 
 backend = OpsBackend(NAMESPACE)
