@@ -332,15 +332,7 @@ def gaussian_nll(
         reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
-    _check_float_tensor("input", input)
-    _check_float_tensor("target", target)
-    _check_same("input", input, "target", target)
-    logvar = _check_scale("logvar", logvar, input)
-    _check_reduction(reduction, REDUCTIONS)
-    _check_batch_dim("input", input, reduction)
-    input, target, logvar = _cast(_compute_dtype(input, target, logvar), input, target, logvar)
-    impl = backends.resolve(backend, input.device)
-    return impl.gaussian_nll(input, target, logvar, reduction)
+    return _likelihood_with_scale("gaussian", input, target, logvar, reduction, backend)
 
 
 def mse_loss(
@@ -393,16 +385,27 @@ def laplace_nll(
 
     The gradient at a zero residual is 0, as ``F.l1_loss``'s.
     """
+    return _likelihood_with_scale("laplace", input, target, logscale, reduction, backend)
+
+
+def _likelihood_with_scale(
+    likelihood: str,
+    input: Tensor,
+    target: Tensor,
+    scale: Union[float, Tensor],
+    reduction: str,
+    backend: str,
+) -> Tensor:
+    """A ``LIKELIHOODS`` row with a scale argument (named by the row), checked and run."""
     _check_float_tensor("input", input)
     _check_float_tensor("target", target)
     _check_same("input", input, "target", target)
-    logscale = _check_scale("logscale", logscale, input)
+    scale = _check_scale(BY_NAME[likelihood].scale_name, scale, input)
     _check_reduction(reduction, REDUCTIONS)
     _check_batch_dim("input", input, reduction)
-    dtype = _compute_dtype(input, target, logscale)
-    input, target, logscale = _cast(dtype, input, target, logscale)
+    input, target, scale = _cast(_compute_dtype(input, target, scale), input, target, scale)
     impl = backends.resolve(backend, input.device)
-    return impl.reconstruction_nll("laplace", input, target, logscale, reduction)
+    return impl.reconstruction_nll(likelihood, input, target, scale, reduction)
 
 
 def continuous_bernoulli_nll(
