@@ -305,3 +305,41 @@ def test_loss_curve_leaves_out_the_first_epochs_peak():
     assert above == 3 and 119.8 < top < 121.0 and bottom < min(train)
     assert loss_curve_limits([[300.0, 150.0], [200.0, 140.0]]) is None  # too few epochs
     assert loss_curve_limits([[100.0, 99.0, 98.0, 97.0]]) is None  # nothing far out
+
+
+@pytest.mark.parametrize(
+    "likelihood, extra",
+    [
+        ("laplace", ["--model", "conv"]),
+        ("continuous_bernoulli", ["--objective", "iwae", "--k", "2"]),
+    ],
+)
+def test_train_and_evaluate_with_the_new_likelihoods(
+    small_npz, tmp_path, capsys, likelihood, extra
+):
+    out = tmp_path / likelihood
+    argv = ["train", "--data", small_npz, "--epochs", "2", "--batch-size", "64"]
+    assert cli.main([*argv, "--likelihood", likelihood, *extra, "-o", str(out), "--quiet"]) == 0
+    pictures = ("loss_curve.png", "reconstructions.png", "samples.png")
+    for name in ("checkpoint.pt", "metrics.json", *pictures):
+        assert (out / name).stat().st_size > 0, name
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["model_config"]["likelihood"] == likelihood
+    history = json.loads((out / "metrics.json").read_text())
+    assert all(np.isfinite(value) for row in history for value in row.values())
+    assert history[1]["train_neg_elbo"] < history[0]["train_neg_elbo"]
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out), "--k", "4", "--limit", "10", "--elbo-samples", "2"]) == 0
+    result = json.loads((out / "evaluation-k4-limit10.json").read_text())
+    assert np.isfinite(result["log_px"]["mean"]) and np.isfinite(result["elbo"]["mean"])
+    assert result["test_images"] == 10 and result["k"] == 4
+
+
+def test_train_help_lists_every_likelihood(capsys):
+    from vae_kernels.schema import LIKELIHOOD_NAMES
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    printed = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    for likelihood in LIKELIHOOD_NAMES:
+        assert likelihood in printed, likelihood

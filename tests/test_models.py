@@ -137,3 +137,59 @@ def test_errors_name_the_argument():
         MLPVAE()(torch.rand(2, 100))
     with pytest.raises(ValueError, match="config\\['model'\\] must be one of"):
         build_model({"model": "transformer"})
+
+
+# ------------------------------------------------- the Laplace and continuous-Bernoulli likelihoods
+
+
+def test_likelihoods_are_the_library_table():
+    from vae_kernels.app import models
+    from vae_kernels.schema import LIKELIHOOD_NAMES
+
+    assert models.LIKELIHOODS == LIKELIHOOD_NAMES
+    assert {"laplace", "continuous_bernoulli"} <= set(models.LIKELIHOODS)
+    for likelihood in LIKELIHOOD_NAMES:
+        assert MLPVAE(likelihood=likelihood).likelihood == likelihood
+
+
+@pytest.mark.parametrize("likelihood", ["laplace", "continuous_bernoulli"])
+def test_decoder_output_of_the_new_likelihoods(model_name, likelihood):
+    torch.manual_seed(0)
+    model = make(model_name, likelihood=likelihood)
+    z = torch.randn(4, 20) * 3
+    logits = model.decode_logits(z)
+    out = model.decode(z)
+    image = model.mean_image(out)
+    if likelihood == "continuous_bernoulli":
+        torch.testing.assert_close(out, logits)  # logits, as for the Bernoulli
+        # The distribution's mean, not sigmoid(l):
+        # lambda / (2 lambda - 1) + 1 / (2 atanh(1 - 2 lambda)).
+        lam = torch.sigmoid(logits.double())
+        expected = lam / (2 * lam - 1) + 1 / (2 * torch.atanh(1 - 2 * lam))
+        far = logits.abs() > 0.05  # the formula is 0/0 at l = 0
+        torch.testing.assert_close(image.double()[far], expected[far], rtol=1e-5, atol=1e-6)
+    else:
+        torch.testing.assert_close(out, torch.sigmoid(logits))  # the location, in [0, 1]
+        torch.testing.assert_close(image, out)
+    assert image.shape == out.shape and image.min() >= 0 and image.max() <= 1
+
+
+def test_continuous_bernoulli_mean_is_smooth_through_zero_and_saturates():
+    from vae_kernels.app.models import continuous_bernoulli_mean
+
+    logits = torch.tensor([-1e6, -80.0, -2.2, -0.5001, -0.4999, 0.0, 0.4999, 0.5001, 80.0, 1e6])
+    mean = continuous_bernoulli_mean(logits)
+    assert torch.isfinite(mean).all() and float(mean[5]) == 0.5
+    assert torch.all(mean[1:] >= mean[:-1])  # increasing in the logit
+    # Either side of the series' edge at |l| = 0.5 meets: the exact value 0.5 + 0.0416...
+    assert abs(float(mean[7] - mean[6])) < 1e-4 and abs(float(mean[4] - mean[3])) < 1e-4
+    assert abs(float(mean[2]) - 0.3299) < 1e-3  # lambda = 0.1: the mean is not 0.1
+    assert float(mean[0]) < 1e-5 and float(mean[-1]) > 1 - 1e-5
+    # Symmetric: mean(-l) = 1 - mean(l).
+    torch.testing.assert_close(continuous_bernoulli_mean(-logits), 1 - mean)
+
+
+def test_laplace_picture_clamps_the_location():
+    model = MLPVAE(likelihood="laplace")
+    location = torch.tensor([[-0.5, 0.25, 1.5]])
+    torch.testing.assert_close(model.mean_image(location), torch.tensor([[0.0, 0.25, 1.0]]))

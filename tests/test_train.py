@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -285,3 +286,121 @@ def test_config_errors_name_the_option():
         TrainConfig(beta=-1.0).validate()
     with pytest.raises(ValueError, match="backend must be one of"):
         TrainConfig(backend="cuda-ish").validate()
+
+
+# ------------------------------------------ the Laplace and continuous-Bernoulli likelihoods
+
+NEW_LIKELIHOODS = ["laplace", "continuous_bernoulli"]
+
+
+@pytest.fixture(scope="module")
+def intensity_batch(mnist):
+    """Pixels in [0, 1], not binarized: what the continuous likelihoods train on."""
+    x = mnist.train_images[:32]
+    assert ((x > 0) & (x < 1)).any()
+    return x
+
+
+@pytest.mark.parametrize("likelihood", NEW_LIKELIHOODS)
+@pytest.mark.parametrize("model_cls", [MLPVAE, ConvVAE])
+def test_new_likelihoods_fused_and_torch_backends_give_the_same_step(
+    intensity_batch, model_cls, likelihood
+):
+    # As test_fused_and_torch_backends_give_the_same_step, in float64, on intensities.
+    x = intensity_batch
+    eps = torch.randn(32, 20, generator=torch.Generator().manual_seed(1))
+    model = functools.partial(model_cls, likelihood=likelihood)
+    fused = step_with_backend("cpu", model, x, eps)
+    eager = step_with_backend("torch", model, x, eps)
+    for name in ("objective", "neg_elbo", "recon", "kl"):
+        torch.testing.assert_close(fused[0][name], eager[0][name], rtol=1e-10, atol=1e-9)
+    for name in fused[1]:
+        torch.testing.assert_close(
+            fused[1][name], eager[1][name], rtol=1e-8, atol=1e-10, msg=with_name(name)
+        )
+        torch.testing.assert_close(
+            fused[2][name], eager[2][name], rtol=1e-8, atol=1e-10, msg=with_name(name)
+        )
+    assert all(math.isfinite(float(value)) for value in fused[0].values())
+
+
+@pytest.mark.parametrize("likelihood", NEW_LIKELIHOODS)
+def test_new_likelihoods_iwae_step_matches_torch_distributions(intensity_batch, likelihood):
+    # The IWAE objective's log p(x|z) is the likelihood's own density, on both backends.
+    from torch.distributions import ContinuousBernoulli, Laplace, Normal
+
+    x = intensity_batch[:8].double()
+    eps = torch.randn(3, 8, 20, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.manual_seed(0)
+    model = MLPVAE(likelihood=likelihood, backend="cpu").double()
+    terms = negative_iwae_terms(model, x, 3, eps)
+    mu, logvar = model.encode(x)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    out = model.decode(z.reshape(24, 20)).reshape(3, 8, 784)
+    target = x.reshape(1, 8, 784)
+    if likelihood == "laplace":
+        log_px = Laplace(out, 1.0).log_prob(target).sum(-1)
+    else:
+        log_px = ContinuousBernoulli(logits=out).log_prob(target).sum(-1)
+    log_w = (
+        log_px
+        + Normal(0.0, 1.0).log_prob(z).sum(-1)
+        - Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
+    )
+    bound = (torch.logsumexp(log_w, 0) - math.log(3)).mean()
+    torch.testing.assert_close(terms["objective"], -bound, rtol=1e-9, atol=1e-8)
+    model.backend = "torch"
+    torch.testing.assert_close(negative_iwae_terms(model, x, 3, eps)["objective"], -bound)
+
+
+def test_only_the_bernoulli_likelihoods_binarize(mnist):
+    from vae_kernels.app import train as train_module
+
+    binary = [name for name in train_module.LIKELIHOODS if train_module.is_binary_likelihood(name)]
+    assert binary == ["bernoulli", "bernoulli_probs"]
+    for likelihood in NEW_LIKELIHOODS:
+        # The test set as the model sees it: the intensities themselves.
+        assert train_module.fixed_test_images(mnist, likelihood) is mnist.test_images
+    binary = train_module.fixed_test_images(mnist, "bernoulli")
+    assert set(binary.unique().tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("likelihood", NEW_LIKELIHOODS)
+def test_short_training_run_with_new_likelihood_lowers_the_loss(mnist, monkeypatch, likelihood):
+    from vae_kernels.app import train as train_module
+
+    def no_binarization(*args, **kwargs):
+        raise AssertionError(f"{likelihood} data must not be binarized")
+
+    monkeypatch.setattr(train_module.data_module, "binarize", no_binarization)
+    seen = []
+    original_step = train_module.train_step
+
+    def spy_step(objective, optimizer, x, *args, **kwargs):
+        seen.append(x)
+        return original_step(objective, optimizer, x, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", spy_step)
+    torch.manual_seed(0)
+    images = mnist.train_images[:512]
+    config = TrainConfig(batch_size=64, likelihood=likelihood)
+    model = MLPVAE(likelihood=likelihood, backend="cpu")
+    objective = TrainingObjective(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sampler = torch.utils.data.DistributedSampler(range(512), num_replicas=1, rank=0, seed=0)
+    per_epoch = []
+    for epoch in range(2):
+        sums = train_module.run_epoch(
+            objective, optimizer, images, epoch_batches(sampler, epoch, 64), config,
+            torch.device("cpu"), binarize_generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+        assert int(sums[4]) == 512
+        per_epoch.append(float(sums[1] / sums[4]))
+    assert all(math.isfinite(v) for v in per_epoch), per_epoch
+    # The first epoch's mean includes the untrained start: the second is well below it.
+    assert per_epoch[1] < per_epoch[0] - 10, per_epoch
+    # Each batch held the images' own intensities.
+    assert len(seen) == 16
+    assert all(((x > 0) & (x < 1)).any() for x in seen)
+    first_epoch = torch.cat(seen[:8]).flatten()
+    assert torch.equal(torch.sort(first_epoch)[0], torch.sort(images.flatten())[0])

@@ -7,7 +7,9 @@
   ``train-images-idx3-ubyte[.gz]`` and ``t10k-images-idx3-ubyte[.gz]``, or a single IDX
   file), or an ``.npz`` (``x_train``/``x_test`` as in keras' ``mnist.npz``, or one image
   array), so a user with full MNIST trains on it.
-- ``binarize()``: dynamic binarization, a fresh Bernoulli draw of every pixel.
+- ``binarize()``: dynamic binarization, a fresh Bernoulli draw of every pixel. Training
+  applies it for the Bernoulli likelihoods only (``train.is_binary_likelihood``); the
+  others (Gaussian, MSE, Laplace, continuous Bernoulli) see the intensities in [0, 1].
 
 Images come back as float32 tensors of shape (N, C, H, W) with values in [0, 1].
 Missing or malformed files raise ``DataError`` (or ``FileNotFoundError``) naming the

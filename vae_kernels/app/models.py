@@ -4,8 +4,10 @@ Both models share one interface, used by training and evaluation:
 
 - ``encode(x) -> (mu, logvar)``, the parameters of q(z|x) = N(mu, exp(logvar));
 - ``decode(z) -> recon``, the decoder output in the parameterization the likelihood
-  expects (logits for ``"bernoulli"``, probabilities for ``"bernoulli_probs"``, the
-  mean in [0, 1] for ``"gaussian"`` and ``"mse"``);
+  expects (logits for ``"bernoulli"`` and ``"continuous_bernoulli"``, probabilities for
+  ``"bernoulli_probs"``, the mean in [0, 1] for ``"gaussian"`` and ``"mse"``, the
+  location in [0, 1] for ``"laplace"``; each at unit scale where it has one);
+- ``mean_image(recon)``, the picture of a decoder output in [0, 1] (see its docstring);
 - ``forward(x, eps=None) -> (recon, mu, logvar)``, with z drawn by
   ``vk.reparameterize`` (noise generated in-kernel unless ``eps`` is given).
 
@@ -22,17 +24,45 @@ import torch
 from torch import Tensor, nn
 
 import vae_kernels as vk
+from vae_kernels.schema import LIKELIHOOD_NAMES
 
 MODEL_NAMES = ("mlp", "conv")
-LIKELIHOODS = ("bernoulli", "bernoulli_probs", "gaussian", "mse")
+# The library's likelihoods, all of which the models can train with.
+LIKELIHOODS = LIKELIHOOD_NAMES
+# The decoder's logits go to the loss as they are for these; the others get a sigmoid.
+LOGIT_LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
 MNIST_SHAPE = (1, 28, 28)
 
-__all__ = ["MLPVAE", "ConvVAE", "build_model", "MODEL_NAMES", "LIKELIHOODS"]
+__all__ = [
+    "MLPVAE",
+    "ConvVAE",
+    "build_model",
+    "continuous_bernoulli_mean",
+    "MODEL_NAMES",
+    "LIKELIHOODS",
+]
 
 
 def _check_likelihood(likelihood: str) -> None:
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+
+
+def continuous_bernoulli_mean(logits: Tensor) -> Tensor:
+    """The mean of the continuous Bernoulli with logits l (Loaiza-Ganem & Cunningham, 2019).
+
+    With lambda = sigmoid(l) it is ``lambda/(2 lambda - 1) + 1/(2 atanh(1 - 2 lambda))``,
+    0/0 at l = 0, where the mean is 1/2. In the logits it is ``1/2 + (coth(l/2) - 2/l)/2``
+    (as atanh(1 - 2 sigmoid(l)) = -l/2): computed so beyond |l| = 0.5, and inside, where
+    the two terms cancel, by the series ``1/2 + l/12 - l^3/720 + l^5/30240`` (its error
+    is below 1e-8 there). It is not sigmoid(l): at l = -2.2 (lambda = 0.1) it is 0.33.
+    """
+    small = logits.abs() < 0.5
+    safe = torch.where(small, torch.ones_like(logits), logits)  # no 1/0 in the unused branch
+    far = 0.5 + 0.5 * (1.0 / torch.tanh(0.5 * safe) - 2.0 / safe)
+    l2 = logits * logits
+    near = 0.5 + logits * (1.0 / 12.0 + l2 * (-1.0 / 720.0 + l2 / 30240.0))
+    return torch.where(small, near, far)
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -81,14 +111,27 @@ class VAEBase(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         """Decoder output in the likelihood's parameterization, for z of shape (B, latent_dim)."""
         logits = self.decode_logits(z)
-        if self.likelihood == "bernoulli":
-            return logits  # the fused kernel takes logits: stable and one exp per element
-        # Probabilities for bernoulli_probs (as pytorch/examples), a mean in [0, 1] otherwise.
+        if self.likelihood in LOGIT_LIKELIHOODS:
+            return logits  # the fused kernels take logits: stable, no probability clamp
+        # Probabilities for bernoulli_probs (as pytorch/examples), a mean (gaussian, mse)
+        # or a location (laplace) in [0, 1] otherwise.
         return torch.sigmoid(logits)
 
     def mean_image(self, recon: Tensor) -> Tensor:
-        """The decoder's expected image in [0, 1] (for plots), from ``decode``'s output."""
-        return torch.sigmoid(recon) if self.likelihood == "bernoulli" else recon
+        """The picture of ``decode``'s output, in [0, 1] (for plots).
+
+        The decoder's expected image for ``bernoulli`` (sigmoid of the logits),
+        ``bernoulli_probs``, ``gaussian`` and ``mse`` (the output itself), and
+        ``continuous_bernoulli`` (the distribution's mean, ``continuous_bernoulli_mean``,
+        not sigmoid(l)); for ``laplace``, its location (the median) clamped to [0, 1].
+        """
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(recon)
+        if self.likelihood == "continuous_bernoulli":
+            return continuous_bernoulli_mean(recon)
+        if self.likelihood == "laplace":
+            return recon.clamp(0.0, 1.0)
+        return recon
 
     def sample_latent(
         self,

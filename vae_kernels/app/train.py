@@ -7,8 +7,13 @@ Objectives, all built from the fused kernels of ``vae_kernels``:
   Variational Inference with Inverse Autoregressive Flow": the KL of each latent
   dimension, averaged over the batch, is clamped from below at lambda nats).
 - ``iwae``: the importance-weighted bound of Burda et al. 2016 with K samples, whose
-  log-weights ``log p(x|z) + log p(z) - log q(z|x)`` come from ``vk.bernoulli_nll`` /
-  ``vk.gaussian_nll`` on the K*B samples drawn by ``vk.reparameterize``.
+  log-weights ``log p(x|z) + log p(z) - log q(z|x)`` come from the fused NLL of the
+  likelihood (``vk.bernoulli_nll``, ``vk.gaussian_nll``, ``vk.laplace_nll``,
+  ``vk.continuous_bernoulli_nll``) on the K*B samples drawn by ``vk.reparameterize``.
+
+Likelihoods (``--likelihood``, the library's ``vae_kernels.schema.LIKELIHOOD_NAMES``):
+the Bernoulli ones train on dynamically binarized pixels; ``gaussian``, ``mse``,
+``laplace`` and ``continuous_bernoulli`` on the pixel intensities in [0, 1].
 
 Run under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel (gloo on
 CPU, nccl on GPU): ``--batch-size`` is the global batch, split evenly over the ranks by a
@@ -54,6 +59,11 @@ SECONDS_DECIMALS = 3
 # Bernoulli model sees the same binary test images, whatever the training seed.
 TEST_BINARIZATION_SEED = 20240531
 METRIC_NAMES = ("objective", "neg_elbo", "recon", "kl")
+# Likelihoods of binary data: their data is binarized (dynamically in training, once
+# with TEST_BINARIZATION_SEED for the test set); the others see intensities in [0, 1].
+BINARY_LIKELIHOODS = ("bernoulli", "bernoulli_probs")
+# Likelihoods without a normalized log p(x|z) (a squared error): no IWAE, no log p(x).
+UNNORMALIZED_LIKELIHOODS = ("mse",)
 
 __all__ = [
     "CheckpointError",
@@ -127,16 +137,23 @@ class TrainConfig:
                     f"objective='iwae' they must stay 1, 0, 0, got beta={self.beta}, "
                     f"kl_warmup={self.kl_warmup}, free_bits={self.free_bits}"
                 )
-            if self.likelihood == "mse":
+            if self.likelihood in UNNORMALIZED_LIKELIHOODS:
                 raise ValueError(
                     "objective='iwae' needs a normalized likelihood for log p(x|z); "
-                    "likelihood='mse' is a squared error, use 'gaussian' or a Bernoulli one"
+                    f"likelihood={self.likelihood!r} is a squared error, use one of "
+                    f"{normalized_likelihoods()}"
                 )
 
 
 def is_binary_likelihood(likelihood: str) -> bool:
-    """Bernoulli likelihoods train on binarized pixels, the others on [0, 1] intensities."""
-    return likelihood.startswith("bernoulli")
+    """The Bernoulli likelihoods (``BINARY_LIKELIHOODS``) train on binarized pixels; the
+    others, the continuous Bernoulli included, on the intensities in [0, 1]."""
+    return likelihood in BINARY_LIKELIHOODS
+
+
+def normalized_likelihoods() -> tuple[str, ...]:
+    """The likelihoods whose NLL is a normalized -log p(x|z) (IWAE and log p(x) need one)."""
+    return tuple(name for name in LIKELIHOODS if name not in UNNORMALIZED_LIKELIHOODS)
 
 
 def kl_weight(config: TrainConfig, global_step: int, steps_per_epoch: int) -> float:
@@ -151,19 +168,23 @@ def kl_weight(config: TrainConfig, global_step: int, steps_per_epoch: int) -> fl
 
 
 def log_likelihood_per_sample(model: VAEBase, recon: Tensor, x: Tensor) -> Tensor:
-    """log p(x|z) per row of ``recon`` (shape (N,)), by the fused NLL kernels."""
-    if model.likelihood == "bernoulli":
-        nll = vk.bernoulli_nll(recon, x, logits=True, reduction="per_sample", backend=model.backend)
-    elif model.likelihood == "bernoulli_probs":
-        nll = vk.bernoulli_nll(
-            recon, x, logits=False, reduction="per_sample", backend=model.backend
-        )
-    elif model.likelihood == "gaussian":
-        nll = vk.gaussian_nll(recon, x, 0.0, reduction="per_sample", backend=model.backend)
+    """log p(x|z) per row of ``recon`` (shape (N,)), by the fused NLL kernels: the same
+    likelihood, at the same (unit) scale, as the ELBO's reconstruction term."""
+    likelihood, backend = model.likelihood, model.backend
+    if likelihood == "bernoulli":
+        nll = vk.bernoulli_nll(recon, x, logits=True, reduction="per_sample", backend=backend)
+    elif likelihood == "bernoulli_probs":
+        nll = vk.bernoulli_nll(recon, x, logits=False, reduction="per_sample", backend=backend)
+    elif likelihood == "gaussian":
+        nll = vk.gaussian_nll(recon, x, 0.0, reduction="per_sample", backend=backend)
+    elif likelihood == "laplace":
+        nll = vk.laplace_nll(recon, x, 0.0, reduction="per_sample", backend=backend)
+    elif likelihood == "continuous_bernoulli":
+        nll = vk.continuous_bernoulli_nll(recon, x, reduction="per_sample", backend=backend)
     else:
         raise ValueError(
-            f"log p(x|z) needs a normalized likelihood; {model.likelihood!r} is not one "
-            "(use 'bernoulli', 'bernoulli_probs' or 'gaussian')"
+            f"log p(x|z) needs a normalized likelihood; {likelihood!r} is not one "
+            f"(use one of {normalized_likelihoods()})"
         )
     return -nll
 
@@ -571,6 +592,15 @@ def save_labeled_grid(
     plt.close(fig)
 
 
+def picture_label(likelihood: str) -> str:
+    """What ``mean_image`` shows for ``likelihood``, for the pictures' titles."""
+    if likelihood == "laplace":
+        return "decoder location, clamped to [0, 1]"
+    if likelihood == "continuous_bernoulli":
+        return "continuous-Bernoulli mean"
+    return "decoder mean"
+
+
 @torch.no_grad()
 def save_pictures(model: VAEBase, test_images: Tensor, output_dir: Path, seed: int) -> None:
     """reconstructions.png (rows of originals, each followed by a row of their
@@ -595,7 +625,8 @@ def save_pictures(model: VAEBase, test_images: Tensor, output_dir: Path, seed: i
         paired,
         columns=8,
         row_labels=("original", "reconstruction"),
-        title="test images and their reconstructions (decoder mean at z = posterior mean)",
+        title=f"test images and their reconstructions ({picture_label(model.likelihood)} "
+        "at z = posterior mean)",
     )
     generator = torch.Generator().manual_seed(seed)
     z = torch.randn(64, model.latent_dim, generator=generator).to(device)
@@ -895,8 +926,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--likelihood",
         choices=LIKELIHOODS,
         default=defaults.likelihood,
-        help="p(x|z): bernoulli (logits, binarized data), bernoulli_probs, gaussian, mse "
-        "(default %(default)s)",
+        help="p(x|z): bernoulli (logits) and bernoulli_probs on binarized pixels; gaussian "
+        "(unit variance), mse, laplace (unit scale) and continuous_bernoulli (logits) on "
+        "intensities in [0, 1] (default %(default)s)",
     )
     parser.add_argument(
         "--objective",
