@@ -298,7 +298,11 @@ def check_agreement(op: Op, inputs: CaseInputs, function: Callable, provider: st
 
     output = function(*inputs.args)
     grads = torch.autograd.grad(output, inputs.grad_inputs, inputs.grad_output)
-    tolerance = 1e-4 if inputs.grad_output.dtype == torch.float32 else 5e-2
+    dtype = inputs.grad_output.dtype
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    if provider in ("eager", "compile") and op.eager_tolerance:
+        # The formula users call is itself less accurate in this dtype (cases.py says how).
+        tolerance = max(tolerance, op.eager_tolerance.get(dtype, tolerance))
     pairs = [("output", output, expected)]
     pairs += [(f"gradient {i}", g, e) for i, (g, e) in enumerate(zip(grads, expected_grads))]
     for what, got, want in pairs:

@@ -10,7 +10,8 @@ CSV + JSON rows, a markdown summary and PNG plots.
 
 A full run compiles in a fresh inductor cache directory, so compile times are cold
 compiles, and waits for an idle machine before timing each case (see
-``time_cpu_case``).
+``time_cpu_case``). With tqdm installed, a progress bar over the cases shows on a
+terminal (stderr; ``--no-progress`` hides it); the per-case lines go to stdout either way.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def parse_args(argv=None):
     parser.add_argument("--modes", nargs="+", choices=bench_cases.MODES)
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (shown only with tqdm installed and stderr a terminal)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="measure nothing: rewrite summary.md and the plots from --out's results.json",
@@ -140,9 +146,12 @@ def warm_up_compiler(device: str = "cpu") -> float:
     return time.perf_counter() - start
 
 
-def measure_group(op, size, dtype_name, modes, device, effort, copy_probe, log) -> list[dict]:
+def measure_group(
+    op, size, dtype_name, modes, device, effort, copy_probe, log, progress=None
+) -> list[dict]:
     """Rows for one (op, size, dtype): build every provider once, then each mode.
-    ``effort``: "quick", "gpu_check" or "full"."""
+    ``effort``: "quick", "gpu_check" or "full". ``progress(case_id)`` (optional) is
+    called before each mode's case is timed and ``progress(None)`` after it."""
     quick = effort == "quick"
     dtype = bench_cases.DTYPES[dtype_name]
     generator = torch.Generator(device=device).manual_seed(0)
@@ -158,6 +167,8 @@ def measure_group(op, size, dtype_name, modes, device, effort, copy_probe, log) 
     rows = []
     for mode in modes:
         case = bench_cases.Case(op, size, dtype_name, mode)
+        if progress is not None:
+            progress(case.id)
         steps = {
             name: bench_cases.make_step(b.function, inputs, mode) for name, b in built.items()
         }
@@ -201,7 +212,53 @@ def measure_group(op, size, dtype_name, modes, device, effort, copy_probe, log) 
         medians = ", ".join(f"{n} {t.median_ms:.3f}" for n, t in timings.items())
         load = "" if other_load is None else f" (others used {other_load:.2f} cores)"
         log(f"{case.id:55s} ms: {medians}{load}")
+        if progress is not None:
+            progress(None)
     return rows
+
+
+class CaseProgress:
+    """A tqdm bar over the run's cases (on stderr, shown on a terminal only), or nothing
+    where tqdm is not installed: tqdm is optional. Log lines go through ``write`` so
+    they print above the bar."""
+
+    def __init__(self, total: int, enabled: bool = True, file=None) -> None:
+        self.bar = None
+        if not enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(
+            total=total, desc="cases", unit="case", file=file or sys.stderr, dynamic_ncols=True,
+            disable=None,  # None: hidden when stderr is not a terminal (a log file, CI)
+        )  # fmt: skip
+
+    def __call__(self, case_id) -> None:
+        """``case_id``: the case starting (shown beside the bar); None: one case done."""
+        if self.bar is None:
+            return
+        if case_id is None:
+            self.bar.update(1)
+        else:
+            self.bar.set_postfix_str(case_id, refresh=True)
+
+    def reach(self, done: int) -> None:
+        """Move the bar to ``done`` cases (past those of a failed group, which were not
+        timed), so it still reaches its end."""
+        if self.bar is not None and done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+
+    def write(self, message: str) -> None:
+        if self.bar is None or self.bar.disable:
+            print(message, flush=True)
+        else:
+            self.bar.write(message, file=sys.stdout)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def time_cpu_case(steps, effort: str, copy_probe):
@@ -541,9 +598,14 @@ def main(argv=None) -> int:
         write_report(results["rows"], results["meta"], out, plots=not args.no_plots)
         return 0
     started = time.perf_counter()
+    progress = None  # the bar, once the cases are known
 
     def log(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
+        line = f"[{time.perf_counter() - started:6.1f}s] {message}"
+        if progress is None:
+            print(line, flush=True)
+        else:
+            progress.write(line)
 
     if args.gpu_check:
         # The caller's `timeout` stops a run with SIGTERM: stop measuring, write the rows.
@@ -588,6 +650,8 @@ def main(argv=None) -> int:
     if not cases:
         raise SystemExit("no case matches the given --ops/--sizes/--dtypes/--modes")
     groups = list(dict.fromkeys((c.op, c.size, c.dtype_name) for c in cases))
+    group_sizes = [sum(1 for c in cases if (c.op, c.size, c.dtype_name) == g) for g in groups]
+    progress = CaseProgress(len(cases), enabled=not args.no_progress)
     rows = []
     group_seconds = []
     meta["failed_groups"], meta["skipped_groups"], meta["interrupted"] = [], [], None
@@ -607,7 +671,9 @@ def main(argv=None) -> int:
         try:
             if device == "cuda" and index > 0:
                 copy_probe.measure()  # the reference bandwidth, through the run
-            rows += measure_group(op, size, dtype_name, modes, device, effort, copy_probe, log)
+            rows += measure_group(
+                op, size, dtype_name, modes, device, effort, copy_probe, log, progress
+            )
         except KeyboardInterrupt:
             meta["interrupted"] = f"after {time.perf_counter() - started:.0f} s"
             meta["skipped_groups"] = [group_name(g) for g in groups[index:]]
@@ -627,6 +693,8 @@ def main(argv=None) -> int:
                 except Exception:  # noqa: BLE001  (a broken CUDA context: later groups fail too)
                     pass
         group_seconds.append(time.perf_counter() - group_started)
+        progress.reach(sum(group_sizes[: index + 1]))
+    progress.close()
     if not rows:
         write_failure_note(out, meta)
         raise SystemExit("no group was measured")

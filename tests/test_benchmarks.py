@@ -7,6 +7,7 @@ fail. Speed is never asserted here.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -63,6 +64,70 @@ def test_every_op_mode_dtype_and_size_is_a_case():
         "elbo_bernoulli-celeba64-float32-forward_backward"
     ]
     assert max(s.batch for s in bench_cases.SIZES["cuda"]) == 4096
+
+
+def test_new_likelihood_ops_are_cases_with_their_floors():
+    full = bench_cases.all_cases("cpu")
+    size = bench_cases.CPU_LARGE
+    n = size.batch * size.data_dim
+    for name, tensors in (
+        ("laplace_nll", 2),  # loc, x (+ grad_loc)
+        ("laplace_nll_learned", 3),  # loc, x, logscale (+ grad_loc, grad_logscale)
+        ("continuous_bernoulli_nll", 2),  # logits, x (+ grad_logits)
+    ):
+        op = bench_cases.OPS_BY_NAME[name]
+        assert {c.size.name for c in full if c.op is op} == {"mnist", "cifar32", "celeba64"}
+        assert {(c.dtype_name, c.mode) for c in full if c.op is op} == {
+            (d, m) for d in bench_cases.DTYPES for m in bench_cases.MODES
+        }
+        gradients = len(op.make_args(size, torch.float32, "cpu", torch.Generator()).grad_inputs)
+        assert op.floor_bytes(size, torch.float32, "forward") == tensors * n * 4, name
+        assert op.floor_bytes(size, torch.float32, "forward_backward") == (
+            (tensors + gradients) * n * 4
+        ), name
+
+
+def test_continuous_bernoulli_eager_is_torch_distributions_formula():
+    """The eager case is ``torch.distributions.ContinuousBernoulli(logits=l).log_prob``,
+    which is BCE-with-logits - log(l / tanh(l / 2)) away from l = 0."""
+    import torch.nn.functional as F
+
+    op = bench_cases.OPS_BY_NAME["continuous_bernoulli_nll"]
+    logits = torch.randn(8, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    logits = torch.where(logits.abs() < 0.05, torch.full_like(logits, 0.5), logits)
+    x = torch.rand(8, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    formula = F.binary_cross_entropy_with_logits(logits, x, reduction="none") - torch.log(
+        logits / torch.tanh(logits / 2)
+    )
+    torch.testing.assert_close(op.eager(logits, x), formula.sum() / 8, rtol=1e-10, atol=1e-10)
+
+
+def test_laplace_eager_is_latent_diffusions_l1_plus_log_2():
+    op = bench_cases.OPS_BY_NAME["laplace_nll_learned"]
+    g = torch.Generator().manual_seed(0)
+    loc, x, logvar = (torch.rand(4, 30, generator=g, dtype=torch.float64) for _ in range(3))
+    # LPIPSWithDiscriminator: rec_loss / exp(logvar) + logvar, summed / B (its logvar is
+    # the Laplace log-scale); -log Laplace adds log 2 per element.
+    latent_diffusion = torch.sum(torch.abs(x - loc) / torch.exp(logvar) + logvar) / 4
+    expected = latent_diffusion + 30 * torch.log(torch.tensor(2.0, dtype=torch.float64))
+    torch.testing.assert_close(op.eager(loc, x, logvar), expected)
+    fixed = bench_cases.OPS_BY_NAME["laplace_nll"]
+    torch.testing.assert_close(fixed.eager(loc, x), op.eager(loc, x, torch.zeros_like(loc)))
+
+
+def test_only_the_eager_formula_gets_the_looser_tolerance():
+    # torch.distributions' continuous Bernoulli is less accurate than the harness's
+    # float32 tolerance; ours is held to it, so a wrong gradient of ours still fails.
+    op, inputs = _small_inputs("continuous_bernoulli_nll")
+    harness.check_agreement(op, inputs, op.eager, "eager")
+    import vae_kernels as vk
+
+    def off_by_a_percent(logits, x):
+        return vk.continuous_bernoulli_nll(logits * 1.001, x)  # within eager's tolerance
+
+    with pytest.raises(AssertionError, match="differs from the float64 eager formula"):
+        harness.check_agreement(op, inputs, off_by_a_percent, "cpu")
+    harness.check_agreement(op, inputs, off_by_a_percent, "eager")
 
 
 def test_providers_come_from_available_backends():
@@ -212,6 +277,49 @@ def test_quick_run_writes_csv_summary_and_plots(quick_run):
     for op in {r["op"] for r in rows}:
         png = quick_run / f"{op}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", op
+
+
+def test_case_progress_counts_cases_and_needs_no_tqdm(monkeypatch, capsys):
+    import builtins
+
+    import run as bench_run
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    progress = bench_run.CaseProgress(5, file=terminal)
+    if progress.bar is not None:  # tqdm installed: the bar counts finished cases
+        progress("op-mnist-float32-forward")
+        progress(None)
+        assert progress.bar.n == 1
+        progress.reach(4)  # a failed group's cases
+        assert progress.bar.n == 4
+        progress.close()
+        assert "4/5" in terminal.getvalue() and "op-mnist-float32-forward" in terminal.getvalue()
+    # Off a terminal (a log file, CI) the bar hides itself.
+    hidden = bench_run.CaseProgress(5, file=io.StringIO())
+    assert hidden.bar is None or hidden.bar.disable
+    hidden.close()
+    real_import = builtins.__import__
+
+    def without_tqdm(name, *args, **kwargs):
+        if name.startswith("tqdm"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_tqdm)
+    quiet = bench_run.CaseProgress(3)
+    assert quiet.bar is None
+    quiet("a case")
+    quiet(None)
+    quiet.reach(3)
+    quiet.write("a log line")
+    quiet.close()
+    assert "a log line" in capsys.readouterr().out
+    assert bench_run.CaseProgress(3, enabled=False).bar is None
+    assert bench_run.parse_args(["--no-progress"]).no_progress
 
 
 # ------------------------------------------------------- the prepared GPU run
