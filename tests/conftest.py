@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
 import vae_kernels as vk
+
+
+def _inductor_cache_for_this_build() -> str:
+    """An inductor cache directory of this build's own: torch.compile's on-disk cache
+    does not key on a custom op's schema or meaning, so a graph compiled against an
+    earlier build of the ops (another argument order, another kind numbering) would be
+    reused and give wrong numbers."""
+    package = Path(vk.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*")):
+        if path.suffix in (".py", ".so") and path.is_file():
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return os.path.join(tempfile.gettempdir(), f"vk_inductor_{digest.hexdigest()[:16]}")
+
+
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _inductor_cache_for_this_build())
 
 # Tolerances against the float64 oracle evaluated on the same (rounded) inputs.
 TOLERANCES = {
