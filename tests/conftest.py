@@ -17,9 +17,10 @@ def _inductor_cache_for_this_build() -> str:
     """An inductor cache directory of this build's own: torch.compile's on-disk cache
     does not key on a custom op's schema or meaning, so a graph compiled against an
     earlier build of the ops (another argument order, another kind numbering) would be
-    reused and give wrong numbers."""
+    reused and give wrong numbers. Nor does it key on ATEN_CPU_CAPABILITY: code compiled
+    for one instruction set fails to build under another, so each gets its own too."""
     package = Path(vk.__file__).parent
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(os.environ.get("ATEN_CPU_CAPABILITY", "").encode())
     for path in sorted(package.rglob("*")):
         if path.suffix in (".py", ".so") and path.is_file():
             digest.update(path.name.encode())
