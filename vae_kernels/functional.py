@@ -110,9 +110,7 @@ def _autocast_enabled(device_type: str) -> bool:
 def _cast(dtype: torch.dtype, *tensors):
     """Each tensor in ``dtype`` (a differentiable cast, so each gradient comes back in
     its own input's dtype); None and floats pass through."""
-    return tuple(
-        t.to(dtype) if isinstance(t, Tensor) and t.dtype != dtype else t for t in tensors
-    )
+    return tuple(t.to(dtype) if isinstance(t, Tensor) and t.dtype != dtype else t for t in tensors)
 
 
 def _check_broadcastable(name: str, t: Tensor, to_name: str, to: Tensor) -> None:
@@ -150,6 +148,16 @@ def _check_scale_name(scale: object) -> None:
 def _check_reduction(reduction: str, allowed: tuple[str, ...], why: str = "") -> None:
     if reduction not in allowed:
         raise ValueError(f"reduction must be one of {allowed}{why}, got {reduction!r}")
+
+
+def _check_input_and_target(input_name: str, input: object, target: object, reduction: str) -> None:
+    """The arguments every reconstruction loss shares: two floating tensors of one shape
+    and device, and an elementwise ``reduction``."""
+    _check_float_tensor(input_name, input)
+    _check_float_tensor("target", target)
+    _check_same(input_name, input, "target", target)
+    _check_reduction(reduction, REDUCTIONS)
+    _check_batch_dim(input_name, input, reduction)
 
 
 def _check_batch_dim(name: str, t: Tensor, reduction: str) -> None:
@@ -289,13 +297,9 @@ def bernoulli_nll(
     Values outside [0, 1] (probabilities or targets) raise ValueError; the C++
     kernels check this inside the same pass that computes the loss.
     """
-    _check_float_tensor("input", input)
-    _check_float_tensor("target", target)
-    _check_same("input", input, "target", target)
+    _check_input_and_target("input", input, target, reduction)
     if not isinstance(logits, bool):
         raise TypeError(f"logits must be a bool, got {type(logits).__name__}")
-    _check_reduction(reduction, REDUCTIONS)
-    _check_batch_dim("input", input, reduction)
     input, target = _cast(_compute_dtype(input, target), input, target)
     impl = backends.resolve(backend, input.device)
     if impl is backends.reference:
@@ -349,11 +353,7 @@ def mse_loss(
         reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
-    _check_float_tensor("input", input)
-    _check_float_tensor("target", target)
-    _check_same("input", input, "target", target)
-    _check_reduction(reduction, REDUCTIONS)
-    _check_batch_dim("input", input, reduction)
+    _check_input_and_target("input", input, target, reduction)
     input, target = _cast(_compute_dtype(input, target), input, target)
     impl = backends.resolve(backend, input.device)
     return impl.mse_loss(input, target, reduction)
@@ -397,12 +397,8 @@ def _likelihood_with_scale(
     backend: str,
 ) -> Tensor:
     """A ``LIKELIHOODS`` row with a scale argument (named by the row), checked and run."""
-    _check_float_tensor("input", input)
-    _check_float_tensor("target", target)
-    _check_same("input", input, "target", target)
+    _check_input_and_target("input", input, target, reduction)
     scale = _check_scale(BY_NAME[likelihood].scale_name, scale, input)
-    _check_reduction(reduction, REDUCTIONS)
-    _check_batch_dim("input", input, reduction)
     input, target, scale = _cast(_compute_dtype(input, target, scale), input, target, scale)
     impl = backends.resolve(backend, input.device)
     return impl.reconstruction_nll(likelihood, input, target, scale, reduction)
@@ -431,11 +427,7 @@ def continuous_bernoulli_nll(
         reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
-    _check_float_tensor("logits", logits)
-    _check_float_tensor("target", target)
-    _check_same("logits", logits, "target", target)
-    _check_reduction(reduction, REDUCTIONS)
-    _check_batch_dim("logits", logits, reduction)
+    _check_input_and_target("logits", logits, target, reduction)
     logits, target = _cast(_compute_dtype(logits, target), logits, target)
     impl = backends.resolve(backend, logits.device)
     if impl is backends.reference:

@@ -45,6 +45,14 @@ class LossKind(enum.IntEnum):
     KL_PRIOR_LOGSIGMA = 11  # mu, logsigma, prior_mu, prior_logsigma
 
 
+def kl_kind(with_prior: bool, logsigma: bool) -> LossKind:
+    """The KL kind for a prior (N(0, I) or given) and a scale parameterization (as
+    csrc/math/losses.h's kl_kind)."""
+    if logsigma:
+        return LossKind.KL_PRIOR_LOGSIGMA if with_prior else LossKind.KL_STD_NORMAL_LOGSIGMA
+    return LossKind.KL_PRIOR if with_prior else LossKind.KL_STD_NORMAL
+
+
 @dataclass(frozen=True)
 class Likelihood:
     """A reconstruction likelihood: its kernels' LossKinds and how the public API names it."""

@@ -34,6 +34,7 @@ from ..schema import (
     LossKind,
     local_grad_dtype,
 )
+from ..schema import kl_kind as schema_kl_kind  # LossKind values; here as KIND constexprs
 from .launch import wrap_triton
 from .layout import (
     Rows,
@@ -79,10 +80,8 @@ KL_PRIOR_LOGSIGMA = tl.constexpr(int(LossKind.KL_PRIOR_LOGSIGMA))
 
 
 def kl_kind(with_prior: bool, logsigma: bool) -> tl.constexpr:
-    """The KL kind for a prior (N(0, I) or given) and a scale parameterization."""
-    if logsigma:
-        return KL_PRIOR_LOGSIGMA if with_prior else KL_STD_NORMAL_LOGSIGMA
-    return KL_PRIOR if with_prior else KL_STD_NORMAL
+    """The KIND of a KL pass (vae_kernels.schema.kl_kind)."""
+    return tl.constexpr(int(schema_kl_kind(with_prior, logsigma)))
 
 
 # Where a pass writes its partial sums.
