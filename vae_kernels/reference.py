@@ -175,18 +175,22 @@ def continuous_bernoulli_nll_elementwise(logits: Tensor, target: Tensor) -> Tens
     )
 
 
-def reconstruction_nll_elementwise(recon: Tensor, x: Tensor, likelihood: str) -> Tensor:
-    """The per-element reconstruction term of the ELBO for each ``likelihood``."""
+def reconstruction_nll_elementwise(
+    recon: Tensor, x: Tensor, likelihood: str, scale: Union[float, Tensor] = 0.0
+) -> Tensor:
+    """The per-element reconstruction term of the ELBO for each ``likelihood``, with its
+    scale (the log-variance of "gaussian", the log-scale of "laplace"; ignored by the
+    others)."""
     if likelihood == "bernoulli":
         return bernoulli_nll_elementwise(recon, x, logits=True)
     if likelihood == "bernoulli_probs":
         return bernoulli_nll_elementwise(recon, x, logits=False)
     if likelihood == "gaussian":
-        return gaussian_nll_elementwise(recon, x, 0.0)
+        return gaussian_nll_elementwise(recon, x, scale)
     if likelihood == "mse":
         return squared_error_elementwise(recon, x)
     if likelihood == "laplace":
-        return laplace_nll_elementwise(recon, x, 0.0)
+        return laplace_nll_elementwise(recon, x, scale)
     if likelihood == "continuous_bernoulli":
         return continuous_bernoulli_nll_elementwise(recon, x)
     raise ValueError(f"unknown likelihood {likelihood!r}")
@@ -243,11 +247,7 @@ def reconstruction_nll(
 ) -> Tensor:
     """The negative log-likelihood of a ``vae_kernels.schema.LIKELIHOODS`` row, with its
     scale (ignored by likelihoods without one)."""
-    if likelihood == "gaussian":
-        return gaussian_nll(input, target, scale, reduction)
-    if likelihood == "laplace":
-        return reduce_loss(laplace_nll_elementwise(input, target, scale), reduction)
-    return reduce_loss(reconstruction_nll_elementwise(input, target, likelihood), reduction)
+    return reduce_loss(reconstruction_nll_elementwise(input, target, likelihood, scale), reduction)
 
 
 def elbo_loss(
