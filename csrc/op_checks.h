@@ -11,6 +11,7 @@
 #include <optional>
 #include <vector>
 
+#include "math/discretized_logistic_mixture.h"
 #include "math/losses.h"
 
 namespace vae_kernels {
@@ -180,6 +181,39 @@ inline void check_elbo_args(const at::Tensor& recon, const at::Tensor& x, const 
   TORCH_CHECK_VALUE(recon.dim() > 0 && mu.dim() > 0 && recon.size(0) == mu.size(0),
                     "vae_kernels.elbo: recon ", recon.sizes(), " and mu ", mu.sizes(),
                     " must share their first (batch) dimension");
+}
+
+// ---------------------------------------------------------- the mixture likelihood
+
+// params (B, P, H, W) and x (B, C, H, W) of discretized_logistic_mixture_nll; their layout.
+inline MixtureLayout check_mixture_args(const at::Tensor& params, const at::Tensor& x,
+                                        int64_t num_bits, int64_t reduction,
+                                        c10::DeviceType device) {
+  const char* op = "discretized_logistic_mixture_nll";
+  check_floating(op, "params", params, device);
+  check_floating(op, "x", x, device);
+  TORCH_CHECK_VALUE(x.device() == params.device(), "vae_kernels.", op,
+                    ": x must be on the device of params (", params.device(), "), got ",
+                    x.device());
+  TORCH_CHECK_VALUE(x.dim() == 4 && (x.size(1) == 1 || x.size(1) == 3), "vae_kernels.", op,
+                    ": x must have shape (B, C, H, W) with C = 1 or 3, got ", x.sizes());
+  TORCH_CHECK_VALUE(params.dim() == 4 && params.size(0) == x.size(0) &&
+                        params.size(2) == x.size(2) && params.size(3) == x.size(3),
+                    "vae_kernels.", op, ": params must have shape (", x.size(0), ", P, ",
+                    x.size(2), ", ", x.size(3), ") to match x ", x.sizes(), ", got ",
+                    params.sizes());
+  MixtureLayout layout;
+  layout.channels = static_cast<int>(x.size(1));
+  const int64_t per_component = layout.channels == 3 ? 10 : 3;
+  TORCH_CHECK_VALUE(params.size(1) > 0 && params.size(1) % per_component == 0, "vae_kernels.",
+                    op, ": params must have a multiple of ", per_component,
+                    " channels (", per_component, " per mixture component for C = ",
+                    layout.channels, "), got ", params.size(1));
+  layout.components = static_cast<int>(params.size(1) / per_component);
+  TORCH_CHECK_VALUE(num_bits >= 1 && num_bits <= 16, "vae_kernels.", op,
+                    ": num_bits must be in [1, 16], got ", num_bits);
+  check_reduction(reduction);
+  return layout;
 }
 
 // loss_backward's result has grad_output's dtype; the kernels read local_grad in the

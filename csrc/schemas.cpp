@@ -44,6 +44,14 @@ TORCH_LIBRARY(vae_kernels, m) {
       "elbo(Tensor recon, Tensor x, Tensor mu, Tensor logvar, int kind, float beta, "
       "int reduction, SymInt divisor, bool[4] grad_mask, bool logsigma=False) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The discretized logistic mixture NLL of PixelCNN++ (csrc/math/discretized_logistic_mixture.h):
+  // params (B, P, H, W) in its layout, x (B, C, H, W) on the 2^num_bits-level grid of
+  // [-1, 1]. The loss (reduction 0: per pixel, (B, H, W)) has the promoted dtype of params
+  // and x; the local gradient has params' shape (contiguous) and local-gradient dtype,
+  // and the backward multiplies it by the upstream gradient broadcast over P.
+  m.def(
+      "discretized_logistic_mixture_nll(Tensor params, Tensor x, int num_bits, int reduction, "
+      "SymInt divisor, bool[1] grad_mask) -> (Tensor, Tensor)");
   m.def("loss_backward(Tensor local_grad, Tensor grad_output, int reduction) -> Tensor");
   // In place: the forward's local-gradient buffer becomes the input's gradient, which
   // saves an allocation and a pass. Eager autograd uses it once per forward.

@@ -196,6 +196,166 @@ def reconstruction_nll_elementwise(
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
+# ------------------------------------------------- discretized logistic mixture
+
+MIXTURE_MIN_LOG_SCALE = -7.0
+MIXTURE_EDGE = 0.999
+MIXTURE_MIN_BIN_PROBABILITY = 1e-5
+
+
+def mixture_components(params: Tensor, channels: int) -> int:
+    """M, the number of mixture components in ``params`` (B, P, H, W): P = 10M for 3
+    channels, 3M for 1."""
+    per_component = 10 if channels == 3 else 3
+    return params.shape[1] // per_component
+
+
+def split_mixture_params(params: Tensor, channels: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(logits, means, raw log-scales, raw coefficients) of PixelCNN++'s layout:
+    ``params.permute(0, 2, 3, 1)`` is its ``l``; logits (B, H, W, M), the others
+    (B, H, W, C, M) (coefficients: C = 3 only, else an empty tensor)."""
+    m = mixture_components(params, channels)
+    l = params.permute(0, 2, 3, 1)
+    logits = l[..., :m]
+    rows = l[..., m:].reshape(*l.shape[:3], channels, -1)
+    coeffs = rows[..., 2 * m : 3 * m] if channels == 3 else rows[..., :0]
+    return logits, rows[..., :m], rows[..., m : 2 * m], coeffs
+
+
+def _coupled_means(means: Tensor, coeffs: Tensor, x: Tensor) -> Tensor:
+    """PixelCNN++'s autoregressive RGB means: mu1 = m1 + tanh(a0) x0,
+    mu2 = m2 + tanh(a1) x0 + tanh(a2) x1. ``x``: (B, H, W, C, 1)."""
+    if means.shape[-2] != 3:
+        return means
+    t = torch.tanh(coeffs)
+    return torch.stack(
+        (
+            means[..., 0, :],
+            means[..., 1, :] + t[..., 0, :] * x[..., 0, :],
+            means[..., 2, :] + t[..., 1, :] * x[..., 0, :] + t[..., 2, :] * x[..., 1, :],
+        ),
+        dim=-2,
+    )
+
+
+def logistic_bin_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor, num_bits: int) -> Tensor:
+    """log P(the 2^bits-level bin of ``x`` | logistic(mean, e^log_scale)), the edge bins
+    open-ended; improbable interior bins (below 1e-5) by their mid-point density.
+    The difference of sigmoids is computed as
+    ``log sigmoid(plus) + log sigmoid(-minus) + log(1 - e^-(plus - minus))``,
+    without cancellation wherever the bin lies (csrc/math/discretized_logistic_mixture.h)."""
+    levels = 2**num_bits - 1
+    half_width = 1.0 / levels
+    inv = torch.exp(-log_scale)
+    centered = x - mean
+    plus = inv * (centered + half_width)
+    minus = inv * (centered - half_width)
+    width = 2.0 * half_width * inv
+    log_cdf_plus = -F.softplus(-plus)
+    log_one_minus_cdf_minus = -F.softplus(minus)
+    log_delta = log_cdf_plus + log_one_minus_cdf_minus + torch.log(-torch.expm1(-width))
+    mid = inv * centered
+    log_pdf_mid = mid - log_scale - 2.0 * F.softplus(mid) - math.log(levels / 2.0)
+    interior = torch.where(
+        log_delta > math.log(MIXTURE_MIN_BIN_PROBABILITY), log_delta, log_pdf_mid
+    )
+    return torch.where(
+        x < -MIXTURE_EDGE,
+        log_cdf_plus,
+        torch.where(x > MIXTURE_EDGE, log_one_minus_cdf_minus, interior),
+    )
+
+
+def discretized_logistic_mixture_nll_pixelwise(params: Tensor, x: Tensor, num_bits: int = 8) -> Tensor:
+    """The NLL of each pixel, (B, H, W): ``-logsumexp_k(log_softmax(logits)_k +
+    sum_c log p_{c,k})`` (PixelCNN++, Salimans et al., 2017), with ``x`` (B, C, H, W)
+    in [-1, 1] and ``params`` (B, P, H, W) in PixelCNN++'s layout."""
+    channels = x.shape[1]
+    logits, means, raw_log_scales, coeffs = split_mixture_params(params, channels)
+    xs = x.permute(0, 2, 3, 1).unsqueeze(-1)  # (B, H, W, C, 1)
+    log_scales = torch.clamp(raw_log_scales, min=MIXTURE_MIN_LOG_SCALE)
+    mu = _coupled_means(means, coeffs, xs)
+    log_probs = logistic_bin_log_prob(xs, mu, log_scales, num_bits).sum(dim=-2)
+    return -torch.logsumexp(torch.log_softmax(logits, dim=-1) + log_probs, dim=-1)
+
+
+def pixelcnn_discretized_mix_logistic_nll(params: Tensor, x: Tensor, num_bits: int = 8) -> Tensor:
+    """The per-pixel NLL (B, H, W) computed as PixelCNN++ and VDVAE write it
+    (``discretized_mix_logistic_loss``): sigmoids subtracted directly, cdf_delta clamped
+    at 1e-12. The eager baseline of the benchmarks, and a second, independent oracle."""
+    channels = x.shape[1]
+    levels = 2**num_bits - 1
+    logits, means, raw_log_scales, coeffs = split_mixture_params(params, channels)
+    xs = x.permute(0, 2, 3, 1).unsqueeze(-1)
+    log_scales = torch.clamp(raw_log_scales, min=MIXTURE_MIN_LOG_SCALE)
+    mu = _coupled_means(means, coeffs, xs)
+    centered_x = xs - mu
+    inv_stdv = torch.exp(-log_scales)
+    plus_in = inv_stdv * (centered_x + 1.0 / levels)
+    cdf_plus = torch.sigmoid(plus_in)
+    min_in = inv_stdv * (centered_x - 1.0 / levels)
+    cdf_min = torch.sigmoid(min_in)
+    log_cdf_plus = plus_in - F.softplus(plus_in)
+    log_one_minus_cdf_min = -F.softplus(min_in)
+    cdf_delta = cdf_plus - cdf_min
+    mid_in = inv_stdv * centered_x
+    log_pdf_mid = mid_in - log_scales - 2.0 * F.softplus(mid_in)
+    log_probs = torch.where(
+        xs < -0.999,
+        log_cdf_plus,
+        torch.where(
+            xs > 0.999,
+            log_one_minus_cdf_min,
+            torch.where(
+                cdf_delta > 1e-5,
+                torch.log(torch.clamp(cdf_delta, min=1e-12)),
+                log_pdf_mid - math.log(levels / 2.0),
+            ),
+        ),
+    )
+    log_probs = log_probs.sum(dim=-2) + torch.log_softmax(logits, dim=-1)
+    return -torch.logsumexp(log_probs, dim=-1)
+
+
+def reduce_pixel_nll(pixel_nll: Tensor, channels: int, reduction: str) -> Tensor:
+    """A per-pixel NLL (B, H, W) reduced as ``discretized_logistic_mixture_nll`` defines
+    it; "mean" is nats per dimension: the sum over B * C * H * W."""
+    if reduction == "mean":
+        return pixel_nll.sum() / (pixel_nll.numel() * channels)
+    return reduce_loss(pixel_nll, reduction)
+
+
+def sample_discretized_logistic_mixture(
+    params: Tensor, channels: int, generator: Optional[torch.Generator] = None
+) -> Tensor:
+    """Images (B, C, H, W) in [-1, 1] drawn from the mixture: a Gumbel-max choice of the
+    component per pixel, then a logistic sample per channel, coupled across the RGB
+    channels as in the likelihood, each clamped to [-1, 1] (PixelCNN++'s
+    ``sample_from_discretized_mix_logistic``). Uniforms come from ``torch.rand`` with
+    ``generator``, so a seeded generator reproduces the images."""
+    logits, means, raw_log_scales, coeffs = split_mixture_params(params, channels)
+    tiny = 1e-5  # keeps log(u) and log(1 - u) finite, as PixelCNN++
+    u = torch.rand(logits.shape, generator=generator, dtype=params.dtype, device=params.device)
+    gumbel = -torch.log(-torch.log(u * (1 - 2 * tiny) + tiny))
+    choice = torch.argmax(logits + gumbel, dim=-1)  # (B, H, W)
+    pick = lambda t: torch.gather(  # noqa: E731  (component `choice` of t: (B, H, W, C))
+        t, -1, choice[..., None, None].expand(*t.shape[:-1], 1)
+    ).squeeze(-1)
+    mean = pick(means)
+    log_scale = torch.clamp(pick(raw_log_scales), min=MIXTURE_MIN_LOG_SCALE)
+    v = torch.rand(mean.shape, generator=generator, dtype=params.dtype, device=params.device)
+    v = v * (1 - 2 * tiny) + tiny
+    sample = mean + torch.exp(log_scale) * (torch.log(v) - torch.log1p(-v))
+    channels_out = [torch.clamp(sample[..., 0], -1.0, 1.0)]
+    if channels == 3:
+        t = torch.tanh(pick(coeffs))
+        x0 = channels_out[0]
+        x1 = torch.clamp(sample[..., 1] + t[..., 0] * x0, -1.0, 1.0)
+        x2 = torch.clamp(sample[..., 2] + t[..., 1] * x0 + t[..., 2] * x1, -1.0, 1.0)
+        channels_out += [x1, x2]
+    return torch.stack(channels_out, dim=1)
+
+
 # ---------------------------------------------------------------- backend interface
 
 
@@ -264,3 +424,11 @@ def elbo_loss(
     recon_nll = reduce_loss(reconstruction_nll_elementwise(recon, x, likelihood), reduction)
     kl = reduce_loss(gaussian_kl_elementwise(mu, logvar, logsigma=logsigma), reduction)
     return recon_nll + beta * kl, recon_nll, kl
+
+
+def discretized_logistic_mixture_nll(
+    params: Tensor, x: Tensor, num_bits: int, reduction: str
+) -> Tensor:
+    return reduce_pixel_nll(
+        discretized_logistic_mixture_nll_pixelwise(params, x, num_bits), x.shape[1], reduction
+    )

@@ -13,6 +13,7 @@ const KernelTable& kernel_table() {
     add_loss_kernels(t);
     add_sampling_kernels(t);
     add_loss_backward_kernels(t);
+    add_mixture_kernels(t);
     return t;
   }();
   return table;

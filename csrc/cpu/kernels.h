@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "../math/discretized_logistic_mixture.h"
 #include "../math/losses.h"
 
 namespace vae_kernels::cpu {
@@ -42,6 +43,11 @@ struct KernelTable {
   void (*loss_backward)(c10::ScalarType dtype, const void* local_grad, const void* grad_output,
                         int64_t grad_output_stride_elem, int64_t grad_output_stride_row,
                         void* out, int64_t rows, int64_t row_len);
+  // The discretized logistic mixture NLL per pixel and per sample, and its gradient in
+  // params where buffers.grads is set (csrc/math/discretized_logistic_mixture.h). x is
+  // read in x_dtype, params in params_dtype; both compute in params' compute type.
+  void (*discretized_logistic_mixture)(c10::ScalarType params_dtype, c10::ScalarType x_dtype,
+                                       const MixtureBuffers& buffers);
 };
 
 namespace DEFAULT { const KernelTable& kernel_table(); }

@@ -289,6 +289,49 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
           recon_call.grads[0], recon_call.grads[1], kl_call.grads[0], kl_call.grads[1]};
 }
 
+std::tuple<Tensor, Tensor> discretized_logistic_mixture_nll(const Tensor& params, const Tensor& x,
+                                                            int64_t num_bits, int64_t reduction,
+                                                            int64_t divisor,
+                                                            std::array<bool, 1> grad_mask) {
+  MixtureBuffers buffers;
+  buffers.layout = check_mixture_args(params, x, num_bits, reduction, kDevice);
+  buffers.bins = mixture_bins(num_bits);
+  buffers.batch = x.size(0);
+  buffers.height = x.size(2);
+  buffers.width = x.size(3);
+  buffers.params = params.const_data_ptr();
+  buffers.x = x.const_data_ptr();
+  for (int d = 0; d < 4; ++d) {
+    buffers.params_strides[d] = params.stride(d);
+    buffers.x_strides[d] = x.stride(d);
+  }
+  const auto compute_dtype = params.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto loss_options = params.options().dtype(c10::promoteTypes(params.scalar_type(),
+                                                                     x.scalar_type()));
+  Tensor pixel_nll;
+  if (reduction == kNone) {
+    pixel_nll = at::empty({buffers.batch, buffers.height, buffers.width},
+                          params.options().dtype(compute_dtype));
+    buffers.pixel_nll = pixel_nll.data_ptr();
+  }
+  Tensor grad = no_local_grad(params);
+  if (grad_mask[0]) {
+    grad = empty_output(params, local_grad_dtype(params.scalar_type()));
+    buffers.grads = grad.data_ptr();
+  }
+  buffers.grad_scale = 1.0 / static_cast<double>(divisor);
+  std::vector<double> sums(buffers.batch);
+  buffers.sums = sums.data();
+  int32_t x_out_of_range = 0;
+  buffers.x_out_of_range = &x_out_of_range;
+  kernels().discretized_logistic_mixture(params.scalar_type(), x.scalar_type(), buffers);
+  TORCH_CHECK_VALUE(!x_out_of_range,
+                    "vae_kernels.discretized_logistic_mixture_nll: x must lie in [-1, 1], but "
+                    "some values are outside it");
+  if (reduction == kNone) return {pixel_nll.to(loss_options.dtype()), grad};
+  return {reduce_rows(sums, Tensor(), reduction, divisor, loss_options), grad};
+}
+
 // out = local_grad * grad_output (per element, per row or one value), in grad_output's
 // dtype; `out` may be `local_grad` itself. Dtypes are checked by the caller.
 void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
@@ -344,6 +387,7 @@ TORCH_LIBRARY_IMPL(vae_kernels, CPU, m) {
   m.impl("gaussian_kl", &gaussian_kl);
   m.impl("reconstruction_nll", &reconstruction_nll);
   m.impl("elbo", &elbo);
+  m.impl("discretized_logistic_mixture_nll", &discretized_logistic_mixture_nll);
   m.impl("loss_backward", &loss_backward);
   m.impl("loss_backward_", &loss_backward_inplace);
 }

@@ -27,6 +27,7 @@ struct Math<at::vec::Vectorized<T>> {
   static V log1p_unit(const V& x) { return x.log1p(); }
   static V sqrt(const V& x) { return x.sqrt(); }
   static V cos(const V& x) { return x.cos(); }
+  static V tanh(const V& x) { return x.tanh(); }
   static V abs(const V& x) { return x.abs(); }
   static V sign(const V& x) {  // -1, 0 or 1; NaN stays NaN
     return V::blendv(V::blendv(x * V(T(0)), V(T(-1)), x < V(T(0))), V(T(1)), x > V(T(0)));
@@ -48,6 +49,7 @@ struct Math<at::vec::Vectorized<float>> {
   static V log1p(const V& x) { return x.log1p(); }
   static V sqrt(const V& x) { return x.sqrt(); }
   static V cos(const V& x) { return x.cos(); }
+  static V tanh(const V& x) { return x.tanh(); }
   static V abs(const V& x) { return x.abs(); }
   static V sign(const V& x) {  // -1, 0 or 1; NaN stays NaN
     return V::blendv(V::blendv(x * V(0.f), V(-1.f), x < V(0.f)), V(1.f), x > V(0.f));

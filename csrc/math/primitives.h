@@ -20,7 +20,7 @@ namespace vae_kernels {
 constexpr double kLog2 = 0.6931471805599453;
 
 template <typename V>
-struct Math;  // Scalar, exp, log, log1p, log1p_unit, sqrt, cos, abs, sign, maximum, where_nonneg
+struct Math;  // Scalar, exp, log, log1p, log1p_unit, sqrt, cos, tanh, abs, sign, maximum, where_nonneg
 
 template <typename T>
 struct ScalarMath {
@@ -32,6 +32,7 @@ struct ScalarMath {
   static VK_INLINE T log1p_unit(T x) { return log1p(x); }
   static VK_INLINE T sqrt(T x) { return ::sqrt(x); }
   static VK_INLINE T cos(T x) { return ::cos(x); }
+  static VK_INLINE T tanh(T x) { return ::tanh(x); }
   static VK_INLINE T abs(T x) { return ::fabs(x); }
   // -1, 0 or 1; NaN stays NaN.
   static VK_INLINE T sign(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x * T(0)); }
@@ -49,6 +50,7 @@ struct Math<float> : ScalarMath<float> {
   static VK_INLINE float log1p_unit(float x) { return ::log1pf(x); }
   static VK_INLINE float sqrt(float x) { return ::sqrtf(x); }
   static VK_INLINE float cos(float x) { return ::cosf(x); }
+  static VK_INLINE float tanh(float x) { return ::tanhf(x); }
   static VK_INLINE float abs(float x) { return ::fabsf(x); }
 };
 template <>
