@@ -9,16 +9,19 @@ from .backends import available_backends
 from .functional import (
     bernoulli_nll,
     continuous_bernoulli_nll,
+    discretized_logistic_mixture_nll,
     elbo_loss,
     gaussian_kl,
     gaussian_nll,
     laplace_nll,
     mse_loss,
     reparameterize,
+    sample_discretized_logistic_mixture,
 )
 from .modules import (
     BernoulliNLLLoss,
     ContinuousBernoulliNLLLoss,
+    DiscretizedLogisticMixtureNLLLoss,
     ELBOLoss,
     GaussianKLLoss,
     GaussianNLLLoss,
@@ -35,6 +38,8 @@ __all__ = [
     "mse_loss",
     "laplace_nll",
     "continuous_bernoulli_nll",
+    "discretized_logistic_mixture_nll",
+    "sample_discretized_logistic_mixture",
     "elbo_loss",
     "ELBOLoss",
     "GaussianKLLoss",
@@ -42,6 +47,7 @@ __all__ = [
     "GaussianNLLLoss",
     "LaplaceNLLLoss",
     "ContinuousBernoulliNLLLoss",
+    "DiscretizedLogisticMixtureNLLLoss",
     "available_backends",
     "__version__",
 ]

@@ -54,6 +54,8 @@ __all__ = [
     "mse_loss",
     "laplace_nll",
     "continuous_bernoulli_nll",
+    "discretized_logistic_mixture_nll",
+    "sample_discretized_logistic_mixture",
     "elbo_loss",
 ]
 
@@ -433,6 +435,154 @@ def continuous_bernoulli_nll(
     if impl is backends.reference:
         _check_unit_interval("target", target)
     return impl.reconstruction_nll("continuous_bernoulli", logits, target, 0.0, reduction)
+
+
+def _check_mixture_params(params: object, channels: Optional[int]) -> tuple[Tensor, int]:
+    """params (B, P, H, W) of a discretized logistic mixture over ``channels`` colour
+    channels (inferred from P when None); returns it and C."""
+    _check_float_tensor("params", params)
+    if params.dim() != 4:
+        raise ValueError(
+            f"params must have shape (B, P, H, W), got {params.dim()} dims {tuple(params.shape)}"
+        )
+    p = params.shape[1]
+    if channels is None:
+        fits = [c for c in (3, 1) if p > 0 and p % (10 if c == 3 else 3) == 0]
+        if len(fits) != 1:
+            raise ValueError(
+                f"params has P = {p} channels, which "
+                + ("fits both C = 3 (10M) and C = 1 (3M)" if fits else "is neither 10M nor 3M")
+                + "; pass channels=3 or channels=1"
+            )
+        channels = fits[0]
+    per_component = 10 if channels == 3 else 3
+    if p == 0 or p % per_component != 0:
+        raise ValueError(
+            f"params must have P = {per_component}M channels for C = {channels} "
+            f"(M mixture components), got P = {p}"
+        )
+    return params, channels
+
+
+def _check_num_bits(num_bits: object) -> int:
+    if isinstance(num_bits, bool) or not isinstance(num_bits, numbers.Integral):
+        raise TypeError(f"num_bits must be an int, got {type(num_bits).__name__}")
+    if not 1 <= num_bits <= 16:
+        raise ValueError(f"num_bits must be in [1, 16], got {num_bits}")
+    return int(num_bits)
+
+
+def discretized_logistic_mixture_nll(
+    params: Tensor,
+    x: Tensor,
+    *,
+    num_bits: int = 8,
+    reduction: str = "batchmean",
+    backend: str = "auto",
+) -> Tensor:
+    """Negative log-likelihood of ``x`` under PixelCNN++'s discretized logistic mixture
+    (Salimans et al., 2017), as VDVAE, NVAE and Efficient-VDVAE score their images.
+
+    Per pixel, with M components, the RGB channels coupled autoregressively
+    (``mu1 = m1 + tanh(a0) x0``, ``mu2 = m2 + tanh(a1) x0 + tanh(a2) x1``) and log-scales
+    clamped at -7: ``-logsumexp_k(log_softmax(logits)_k + sum_c log P(bin of x_c))``,
+    the edge bins open-ended. The bin probability is computed as
+    ``sigmoid(plus) sigmoid(-minus) (1 - e^-(plus - minus))`` in log space, so it does
+    not cancel where PixelCNN++'s ``sigmoid(plus) - sigmoid(minus)`` does.
+
+    One fused pass computes the loss and, when ``params`` requires grad, its gradient
+    (the backward is one multiply by the upstream gradient): no (B, H, W, C, M)
+    temporaries, extra memory O(params).
+
+    Args:
+        params: (B, P, H, W), a decoder's 1x1 convolution output in PixelCNN++'s layout
+            (``params.permute(0, 2, 3, 1)`` is its ``l``): M logits, then per colour
+            channel M means, M raw log-scales and (C = 3) M coupling coefficients.
+            P = 10M for C = 3, 3M for C = 1. Strided and channels_last tensors are read
+            without a copy.
+        x: the data (B, C, H, W), C = 1 or 3, on the 2^num_bits-level grid of [-1, 1];
+            values outside [-1, 1] raise ValueError. ``x`` is data: it gets no gradient,
+            and an ``x`` that requires grad raises ValueError (detach it).
+        num_bits: bits per channel of the data (8: 256 levels).
+        reduction: ``"none"`` (per pixel, (B, H, W)), ``"per_sample"`` ((B,)), ``"sum"``,
+            ``"batchmean"`` (sum / B) or ``"mean"`` (sum / (B*C*H*W): nats per dimension,
+            as VDVAE and PixelCNN++ report it; divide by log 2 for bits per dimension).
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
+
+    Mixed precision as torch's losses: computed in float32 (float64 kept), each input
+    read in its own dtype, the loss in the promoted dtype of params and x, float32 under
+    autocast; params' gradient has params' dtype.
+    """
+    _check_float_tensor("x", x)
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"x must have shape (B, C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
+    params, _ = _check_mixture_params(params, x.shape[1])
+    _check_same("x", x, "params", params, shape=False)
+    b, _, h, w = x.shape
+    if (params.shape[0], params.shape[2], params.shape[3]) != (b, h, w):
+        raise ValueError(
+            f"params must have shape ({b}, P, {h}, {w}) to match x {tuple(x.shape)}, "
+            f"got {tuple(params.shape)}"
+        )
+    num_bits = _check_num_bits(num_bits)
+    _check_reduction(reduction, REDUCTIONS)
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            "x requires grad, but the mixture likelihood treats x as data and has no "
+            "gradient in it; pass x.detach()"
+        )
+    dtype = _compute_dtype(params, x)
+    if dtype == torch.float64:
+        params, x = _cast(dtype, params, x)
+    elif x.dtype != dtype:  # float32 under autocast: x (C values a pixel, not P) carries it
+        x = x.to(dtype)
+    impl = backends.resolve(backend, params.device)
+    if impl is backends.reference:
+        _check_in_range("x", x, -1.0, 1.0)
+        params = params.to(dtype)
+    return impl.discretized_logistic_mixture_nll(params, x, num_bits, reduction)
+
+
+def _check_in_range(name: str, t: Tensor, low: float, high: float) -> None:
+    # As _check_unit_interval: the kernels check inside their own pass.
+    if torch.compiler.is_compiling():
+        return
+    if bool(((t < low) | (t > high)).any()):
+        raise ValueError(f"{name} must lie in [{low:g}, {high:g}]; found values outside it")
+
+
+def sample_discretized_logistic_mixture(
+    params: Tensor,
+    *,
+    num_bits: int = 8,
+    generator: Optional[torch.Generator] = None,
+    channels: Optional[int] = None,
+) -> Tensor:
+    """Images (B, C, H, W) on the 2^num_bits-level grid of [-1, 1] drawn from the
+    discretized logistic mixture of ``params`` (the layout of
+    :func:`discretized_logistic_mixture_nll`), for generating from a decoder.
+
+    Per pixel: a Gumbel-max choice of the component, then per channel a logistic sample
+    with the component's mean and scale, rounded to its bin and clamped to [-1, 1] (the
+    open-ended edge bins), the RGB channels coupled through the sampled (binned) values
+    as in the likelihood. Uniforms come from ``torch.rand`` with ``generator``: a seeded
+    generator gives the same images. Not differentiable.
+
+    Args:
+        params: (B, P, H, W).
+        num_bits: bits per channel of the grid.
+        generator: the random source (default: torch's global generator).
+        channels: C; inferred from P (10M: 3, 3M: 1) unless P fits both (P = 30, 60,
+            ...), where it must be given.
+    """
+    params, channels = _check_mixture_params(params, channels)
+    num_bits = _check_num_bits(num_bits)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    with torch.no_grad():
+        return backends.reference.sample_discretized_logistic_mixture(
+            params, channels, num_bits, generator
+        )
 
 
 def elbo_loss(

@@ -167,3 +167,22 @@ class ContinuousBernoulliNLLLoss(nn.Module):
         return F.continuous_bernoulli_nll(
             logits, target, reduction=self.reduction, backend=self.backend
         )
+
+
+class DiscretizedLogisticMixtureNLLLoss(nn.Module):
+    """PixelCNN++'s discretized logistic mixture NLL of images x (B, C, H, W) in [-1, 1]
+    given a decoder's params (B, P, H, W); see
+    :func:`vae_kernels.discretized_logistic_mixture_nll`."""
+
+    def __init__(
+        self, num_bits: int = 8, reduction: str = "batchmean", backend: str = "auto"
+    ) -> None:
+        super().__init__()
+        self.num_bits = num_bits
+        self.reduction = reduction
+        self.backend = backend
+
+    def forward(self, params: Tensor, x: Tensor) -> Tensor:
+        return F.discretized_logistic_mixture_nll(
+            params, x, num_bits=self.num_bits, reduction=self.reduction, backend=self.backend
+        )

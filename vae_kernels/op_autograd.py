@@ -33,6 +33,7 @@ from .schema import (
     BY_NAME,
     REDUCTION_NONE,
     REDUCTION_PER_SAMPLE,
+    local_grad_dtype,
     reduction_args,
 )
 
@@ -149,6 +150,15 @@ class OpsBackend:
             divisor, mask,
         )[0]  # fmt: skip
 
+    def discretized_logistic_mixture_nll(
+        self, params: Tensor, x: Tensor, num_bits: int, reduction: str
+    ) -> Tensor:
+        mode, divisor = reduction_args(reduction, x)  # "mean": per dimension of x
+        mask = [_needs_grad(params)]
+        return self._loss(
+            "discretized_logistic_mixture_nll", params, x, num_bits, mode, divisor, mask
+        )[0]
+
     def bernoulli_nll(self, input: Tensor, target: Tensor, logits: bool, reduction: str) -> Tensor:
         likelihood = "bernoulli" if logits else "bernoulli_probs"
         return self.reconstruction_nll(likelihood, input, target, 0.0, reduction)
@@ -189,6 +199,20 @@ def reduced_like(t: Tensor, reduction: int) -> Tensor:
     return t.new_empty(())
 
 
+def mixture_outputs_like(
+    params: Tensor, x: Tensor, reduction: int, grad_mask: Sequence[bool]
+) -> tuple[Tensor, Tensor]:
+    """New (uninitialized) outputs of discretized_logistic_mixture_nll: the loss (per
+    pixel, per sample or total) in the promoted dtype of params and x, and params' local
+    gradient (empty unless asked for)."""
+    b, _, h, w = x.shape
+    shape = {REDUCTION_NONE: (b, h, w), REDUCTION_PER_SAMPLE: (b,)}.get(reduction, ())
+    loss = params.new_empty(shape, dtype=torch.promote_types(params.dtype, x.dtype))
+    grad_shape = params.shape if grad_mask[0] else (0,)
+    grad = params.new_empty(grad_shape, dtype=local_grad_dtype(params.dtype))
+    return loss, grad
+
+
 # The loss ops' arguments (csrc/schemas.cpp): the differentiable tensors come first, in
 # the order of their local-gradient outputs; then the options, with `reduction` at the
 # index below. The elbo has 3 reduced outputs (loss, recon_nll, kl) and `beta` at index 5.
@@ -196,7 +220,11 @@ _LOSS_LAYOUT = {  # name: (differentiable inputs, reduced outputs, reduction ind
     "gaussian_kl": (4, 1, 4),
     "reconstruction_nll": (3, 1, 5),
     "elbo": (4, 3, 6),
+    "discretized_logistic_mixture_nll": (1, 1, 3),
 }
+# The mixture's loss is per pixel (B, H, W) while its local gradient is params'
+# (B, P, H, W): its upstream gradient is broadcast over P (``_mixture_grad``).
+_PER_PIXEL_LOSSES = ("discretized_logistic_mixture_nll",)
 
 
 @dataclass(frozen=True)
@@ -254,6 +282,7 @@ def loss_input_grads(
     chain = lambda k, upstream: _chain(  # noqa: E731  (inputs k of the term)
         spec.ops, spec.reduction(options), [needs_grad[i] for i in k],
         [local_grads[i] for i in k], [shapes[i] for i in k], upstream, in_place,
+        per_pixel=spec.name in _PER_PIXEL_LOSSES,
     )  # fmt: skip
     beta = spec.beta(options)
     if beta is None:
@@ -276,6 +305,7 @@ def _chain(
     input_shapes: Sequence[Optional[torch.Size]],
     upstream: Optional[Tensor],
     in_place: bool,
+    per_pixel: bool = False,
 ) -> list[Optional[Tensor]]:
     """The input gradients: local gradient * upstream where needed, else None."""
     # In place, an upstream gradient of exactly 1 (a CPU scalar, so reading it does not
@@ -296,6 +326,8 @@ def _chain(
                 "vae_kernels: an input needs a gradient that the forward pass was not asked "
                 "to compute (grad_mask); call the public vae_kernels functions, not the raw op"
             )
+        elif per_pixel:
+            grads.append(_mixture_grad(local, upstream, reduction, in_place, upstream_is_one))
         elif in_place and local.dtype == upstream.dtype:  # not float16's float32 buffers
             if not upstream_is_one:
                 ops.loss_backward_(local, upstream, reduction)
@@ -303,6 +335,21 @@ def _chain(
         else:
             grads.append(ops.loss_backward(local, upstream, reduction))
     return grads
+
+
+def _mixture_grad(
+    local: Tensor, upstream: Tensor, reduction: int, in_place: bool, upstream_is_one: bool
+) -> Tensor:
+    """params' gradient: its local gradient (B, P, H, W) times the upstream gradient of
+    the per-pixel (B, H, W), per-sample (B,) or total loss, broadcast over P. The
+    engine casts it to params' dtype where the loss's differs (a float32 x)."""
+    if reduction == REDUCTION_NONE:
+        upstream = upstream.unsqueeze(1)
+    elif reduction == REDUCTION_PER_SAMPLE:
+        upstream = upstream.view(-1, 1, 1, 1)
+    if not in_place:
+        return local * upstream
+    return local if upstream_is_one else local.mul_(upstream)
 
 
 class EagerLoss(torch.autograd.Function):
@@ -466,8 +513,12 @@ def register_autograd(namespace: str) -> None:
 def register_autocast(namespace: str) -> None:
     """Under autocast the loss ops compute and return float32, as torch's own losses do
     (lower-precision floating inputs are cast to float32; float64 stays). The sampling
-    ops keep their inputs' dtype: z feeds the decoder."""
+    ops keep their inputs' dtype: z feeds the decoder. The mixture likelihood is not
+    cast (its params are the largest tensor of a step): its loss has the promoted dtype
+    of params and x, and ``vae_kernels.functional`` passes a float32 x under autocast."""
     for name in _LOSS_LAYOUT:
+        if name in _PER_PIXEL_LOSSES:
+            continue
         for device_type in ("cpu", "cuda"):
             try:
                 torch.library.register_autocast(f"{namespace}::{name}", device_type, torch.float32)

@@ -13,7 +13,13 @@ from typing import Optional
 
 import torch
 
-from .op_autograd import OpsBackend, reduced_like, register_autocast, register_autograd
+from .op_autograd import (
+    OpsBackend,
+    mixture_outputs_like,
+    reduced_like,
+    register_autocast,
+    register_autograd,
+)
 from .schema import local_grad_dtype
 
 LIBRARY_PATH = Path(__file__).with_name("libvae_kernels_C.so")
@@ -100,6 +106,10 @@ def _register_fakes() -> None:
         reduced = reduced_like(recon, reduction)
         tensors = (recon, x, mu, logvar)
         return reduced, same(reduced), same(reduced), *local_grads(tensors, grad_mask, recon)
+
+    @torch.library.register_fake(lib + "discretized_logistic_mixture_nll")
+    def _(params, x, num_bits, reduction, divisor, grad_mask):
+        return mixture_outputs_like(params, x, reduction, grad_mask)
 
 
 if LIBRARY_ERROR is None:

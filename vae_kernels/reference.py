@@ -326,13 +326,15 @@ def reduce_pixel_nll(pixel_nll: Tensor, channels: int, reduction: str) -> Tensor
 
 
 def sample_discretized_logistic_mixture(
-    params: Tensor, channels: int, generator: Optional[torch.Generator] = None
+    params: Tensor, channels: int, num_bits: int = 8, generator: Optional[torch.Generator] = None
 ) -> Tensor:
-    """Images (B, C, H, W) in [-1, 1] drawn from the mixture: a Gumbel-max choice of the
-    component per pixel, then a logistic sample per channel, coupled across the RGB
-    channels as in the likelihood, each clamped to [-1, 1] (PixelCNN++'s
-    ``sample_from_discretized_mix_logistic``). Uniforms come from ``torch.rand`` with
-    ``generator``, so a seeded generator reproduces the images."""
+    """Images (B, C, H, W) on the 2^num_bits-level grid of [-1, 1] drawn from the
+    mixture: a Gumbel-max choice of the component per pixel, then per channel a logistic
+    sample, rounded to its bin and clamped to [-1, 1] (the edge bins are open-ended),
+    the RGB channels coupled through the binned values as in the likelihood (PixelCNN++'s
+    ``sample_from_discretized_mix_logistic`` couples the unrounded ones). Uniforms come
+    from ``torch.rand`` with ``generator``, so a seeded generator reproduces the images."""
+    levels = 2**num_bits - 1
     logits, means, raw_log_scales, coeffs = split_mixture_params(params, channels)
     tiny = 1e-5  # keeps log(u) and log(1 - u) finite, as PixelCNN++
     u = torch.rand(logits.shape, generator=generator, dtype=params.dtype, device=params.device)
@@ -345,15 +347,16 @@ def sample_discretized_logistic_mixture(
     log_scale = torch.clamp(pick(raw_log_scales), min=MIXTURE_MIN_LOG_SCALE)
     v = torch.rand(mean.shape, generator=generator, dtype=params.dtype, device=params.device)
     v = v * (1 - 2 * tiny) + tiny
-    sample = mean + torch.exp(log_scale) * (torch.log(v) - torch.log1p(-v))
-    channels_out = [torch.clamp(sample[..., 0], -1.0, 1.0)]
+    noise = torch.exp(log_scale) * (torch.log(v) - torch.log1p(-v))
+    to_bin = lambda t: torch.clamp(  # noqa: E731
+        torch.round((t + 1) * (levels / 2)) * (2 / levels) - 1, -1.0, 1.0
+    )
+    xs = [to_bin(mean[..., 0] + noise[..., 0])]
     if channels == 3:
         t = torch.tanh(pick(coeffs))
-        x0 = channels_out[0]
-        x1 = torch.clamp(sample[..., 1] + t[..., 0] * x0, -1.0, 1.0)
-        x2 = torch.clamp(sample[..., 2] + t[..., 1] * x0 + t[..., 2] * x1, -1.0, 1.0)
-        channels_out += [x1, x2]
-    return torch.stack(channels_out, dim=1)
+        xs.append(to_bin(mean[..., 1] + t[..., 0] * xs[0] + noise[..., 1]))
+        xs.append(to_bin(mean[..., 2] + t[..., 1] * xs[0] + t[..., 2] * xs[1] + noise[..., 2]))
+    return torch.stack(xs, dim=1)
 
 
 # ---------------------------------------------------------------- backend interface
