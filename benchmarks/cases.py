@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import vae_kernels as vk
+from vae_kernels import reference
 
 MODES = ("forward", "backward", "forward_backward")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -66,6 +67,13 @@ SIZES = {
     "cpu": (MNIST, CIFAR, CPU_LARGE, CPU_LARGE_J512),
     "cuda": (MNIST, CIFAR, GPU_LARGE, GPU_LARGE_J512),
 }
+# Image sizes of the mixture likelihood (C = 3 channels, square images, D = 3*H*W; M = 10
+# components): the issue's B=16 3x64x64 and VDVAE's scale, one 3x256x256 image.
+RGB64 = Size("rgb64_b16", batch=16, data_dim=3 * 64 * 64, latent_dim=0)
+RGB256 = Size("rgb256_b1", batch=1, data_dim=3 * 256 * 256, latent_dim=0)
+MIXTURE_SIZES = (RGB64, RGB256)
+MIXTURE_COMPONENTS = 10
+QUICK_MIXTURE_SIZE = Size("rgb16_b4", batch=4, data_dim=3 * 16 * 16, latent_dim=0)
 QUICK_SIZES = (MNIST,)
 QUICK_DTYPES = ("float32",)
 # The prepared GPU run (run.py --gpu-check, benchmarks/gpu_check.sh): the smallest and
@@ -116,6 +124,8 @@ class Op:
     # against its float64 value, where the formula users call is less accurate than the
     # harness's default tolerance in that dtype; our backends keep the default.
     eager_tolerance: Optional[dict] = None
+    # Sizes of their own (the mixture's images: full run, quick run), else the device's.
+    own_sizes: Optional[tuple[tuple[Size, ...], tuple[Size, ...]]] = None
 
     def relevant_dims(self, size: Size) -> tuple[int, ...]:
         dims = (size.batch,)
@@ -138,7 +148,7 @@ class Op:
         n_data = size.batch * size.data_dim
         n_latent = size.batch * size.latent_dim
         itemsize = torch.empty((), dtype=dtype).element_size()
-        return (data_tensors * n_data + latent_tensors * n_latent) * itemsize
+        return int((data_tensors * n_data + latent_tensors * n_latent) * itemsize)
 
 
 # -- eager formulas (pytorch/examples vae/main.py; losses divided by B = batchmean,
@@ -209,6 +219,11 @@ def eager_elbo_bernoulli(recon_logits, x, mu, logvar):
 
 
 # -- inputs
+
+
+def eager_mixture(params, x):
+    """PixelCNN++/VDVAE's discretized_mix_logistic_loss, batchmean."""
+    return reference.pixelcnn_discretized_mix_logistic_nll(params, x).sum() / x.shape[0]
 
 
 def _leaf(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -292,6 +307,17 @@ def args_laplace_learned(size, dtype, device, generator):
 def args_continuous_bernoulli(size, dtype, device, generator):
     logits, x = _data(size, dtype, device, generator, "logits")
     return CaseInputs((logits, x), (logits,), _scalar_grad(dtype, device))
+
+
+def args_mixture(size, dtype, device, generator):
+    """params (B, 10M, H, W) as a decoder emits them and 8-bit images x (B, 3, H, W)."""
+    side = math.isqrt(size.data_dim // 3)
+    m = MIXTURE_COMPONENTS
+    params = torch.randn((size.batch, 10 * m, side, side), generator=generator, device=device)
+    levels = torch.randint(0, 256, (size.batch, 3, side, side), generator=generator, device=device)
+    x = (levels * (2.0 / 255) - 1).to(dtype)
+    params = _leaf(params, dtype)
+    return CaseInputs((params, x), (params,), _scalar_grad(dtype, device))
 
 
 def args_elbo_bernoulli(size, dtype, device, generator):
@@ -418,6 +444,27 @@ OPS = (
         eager_tolerance={torch.float32: 1e-2, torch.bfloat16: 0.5},
     ),
     Op(
+        "discretized_logistic_mixture",
+        "PixelCNN++ discretized logistic mixture NLL, M=10, RGB coupled, batchmean "
+        "(eager: VDVAE's discretized_mix_logistic_loss)",
+        uses_data=True,
+        uses_latent=False,
+        eager=eager_mixture,
+        ours=lambda b: lambda params, x: vk.discretized_logistic_mixture_nll(params, x, backend=b),
+        make_args=args_mixture,
+        # read params (10M/3 = 33.3 per data element) and x; fwd+bwd also writes grad_params.
+        floor_elements={
+            "forward": (10 * MIXTURE_COMPONENTS / 3 + 1, 0),
+            "backward": (10 * MIXTURE_COMPONENTS / 3, 0),
+            "forward_backward": (20 * MIXTURE_COMPONENTS / 3 + 1, 0),
+        },
+        # sigmoid(plus) - sigmoid(minus) cancels: the eager float32 gradient is off its
+        # float64 value by ~6e-4 of the largest (vk's: within the default 1e-4), and
+        # bfloat16 loses most of the bin probability.
+        eager_tolerance={torch.float32: 1e-2, torch.bfloat16: 0.5},
+        own_sizes=(MIXTURE_SIZES, (QUICK_MIXTURE_SIZE,)),
+    ),
+    Op(
         "elbo_bernoulli",
         "whole negative ELBO: BCE with logits + KL, batchmean (vk.elbo_loss)",
         uses_data=True,
@@ -490,6 +537,8 @@ def sizes_for(op: Op, device: str, quick: bool, gpu_check: bool = False) -> list
     """The sizes of ``op``, dropping sizes that differ only in dims the op does not use
     (e.g. the J=512 size for a reconstruction loss)."""
     sizes, seen = [], set()
+    if op.own_sizes is not None:
+        return list(op.own_sizes[1] if quick else op.own_sizes[0])
     if quick:
         candidates = QUICK_SIZES
     elif gpu_check:

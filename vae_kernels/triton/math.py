@@ -295,3 +295,103 @@ def continuous_bernoulli_nll_and_grad(logits, target):
     linear_part = tl.where(logits >= 0.0, logits * (1.0 - target), 0.0 - logits * target)
     bce_minus_log2 = linear_part + log1p(0.5 * e_minus_one)
     return bce_minus_log2 - log_norm, d_logits - d_log_norm, d_target
+
+
+# ------------------------------------------------------------------ discretized logistic mixture
+
+# csrc/math/discretized_logistic_mixture.h
+MIXTURE_MIN_LOG_SCALE = tl.constexpr(-7.0)
+MIXTURE_EDGE = tl.constexpr(0.999)  # x beyond +-0.999: the open-ended edge bins
+# Below this bin probability (1e-5) the bin is scored by its mid-point density.
+MIXTURE_LOG_MIN_BIN_PROBABILITY = tl.constexpr(-11.512925464970229)  # log(1e-5)
+
+
+@triton.jit
+def tanh(y):
+    """tanh without libdevice: sign(y) (1 - e^-2|y|) / (1 + e^-2|y|), with e^-2|y| - 1
+    from exp_minus_one_minus_x, so that small |y| keep their relative accuracy (a plain
+    1 - exp(-2|y|) would cancel). +-inf give +-1, NaN stays NaN."""
+    _, exp_minus_one = exp_minus_one_minus_x(-2.0 * tl.abs(y))  # in [-1, 0]
+    magnitude = (0.0 - exp_minus_one) / (2.0 + exp_minus_one)
+    return tl.where(y < 0.0, 0.0 - magnitude, magnitude)
+
+
+@triton.jit
+def softplus_and_sigmoid(y):
+    """(softplus(y) = log(1 + e^y), sigmoid(y)) from one exp and one log1p."""
+    e = tl.exp(0.0 - tl.abs(y))  # in (0, 1]
+    inv_one_plus_e = 1.0 / (1.0 + e)
+    sig = tl.where(y >= 0.0, inv_one_plus_e, e * inv_one_plus_e)
+    return maximum(y, 0.0) + log1p(e), sig
+
+
+@triton.jit
+def logistic_bin_log_prob(x, mean, log_scale, half_width, log_half_bins):
+    """log P(bin of x | logistic(mean, e^log_scale)) and its derivatives in the mean and
+    in log_scale (already clamped): returns (log_prob, d mean, d log_scale).
+
+    half_width = 1 / (2^bits - 1), log_half_bins = log((2^bits - 1) / 2). With plus and
+    minus the standardized bin edges:
+      lowest bin (x < -0.999):  log sigmoid(plus)
+      highest bin (x > 0.999):  log(1 - sigmoid(minus))
+      else log(sigmoid(plus) - sigmoid(minus)) where that exceeds log(1e-5), else the
+      mid-point density mid - s - 2 softplus(mid) - log_half_bins.
+    The difference of sigmoids is never formed: its log is
+    log sigmoid(plus) + log sigmoid(-minus) + log(1 - e^-(plus - minus)), three accurate
+    terms wherever the bin lies (csrc/math/discretized_logistic_mixture.h, branch for
+    branch).
+    """
+    inv = tl.exp(0.0 - log_scale)
+    centered = x - mean
+    plus = inv * (centered + half_width)
+    minus = inv * (centered - half_width)
+    width = (2.0 * half_width) * inv
+
+    softplus_neg_plus, sig_neg_plus = softplus_and_sigmoid(0.0 - plus)
+    softplus_minus, sig_minus = softplus_and_sigmoid(minus)
+
+    # Interior bin: log(sigmoid(plus)) + log(sigmoid(-minus)) + log(1 - e^-width).
+    _, exp_neg_width_minus_one = exp_minus_one_minus_x(0.0 - width)  # accurate for small widths
+    neg_expm1 = 0.0 - exp_neg_width_minus_one  # 1 - e^-width, in (0, 1]
+    log_delta = tl.log(neg_expm1) - softplus_neg_plus - softplus_minus
+    # d/dplus = sigmoid(-plus) + 1/(e^width - 1), d/dminus = -sigmoid(minus) - 1/(e^width - 1)
+    width_term = width * (1.0 - neg_expm1) / neg_expm1  # width / (e^width - 1)
+    delta_d_mean = 0.0 - inv * (sig_neg_plus - sig_minus)
+    delta_d_log_scale = 0.0 - (plus * sig_neg_plus - minus * sig_minus + width_term)
+
+    # Mid-point density, for bins too improbable for the difference above.
+    mid = inv * centered
+    softplus_mid, sig_mid = softplus_and_sigmoid(mid)
+    mid_log_prob = mid - log_scale - 2.0 * softplus_mid - log_half_bins
+    mid_slope = 1.0 - 2.0 * sig_mid  # d/dmid
+    mid_d_mean = 0.0 - inv * mid_slope
+    mid_d_log_scale = 0.0 - mid * mid_slope - 1.0
+
+    # Interior: the difference where log_delta > log(1e-5), else the mid-point density.
+    improbable = (MIXTURE_LOG_MIN_BIN_PROBABILITY - log_delta) >= 0.0
+    log_prob = tl.where(improbable, mid_log_prob, log_delta)
+    d_mean = tl.where(improbable, mid_d_mean, delta_d_mean)
+    d_log_scale = tl.where(improbable, mid_d_log_scale, delta_d_log_scale)
+
+    # Highest bin (x > 0.999): log(1 - sigmoid(minus)) = -softplus(minus).
+    not_highest = (MIXTURE_EDGE - x) >= 0.0
+    log_prob = tl.where(not_highest, log_prob, 0.0 - softplus_minus)
+    d_mean = tl.where(not_highest, d_mean, inv * sig_minus)
+    d_log_scale = tl.where(not_highest, d_log_scale, minus * sig_minus)
+
+    # Lowest bin (x < -0.999): log sigmoid(plus) = -softplus(-plus).
+    not_lowest = (x + MIXTURE_EDGE) >= 0.0
+    log_prob = tl.where(not_lowest, log_prob, 0.0 - softplus_neg_plus)
+    d_mean = tl.where(not_lowest, d_mean, 0.0 - inv * sig_neg_plus)
+    d_log_scale = tl.where(not_lowest, d_log_scale, 0.0 - plus * sig_neg_plus)
+    return log_prob, d_mean, d_log_scale
+
+
+@triton.jit
+def running_logsumexp_add(running_max, running_sum, v):
+    """Add v to a running logsumexp kept as sum * e^max, with one exp per value (as
+    RunningLogSumExp::add). Start from (first value, 1); the result is max + log(sum)."""
+    above = v - running_max
+    e = tl.exp(0.0 - tl.abs(above))
+    running_sum = tl.where(above >= 0.0, running_sum * e + 1.0, running_sum + e)
+    return maximum(running_max, v), running_sum
