@@ -35,17 +35,43 @@ inline void check_floating(const char* op, const char* name, const at::Tensor& t
                     t.device());
 }
 
-// `t` must be on `ref`'s device with `ref`'s dtype (and shape, if asked).
+// Whether the kernels read the inputs of one loss call in different dtypes: the CPU
+// kernels do (float32, bfloat16 and float16, computed in float32); the CUDA kernels read
+// one dtype.
+enum class InputDtypes { kSame, kMixed };
+
+// `t` must be on `ref`'s device with `ref`'s dtype (kMixed: any floating dtype that
+// mixes with it, see loss_dtype) and shape (if asked).
 inline void check_like(const char* op, const char* name, const at::Tensor& t,
-                       const char* ref_name, const at::Tensor& ref, bool same_shape = true) {
+                       const char* ref_name, const at::Tensor& ref, bool same_shape = true,
+                       InputDtypes dtypes = InputDtypes::kSame) {
   TORCH_CHECK_VALUE(t.device() == ref.device(), "vae_kernels.", op, ": ", name,
                     " must be on the device of ", ref_name, " (", ref.device(), "), got ",
                     t.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "vae_kernels.", op, ": ", name,
-                   " must have the dtype of ", ref_name, " (", ref.scalar_type(), "), got ",
-                   t.scalar_type());
+  if (dtypes == InputDtypes::kMixed && t.scalar_type() != ref.scalar_type()) {
+    TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()) && t.scalar_type() != at::kDouble &&
+                         ref.scalar_type() != at::kDouble,
+                     "vae_kernels.", op, ": ", name, " must have the dtype of ", ref_name, " (",
+                     ref.scalar_type(), ") or, as the CPU kernels mix float32, bfloat16 and "
+                     "float16, one of those; got ", t.scalar_type(),
+                     " (float64 does not mix: cast to it first)");
+  } else {
+    TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "vae_kernels.", op, ": ", name,
+                     " must have the dtype of ", ref_name, " (", ref.scalar_type(), "), got ",
+                     t.scalar_type());
+  }
   TORCH_CHECK_VALUE(!same_shape || t.sizes() == ref.sizes(), "vae_kernels.", op, ": ", name,
                     " must have the shape of ", ref_name, " ", ref.sizes(), ", got ", t.sizes());
+}
+
+// The dtype a loss op computes its outputs in: its inputs' dtype, or float32 where
+// they mix (checked by check_like with InputDtypes::kMixed).
+inline at::ScalarType loss_dtype(const std::vector<at::Tensor>& inputs) {
+  const at::ScalarType first = inputs.front().scalar_type();
+  for (const auto& t : inputs) {
+    if (t.scalar_type() != first) return at::kFloat;
+  }
+  return first;
 }
 
 // The dtype of a loss op's local-gradient outputs for inputs of dtype `input`: float32
@@ -73,16 +99,17 @@ inline int64_t row_length(const at::Tensor& t) {
 inline std::vector<at::Tensor> gaussian_kl_inputs(const at::Tensor& mu, const at::Tensor& logvar,
                                                   const std::optional<at::Tensor>& prior_mu,
                                                   const std::optional<at::Tensor>& prior_logvar,
-                                                  int64_t reduction, c10::DeviceType device) {
+                                                  int64_t reduction, c10::DeviceType device,
+                                                  InputDtypes dtypes = InputDtypes::kSame) {
   check_floating("gaussian_kl", "mu", mu, device);
-  check_like("gaussian_kl", "logvar", logvar, "mu", mu);
+  check_like("gaussian_kl", "logvar", logvar, "mu", mu, true, dtypes);
   check_reduction(reduction);
   TORCH_CHECK_VALUE(prior_mu.has_value() == prior_logvar.has_value(),
                     "vae_kernels.gaussian_kl: pass both prior_mu and prior_logvar or neither");
   std::vector<at::Tensor> inputs{mu, logvar};
   if (prior_mu.has_value()) {
-    check_like("gaussian_kl", "prior_mu", *prior_mu, "mu", mu);
-    check_like("gaussian_kl", "prior_logvar", *prior_logvar, "mu", mu);
+    check_like("gaussian_kl", "prior_mu", *prior_mu, "mu", mu, true, dtypes);
+    check_like("gaussian_kl", "prior_logvar", *prior_logvar, "mu", mu, true, dtypes);
     inputs.push_back(*prior_mu);
     inputs.push_back(*prior_logvar);
   }
@@ -94,9 +121,10 @@ inline std::vector<at::Tensor> reconstruction_inputs(const char* op, const at::T
                                                      const at::Tensor& target,
                                                      const std::optional<at::Tensor>& scale,
                                                      int64_t kind, int64_t reduction,
-                                                     c10::DeviceType device) {
+                                                     c10::DeviceType device,
+                                                     InputDtypes dtypes = InputDtypes::kSame) {
   check_floating(op, "input", input, device);
-  check_like(op, "target", target, "input", input);
+  check_like(op, "target", target, "input", input, true, dtypes);
   check_reduction(reduction);
   const int expected_inputs = reconstruction_input_count(kind);
   TORCH_CHECK_VALUE(expected_inputs != 0, "vae_kernels.", op,
@@ -106,7 +134,7 @@ inline std::vector<at::Tensor> reconstruction_inputs(const char* op, const at::T
                                                        : " needs a scale tensor");
   std::vector<at::Tensor> inputs{input, target};
   if (scale.has_value()) {
-    check_like(op, "scale", *scale, "input", input);
+    check_like(op, "scale", *scale, "input", input, true, dtypes);
     inputs.push_back(*scale);
   }
   return inputs;
@@ -167,11 +195,12 @@ inline void check_reparameterize_philox_backward_args(const at::Tensor& grad_z,
 
 inline void check_elbo_args(const at::Tensor& recon, const at::Tensor& x, const at::Tensor& mu,
                             const at::Tensor& logvar, int64_t kind, int64_t reduction,
-                            c10::DeviceType device) {
+                            c10::DeviceType device, InputDtypes dtypes = InputDtypes::kSame) {
   check_floating("elbo", "recon", recon, device);
-  check_like("elbo", "x", x, "recon", recon);
-  check_like("elbo", "mu", mu, "recon", recon, /*same_shape=*/false);
-  check_like("elbo", "logvar", logvar, "mu", mu);
+  check_like("elbo", "x", x, "recon", recon, true, dtypes);
+  check_like("elbo", "mu", mu, "recon", recon, /*same_shape=*/false, dtypes);
+  check_like("elbo", "logvar", logvar, "mu", mu, true, dtypes);
+  check_like("elbo", "logvar", logvar, "recon", recon, /*same_shape=*/false, dtypes);
   TORCH_CHECK_VALUE(reduction == kPerSample || reduction == kSum,
                     "vae_kernels.elbo: reduction must be 1 (per_sample) or 2 (sum), got ",
                     reduction);

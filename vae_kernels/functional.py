@@ -26,8 +26,10 @@ Numerics at the extremes (every backend; tests/test_hardening_numerics.py):
   (bfloat16 with float32 gives float32, float32 with float64 gives float64), each
   gradient has its own input's dtype, and under autocast the losses compute and return
   float32 (``reparameterize`` keeps the promoted dtype of its inputs: z feeds the
-  decoder). An argument of another dtype is cast to the computed one before the kernel
-  (a conversion pass over it). Integer, bool and complex tensors raise TypeError.
+  decoder). The C++ CPU kernels read each argument in its own dtype (no conversion pass
+  over a bfloat16 decoder output); the CUDA and Triton kernels read one dtype, and an
+  argument of another is cast to it first. Integer, bool and complex tensors raise
+  TypeError.
 - float16: local gradients are stored in float32 before the upstream gradient and
   the reduction's 1/divisor are applied, so a gradient is finite wherever its final
   value fits float16, even if d loss_i / d input_i alone exceeds 65504.
@@ -113,6 +115,24 @@ def _cast(dtype: torch.dtype, *tensors):
     """Each tensor in ``dtype`` (a differentiable cast, so each gradient comes back in
     its own input's dtype); None and floats pass through."""
     return tuple(t.to(dtype) if isinstance(t, Tensor) and t.dtype != dtype else t for t in tensors)
+
+
+def _kernel_inputs(impl: object, dtype: torch.dtype, *tensors):
+    """The tensor arguments of one loss call as backend ``impl`` must receive them to
+    compute and return ``dtype`` (``_compute_dtype``). Kernels that read each input in its
+    own dtype (the C++ CPU kernels: float32, bfloat16 and float16 mixed give float32) take
+    them as they are, with no conversion pass over a large decoder output; where all
+    share one lower precision and float32 is wanted (autocast), the smallest is cast.
+    Others get every tensor in ``dtype``."""
+    present = [t for t in tensors if isinstance(t, Tensor)]
+    mixed_ok = present[0].device.type in getattr(impl, "mixed_dtype_devices", ())
+    dtypes = {t.dtype for t in present}
+    if not mixed_ok or dtype == torch.float64 or (len(dtypes) == 1 and dtype not in dtypes):
+        if mixed_ok and dtype == torch.float32:  # one lower precision: cast the smallest
+            smallest = min(present, key=lambda t: t.numel())
+            return tuple(t.to(dtype) if t is smallest else t for t in tensors)
+        return _cast(dtype, *tensors)
+    return tensors  # one dtype, or a mix that the kernels compute in float32
 
 
 def _check_broadcastable(name: str, t: Tensor, to_name: str, to: Tensor) -> None:
@@ -271,10 +291,10 @@ def gaussian_kl(
             _check_broadcastable(name, prior, "mu", mu)
     _check_reduction(reduction, REDUCTIONS)
     _check_batch_dim("mu", mu, reduction)
-    mu, logvar, prior_mu, prior_logvar = _cast(
-        _compute_dtype(mu, logvar, prior_mu, prior_logvar), mu, logvar, prior_mu, prior_logvar
-    )
     impl = backends.resolve(backend, mu.device)
+    mu, logvar, prior_mu, prior_logvar = _kernel_inputs(
+        impl, _compute_dtype(mu, logvar, prior_mu, prior_logvar), mu, logvar, prior_mu, prior_logvar
+    )
     return impl.gaussian_kl(mu, logvar, prior_mu, prior_logvar, reduction, scale == "logsigma")
 
 
@@ -302,8 +322,8 @@ def bernoulli_nll(
     _check_input_and_target("input", input, target, reduction)
     if not isinstance(logits, bool):
         raise TypeError(f"logits must be a bool, got {type(logits).__name__}")
-    input, target = _cast(_compute_dtype(input, target), input, target)
     impl = backends.resolve(backend, input.device)
+    input, target = _kernel_inputs(impl, _compute_dtype(input, target), input, target)
     if impl is backends.reference:
         _check_unit_interval("target", target)
         if not logits:
@@ -356,8 +376,8 @@ def mse_loss(
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
     _check_input_and_target("input", input, target, reduction)
-    input, target = _cast(_compute_dtype(input, target), input, target)
     impl = backends.resolve(backend, input.device)
+    input, target = _kernel_inputs(impl, _compute_dtype(input, target), input, target)
     return impl.mse_loss(input, target, reduction)
 
 
@@ -401,8 +421,10 @@ def _likelihood_with_scale(
     """A ``LIKELIHOODS`` row with a scale argument (named by the row), checked and run."""
     _check_input_and_target("input", input, target, reduction)
     scale = _check_scale(BY_NAME[likelihood].scale_name, scale, input)
-    input, target, scale = _cast(_compute_dtype(input, target, scale), input, target, scale)
     impl = backends.resolve(backend, input.device)
+    input, target, scale = _kernel_inputs(
+        impl, _compute_dtype(input, target, scale), input, target, scale
+    )
     return impl.reconstruction_nll(likelihood, input, target, scale, reduction)
 
 
@@ -430,8 +452,8 @@ def continuous_bernoulli_nll(
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
     _check_input_and_target("logits", logits, target, reduction)
-    logits, target = _cast(_compute_dtype(logits, target), logits, target)
     impl = backends.resolve(backend, logits.device)
+    logits, target = _kernel_inputs(impl, _compute_dtype(logits, target), logits, target)
     if impl is backends.reference:
         _check_unit_interval("target", target)
     return impl.reconstruction_nll("continuous_bernoulli", logits, target, 0.0, reduction)
@@ -666,8 +688,12 @@ def elbo_loss(
             f"recon and mu must have the same batch size, got {recon.shape[0]} and {mu.shape[0]}"
         )
     dtype = _compute_dtype(recon, x, mu, logvar, recon_scale)
-    recon, x, mu, logvar, recon_scale = _cast(dtype, recon, x, mu, logvar, recon_scale)
     impl = backends.resolve(backend, recon.device)
+    if recon_scale is None:  # one fused op over the four
+        recon, x, mu, logvar = _kernel_inputs(impl, dtype, recon, x, mu, logvar)
+    else:  # two ops, each computing in dtype
+        recon, x, recon_scale = _kernel_inputs(impl, dtype, recon, x, recon_scale)
+        mu, logvar = _kernel_inputs(impl, dtype, mu, logvar)
     if impl is backends.reference:
         if row.unit_interval[1]:
             _check_unit_interval("x", x)

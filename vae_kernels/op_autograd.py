@@ -68,10 +68,15 @@ class OpsBackend:
     ``OpsBackend("vae_kernels")`` runs the C++ ops (CPU kernels, and CUDA kernels where
     built); a Triton backend defines the same ops, with the same arguments, in its own
     namespace and reuses this class and ``register_autograd``.
+
+    ``mixed_dtype_devices``: the device types whose loss kernels read each input in its
+    own dtype (float32, bfloat16, float16 mixed, computed and returned in float32), so
+    that ``vae_kernels.functional`` need not cast a large argument first.
     """
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, mixed_dtype_devices: tuple[str, ...] = ()) -> None:
         self.namespace = namespace
+        self.mixed_dtype_devices = mixed_dtype_devices
 
     @property
     def ops(self):
@@ -510,17 +515,52 @@ def register_autograd(namespace: str) -> None:
         register_loss(name)
 
 
-def register_autocast(namespace: str) -> None:
-    """Under autocast the loss ops compute and return float32, as torch's own losses do
-    (lower-precision floating inputs are cast to float32; float64 stays). The sampling
+# Registrations made here stay alive with the module.
+_AUTOCAST_LIBRARIES: list = []
+
+
+def _smallest_to_float32(args: Sequence) -> list:
+    """``args`` with the smallest floating tensor cast to float32 when every floating
+    tensor shares one lower precision: kernels that read each input in its own dtype
+    then compute and return float32, with no conversion pass over the larger ones."""
+    floating = [a for a in args if isinstance(a, Tensor) and a.is_floating_point()]
+    if len({t.dtype for t in floating}) != 1 or floating[0].dtype in (torch.float32, torch.float64):
+        return list(args)
+    smallest = min(floating, key=lambda t: t.numel())
+    return [a.to(torch.float32) if a is smallest else a for a in args]
+
+
+def register_autocast(namespace: str, mixed_dtype_devices: tuple[str, ...] = ()) -> None:
+    """Under autocast the loss ops compute and return float32, as torch's own losses do;
+    float64 stays. On ``mixed_dtype_devices`` (kernels reading each input in its own
+    dtype) only the smallest input is cast, where all share one lower precision;
+    elsewhere every lower-precision floating input is cast to float32. The sampling
     ops keep their inputs' dtype: z feeds the decoder. The mixture likelihood is not
     cast (its params are the largest tensor of a step): its loss has the promoted dtype
     of params and x, and ``vae_kernels.functional`` passes a float32 x under autocast."""
+    library = torch.library.Library(namespace, "IMPL")
+    _AUTOCAST_LIBRARIES.append(library)
     for name in _LOSS_LAYOUT:
         if name in _PER_PIXEL_LOSSES:
             continue
         for device_type in ("cpu", "cuda"):
-            try:
+            if not torch._C._is_autocast_available(device_type):
+                continue
+            if device_type not in mixed_dtype_devices:
                 torch.library.register_autocast(f"{namespace}::{name}", device_type, torch.float32)
-            except ValueError:  # this torch has no autocast for the device
-                pass
+                continue
+            _register_smallest_to_float32(library, namespace, name, device_type)
+
+
+def _register_smallest_to_float32(library, namespace: str, name: str, device_type: str) -> None:
+    op = getattr(getattr(torch.ops, namespace), name).default
+    key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    key = getattr(torch._C.DispatchKey, key_name)
+
+    def autocast_kernel(*args):
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+            return op(*_smallest_to_float32(args))
+
+    # The Python-dispatcher kernel (tracing, torch.compile) and the dispatcher's own.
+    op.py_impl(key)(autocast_kernel)
+    library.impl(name, lambda _keyset, *args: autocast_kernel(*args), key_name, with_keyset=True)

@@ -45,7 +45,7 @@ def cpu_kernel_isa() -> str:
 
 
 # One set of ops for both devices: the dispatcher picks the CPU or the CUDA kernels.
-cpu = cuda = OpsBackend("vae_kernels")
+cpu = cuda = OpsBackend("vae_kernels", mixed_dtype_devices=("cpu",))
 
 
 def has_cuda_kernels() -> bool:
@@ -84,28 +84,38 @@ def _register_fakes() -> None:
         lambda local_grad, grad_output, reduction: None
     )
 
-    def local_grads(tensors, grad_mask, like):
-        dtype = local_grad_dtype(like.dtype)
+    def loss_dtype(tensors) -> torch.dtype:
+        # csrc/op_checks.h's loss_dtype: the inputs' dtype, float32 where they mix (CPU).
+        dtypes = {t.dtype for t in tensors if t is not None}
+        return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+    def local_grads(tensors, grad_mask, like, dtype):
+        grad_dtype = local_grad_dtype(dtype)
         return tuple(
-            like.new_empty(t.shape if (t is not None and needed) else (0,), dtype=dtype)
+            like.new_empty(t.shape if (t is not None and needed) else (0,), dtype=grad_dtype)
             for t, needed in zip(tensors, grad_mask)
         )
 
     @torch.library.register_fake(lib + "gaussian_kl")
     def _(mu, logvar, prior_mu, prior_logvar, reduction, divisor, grad_mask, logsigma=False):
         tensors = (mu, logvar, prior_mu, prior_logvar)
-        return reduced_like(mu, reduction), *local_grads(tensors, grad_mask, mu)
+        dtype = loss_dtype(tensors)
+        reduced = reduced_like(mu, reduction).to(dtype)
+        return reduced, *local_grads(tensors, grad_mask, mu, dtype)
 
     @torch.library.register_fake(lib + "reconstruction_nll")
     def _(input, target, scale, scale_value, kind, reduction, divisor, grad_mask):
         tensors = (input, target, scale)
-        return reduced_like(input, reduction), *local_grads(tensors, grad_mask, input)
+        dtype = loss_dtype(tensors)
+        reduced = reduced_like(input, reduction).to(dtype)
+        return reduced, *local_grads(tensors, grad_mask, input, dtype)
 
     @torch.library.register_fake(lib + "elbo")
     def _(recon, x, mu, logvar, kind, beta, reduction, divisor, grad_mask, logsigma=False):
-        reduced = reduced_like(recon, reduction)
         tensors = (recon, x, mu, logvar)
-        return reduced, same(reduced), same(reduced), *local_grads(tensors, grad_mask, recon)
+        dtype = loss_dtype(tensors)
+        reduced = reduced_like(recon, reduction).to(dtype)
+        return reduced, same(reduced), same(reduced), *local_grads(tensors, grad_mask, recon, dtype)
 
     @torch.library.register_fake(lib + "discretized_logistic_mixture_nll")
     def _(params, x, num_bits, reduction, divisor, grad_mask):
@@ -115,4 +125,4 @@ def _register_fakes() -> None:
 if LIBRARY_ERROR is None:
     _register_fakes()
     register_autograd("vae_kernels")
-    register_autocast("vae_kernels")
+    register_autocast("vae_kernels", mixed_dtype_devices=cpu.mixed_dtype_devices)

@@ -19,8 +19,12 @@ namespace vae_kernels::cpu {
 struct KernelTable {
   const char* name;
   // The elementwise loss `kind` (csrc/math/losses.h; `param`: see visit_loss), with the
-  // per-row sums in buffers.sums.
-  void (*loss)(c10::ScalarType dtype, LossKind kind, double param, LossBuffers& buffers);
+  // per-row sums in buffers.sums. `dtype`: that of the outputs (the elementwise loss;
+  // the local gradients: local_grad_dtype of it) and of every input, unless
+  // `input_dtypes` (one per input) is given: then inputs are read in their own dtypes
+  // (float32, bfloat16, float16) and `dtype` must be float32.
+  void (*loss)(c10::ScalarType dtype, const c10::ScalarType* input_dtypes, LossKind kind,
+               double param, LossBuffers& buffers);
   // z[k, i] = mu[i] + exp(std_exponent * s[i]) * eps[k, i] for k < num_samples, i < numel;
   // s is a log-variance (std_exponent 1/2) or a log-sigma (1): csrc/math/sampling.h.
   void (*reparameterize)(c10::ScalarType dtype, const void* mu, const void* logvar,

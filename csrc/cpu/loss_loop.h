@@ -24,11 +24,24 @@ namespace vae_kernels::cpu::CPU_CAPABILITY {
 constexpr int64_t kChunk = 4096;           // elements per partial sum
 constexpr int64_t kGrainElements = 32768;  // least work worth a thread
 
-// Op: one elementwise loss of csrc/math/losses.h.
+// `count` elements of a float32, bfloat16 or float16 buffer from element i, as float32:
+// the inputs of a call that mixes dtypes, each read in its own.
+inline at::vec::Vectorized<float> load_as_float(const void* data, c10::ScalarType dtype,
+                                                int64_t i, int64_t count) {
+  switch (dtype) {
+    case at::kBFloat16: return load_vec(static_cast<const c10::BFloat16*>(data) + i, count);
+    case at::kHalf: return load_vec(static_cast<const c10::Half*>(data) + i, count);
+    default: return load_vec(static_cast<const float*>(data) + i, count);
+  }
+}
 
-template <typename scalar_t, bool kWithGrad, typename Op>
-double loss_chunk(const Op& op, const LossBuffers& buffers, int64_t begin, int64_t end,
-                  bool* out_of_unit_interval) {
+// Op: one elementwise loss of csrc/math/losses.h. kMixed: the inputs have their own
+// dtypes (`input_dtypes`), read as float32; scalar_t (the outputs') is float.
+
+template <typename scalar_t, bool kWithGrad, bool kMixed, typename Op>
+double loss_chunk(const Op& op, const LossBuffers& buffers, const c10::ScalarType* input_dtypes,
+                  int64_t begin, int64_t end, bool* out_of_unit_interval) {
+  static_assert(!kMixed || std::is_same_v<scalar_t, float>, "mixed inputs compute in float32");
   using Vec = AccVec<scalar_t>;
   using acc_t = acc_type_t<scalar_t>;
   constexpr int64_t W = kVecWidth<scalar_t>;
@@ -39,6 +52,13 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, int64_t begin, int64
     in_ptr[k] = static_cast<const scalar_t*>(buffers.inputs[k]);
     grad_ptr[k] = static_cast<local_grad_t<scalar_t>*>(buffers.grads[k]);
   }
+  const auto load_input = [&](int k, int64_t i, int64_t count) {
+    if constexpr (kMixed) {
+      return load_as_float(buffers.inputs[k], input_dtypes[k], i, count);
+    } else {
+      return load_vec(in_ptr[k] + i, count);
+    }
+  };
   auto* loss_ptr = static_cast<scalar_t*>(buffers.elementwise_loss);
 
   const Vec grad_scale(static_cast<acc_t>(buffers.grad_scale));
@@ -86,7 +106,7 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, int64_t begin, int64
     const int64_t count = std::min(W, end - i);
     Vec in[N];
     Vec grad[N];
-    for (int k = 0; k < N; ++k) in[k] = load_vec(in_ptr[k] + i, count);
+    for (int k = 0; k < N; ++k) in[k] = load_input(k, i, count);
     const Vec loss = compute(in, grad, count);
     if (loss_ptr) store_vec(loss_ptr + i, loss, count);
     if constexpr (kWithGrad) {
@@ -109,8 +129,8 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, int64_t begin, int64
   return total;
 }
 
-template <typename scalar_t, typename Op>
-void run_loss_typed(const Op& op, LossBuffers& buffers) {
+template <typename scalar_t, bool kMixed, typename Op>
+void run_loss_typed(const Op& op, LossBuffers& buffers, const c10::ScalarType* input_dtypes) {
   constexpr int N = Op::kInputs;
   bool with_grad = false;
   for (int k = 0; k < N; ++k) with_grad = with_grad || buffers.grads[k] != nullptr;
@@ -130,9 +150,12 @@ void run_loss_typed(const Op& op, LossBuffers& buffers) {
       const int64_t begin = row * row_len + (task % chunks_per_row) * kChunk;
       const int64_t end = std::min(begin + kChunk, (row + 1) * row_len);
       bool chunk_outside[N] = {};
-      partial[task] = with_grad
-                          ? loss_chunk<scalar_t, true>(op, buffers, begin, end, chunk_outside)
-                          : loss_chunk<scalar_t, false>(op, buffers, begin, end, chunk_outside);
+      partial[task] =
+          with_grad
+              ? loss_chunk<scalar_t, true, kMixed>(op, buffers, input_dtypes, begin, end,
+                                                   chunk_outside)
+              : loss_chunk<scalar_t, false, kMixed>(op, buffers, input_dtypes, begin, end,
+                                                    chunk_outside);
       for (int k = 0; k < N; ++k) {
         if (chunk_outside[k]) outside[k].store(true, std::memory_order_relaxed);
       }
@@ -149,10 +172,17 @@ void run_loss_typed(const Op& op, LossBuffers& buffers) {
   }
 }
 
+// `input_dtypes`: null when every input has `dtype` (see KernelTable::loss).
 template <typename Op>
-void run_loss(c10::ScalarType dtype, const Op& op, LossBuffers& buffers) {
+void run_loss(c10::ScalarType dtype, const c10::ScalarType* input_dtypes, const Op& op,
+              LossBuffers& buffers) {
+  if (input_dtypes != nullptr) {
+    TORCH_CHECK(dtype == at::kFloat, "vae_kernels: mixed-dtype inputs compute in float32");
+    run_loss_typed<float, true>(op, buffers, input_dtypes);
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "vae_kernels_loss", [&] {
-    run_loss_typed<scalar_t>(op, buffers);
+    run_loss_typed<scalar_t, false>(op, buffers, nullptr);
   });
 }
 

@@ -7,9 +7,11 @@
 namespace vae_kernels::cpu::CPU_CAPABILITY {
 namespace {
 
-void loss_kernel(c10::ScalarType dtype, LossKind kind, double param, LossBuffers& buffers) {
+void loss_kernel(c10::ScalarType dtype, const c10::ScalarType* input_dtypes, LossKind kind,
+                 double param, LossBuffers& buffers) {
   const bool known = visit_loss(
-      kind, param, [&](const auto& op) { return run_loss(dtype, op, buffers), true; }, false);
+      kind, param,
+      [&](const auto& op) { return run_loss(dtype, input_dtypes, op, buffers), true; }, false);
   TORCH_CHECK(known, "vae_kernels: unknown loss kind ", static_cast<int>(kind));
 }
 

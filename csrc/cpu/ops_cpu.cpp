@@ -100,10 +100,14 @@ Tensor empty_output(const Tensor& like, std::optional<at::ScalarType> dtype = st
   return out;
 }
 
-// Buffers over `inputs` (made contiguous; kept alive in `keep`), with the elementwise
-// loss and the local gradients that `grad_mask` asks for (scaled by 1/divisor) allocated.
+// Buffers over `inputs` (made contiguous), each read in its own dtype, with the
+// elementwise loss and the local gradients that `grad_mask` asks for (scaled by
+// 1/divisor) allocated in `dtype` (float32 where the inputs' dtypes mix).
 struct LossCall {
   std::vector<Tensor> inputs;  // contiguous
+  at::ScalarType dtype;
+  std::array<c10::ScalarType, LossBuffers::kMaxInputs> input_dtypes{};
+  bool mixed_dtypes = false;
   Tensor elementwise;          // defined for reduction none
   std::vector<Tensor> grads;   // empty tensors where not requested
   std::vector<double> row_sums;
@@ -111,9 +115,14 @@ struct LossCall {
   LossBuffers buffers;
 
   LossCall(std::vector<Tensor> ins, int64_t reduction, int64_t divisor,
-           const std::vector<bool>& grad_mask) {
+           const std::vector<bool>& grad_mask, std::optional<at::ScalarType> out_dtype = {})
+      : dtype(out_dtype.value_or(loss_dtype(ins))) {
     const Tensor& first = ins.front();
-    for (auto& t : ins) inputs.push_back(t.contiguous());
+    for (auto& t : ins) {
+      input_dtypes[inputs.size()] = t.scalar_type();
+      mixed_dtypes = mixed_dtypes || t.scalar_type() != dtype;
+      inputs.push_back(t.contiguous());
+    }
     buffers.rows = batch_rows(first);
     buffers.row_len = row_length(first);
     row_sums.resize(buffers.rows);
@@ -122,21 +131,22 @@ struct LossCall {
     buffers.grad_scale = 1.0 / static_cast<double>(divisor);
     for (size_t k = 0; k < inputs.size(); ++k) buffers.inputs[k] = inputs[k].const_data_ptr();
     if (reduction == kNone) {
-      elementwise = empty_output(inputs.front());
+      elementwise = empty_output(inputs.front(), dtype);
       buffers.elementwise_loss = elementwise.data_ptr();
     }
+    const at::ScalarType grad_dtype = local_grad_dtype(dtype);
     for (size_t k = 0; k < grad_mask.size(); ++k) {
       if (grad_mask[k]) {
-        grads.push_back(empty_output(inputs[k], local_grad_dtype(inputs[k].scalar_type())));
+        grads.push_back(empty_output(inputs[k], grad_dtype));
         buffers.grads[k] = grads.back().data_ptr();
       } else {
-        grads.push_back(no_local_grad(first));
+        grads.push_back(at::empty({0}, first.options().dtype(grad_dtype)));
       }
     }
   }
 
-  void run(c10::ScalarType dtype, LossKind kind, double param = 0.0) {
-    kernels().loss(dtype, kind, param, buffers);
+  void run(LossKind kind, double param = 0.0) {
+    kernels().loss(dtype, mixed_dtypes ? input_dtypes.data() : nullptr, kind, param, buffers);
   }
 
   void check_unit_interval(const char* op, std::initializer_list<const char*> names) const {
@@ -238,51 +248,59 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
     const Tensor& mu, const Tensor& logvar, const std::optional<Tensor>& prior_mu,
     const std::optional<Tensor>& prior_logvar, int64_t reduction, int64_t divisor,
     std::array<bool, 4> grad_mask, bool logsigma) {
-  const std::vector<Tensor> inputs =
-      gaussian_kl_inputs(mu, logvar, prior_mu, prior_logvar, reduction, kDevice);
+  const std::vector<Tensor> inputs = gaussian_kl_inputs(mu, logvar, prior_mu, prior_logvar,
+                                                        reduction, kDevice, InputDtypes::kMixed);
   const bool with_prior = prior_mu.has_value();
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
   LossCall call(inputs, reduction, divisor, mask);
-  call.run(mu.scalar_type(), kl_kind(with_prior, logsigma));
+  call.run(kl_kind(with_prior, logsigma));
+  const auto options = mu.options().dtype(call.dtype);
   // Each output its own tensor: outputs must never alias one another.
-  return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, mu.options()),
+  const auto no_grad = [&] { return at::empty({0}, options.dtype(local_grad_dtype(call.dtype))); };
+  return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, options),
           call.grads[0], call.grads[1],
-          with_prior ? call.grads[2] : no_local_grad(mu),
-          with_prior ? call.grads[3] : no_local_grad(mu)};
+          with_prior ? call.grads[2] : no_grad(),
+          with_prior ? call.grads[3] : no_grad()};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> reconstruction_nll(
     const Tensor& input, const Tensor& target, const std::optional<Tensor>& scale,
     double scale_value, int64_t kind, int64_t reduction, int64_t divisor,
     std::array<bool, 3> grad_mask) {
-  const std::vector<Tensor> inputs = reconstruction_inputs("reconstruction_nll", input, target,
-                                                           scale, kind, reduction, kDevice);
+  const std::vector<Tensor> inputs =
+      reconstruction_inputs("reconstruction_nll", input, target, scale, kind, reduction, kDevice,
+                            InputDtypes::kMixed);
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
   LossCall call(inputs, reduction, divisor, mask);
-  call.run(input.scalar_type(), static_cast<LossKind>(kind), scale_value);
+  call.run(static_cast<LossKind>(kind), scale_value);
   call.check_unit_interval("reconstruction_nll", {"input (probabilities)", "target"});
-  return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, input.options()),
-          call.grads[0], call.grads[1], scale.has_value() ? call.grads[2] : no_local_grad(input)};
+  const auto options = input.options().dtype(call.dtype);
+  return {reduce_rows(call.row_sums, call.elementwise, reduction, divisor, options),
+          call.grads[0], call.grads[1],
+          scale.has_value() ? call.grads[2]
+                            : at::empty({0}, options.dtype(local_grad_dtype(call.dtype)))};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
     const Tensor& recon, const Tensor& x, const Tensor& mu, const Tensor& logvar,
     int64_t kind, double beta, int64_t reduction, int64_t divisor, std::array<bool, 4> grad_mask,
     bool logsigma) {
-  check_elbo_args(recon, x, mu, logvar, kind, reduction, kDevice);
-  LossCall recon_call({recon, x}, reduction, divisor, {grad_mask[0], grad_mask[1]});
-  recon_call.run(recon.scalar_type(), static_cast<LossKind>(kind));
+  check_elbo_args(recon, x, mu, logvar, kind, reduction, kDevice, InputDtypes::kMixed);
+  // One dtype for all outputs: the upstream gradients of the three losses are its.
+  const at::ScalarType dtype = loss_dtype({recon, x, mu, logvar});
+  LossCall recon_call({recon, x}, reduction, divisor, {grad_mask[0], grad_mask[1]}, dtype);
+  recon_call.run(static_cast<LossKind>(kind));
   recon_call.check_unit_interval("elbo_loss", {"recon (probabilities)", "x"});
-  LossCall kl_call({mu, logvar}, reduction, divisor, {grad_mask[2], grad_mask[3]});
-  kl_call.run(mu.scalar_type(), kl_kind(/*with_prior=*/false, logsigma));
+  LossCall kl_call({mu, logvar}, reduction, divisor, {grad_mask[2], grad_mask[3]}, dtype);
+  kl_call.run(kl_kind(/*with_prior=*/false, logsigma));
 
   std::vector<double> loss_rows(recon_call.row_sums.size());
   for (size_t r = 0; r < loss_rows.size(); ++r) {
     loss_rows[r] = recon_call.row_sums[r] + beta * kl_call.row_sums[r];
   }
-  const auto options = recon.options();
+  const auto options = recon.options().dtype(dtype);
   return {reduce_rows(loss_rows, Tensor(), reduction, divisor, options),
           reduce_rows(recon_call.row_sums, Tensor(), reduction, divisor, options),
           reduce_rows(kl_call.row_sums, Tensor(), reduction, divisor, options),

@@ -10,6 +10,8 @@
 - ``binarize()``: dynamic binarization, a fresh Bernoulli draw of every pixel. Training
   applies it for the Bernoulli likelihoods only (``train.is_binary_likelihood``); the
   others (Gaussian, MSE, Laplace, continuous Bernoulli) see the intensities in [0, 1].
+- ``to_centered_grid()``: the 8-bit pixels on the 256-level grid of [-1, 1], the data
+  of the discretized logistic mixture (``--likelihood dmol``).
 
 Images come back as float32 tensors of shape (N, C, H, W) with values in [0, 1].
 Missing or malformed files raise ``DataError`` (or ``FileNotFoundError``) naming the
@@ -56,6 +58,7 @@ __all__ = [
     "load_dataset",
     "read_idx",
     "binarize",
+    "to_centered_grid",
     "mnist_5k_path",
     "subset_indices",
 ]
@@ -388,3 +391,24 @@ def binarize(images: Tensor, generator: Optional[torch.Generator] = None) -> Ten
     sees a new binary version of every image.
     """
     return torch.bernoulli(images, generator=generator)
+
+
+# ------------------------------------------------------------------ the mixture's grid
+
+
+def to_centered_grid(images: Tensor, num_bits: int = 8) -> Tensor:
+    """Intensities in [0, 1] -> the 2^num_bits-level grid of [-1, 1], ``(2k - L) / L``
+    with ``k = round(v * L)``, ``L = 2^num_bits - 1`` (8 bits: pixel k/255 -> 2k/255 - 1).
+
+    The data of ``vk.discretized_logistic_mixture_nll``. Rounding puts every value on a
+    level even where the stored intensity is k/255 up to float error; ``2k - L`` is an
+    exact integer, so each level is the float nearest to its exact value.
+    """
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise DataError(
+            f"images must lie in [0, 1] to map onto the grid of [-1, 1], found "
+            f"[{float(images.min())}, {float(images.max())}]"
+        )
+    levels = 2**num_bits - 1
+    k = torch.round(images * levels)
+    return (2.0 * k - levels) / levels

@@ -3,12 +3,15 @@
 Reports, per test image and averaged with standard errors:
 
 - the negative ELBO ``E_q[-log p(x|z)] + KL(q(z|x) || p(z))`` (analytic KL, the
-  reconstruction term averaged over ``--elbo-samples`` draws), from ``vk.elbo_loss``;
+  reconstruction term averaged over ``--elbo-samples`` draws), from ``vk.elbo_loss``
+  (for the mixture ``vk.discretized_logistic_mixture_nll`` and ``vk.gaussian_kl``);
 - an importance-sampled estimate of log p(x) with K samples from q(z|x) (Burda et al.
   2016): ``log (1/K) sum_k p(x, z_k) / q(z_k|x)``, a lower bound that tightens to
   log p(x) as K grows, its log-weights computed by the fused kernels;
 - the gap ``log p(x) - ELBO``, which is ``KL(q(z|x) || p(z|x))`` in the ELBO derivation
-  (up to the estimate's own bias, which shrinks with K).
+  (up to the estimate's own bias, which shrinks with K);
+- the negative ELBO and -log p(x) per dimension (pixel and channel), in nats and in bits
+  (nats / ln 2): the unit of the discretized logistic mixture's results (``dmol``).
 
 ``--limit N`` evaluates a fixed subset of N test images, stratified by label where the
 data has labels, and writes its own ``evaluation-limitN.json`` (the full evaluation's
@@ -27,17 +30,18 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-import vae_kernels as vk
-
 from . import data as data_module
 from .models import VAEBase, build_model
 from .train import (
     BACKENDS,
     NATS_DECIMALS,
+    PER_DIM_DECIMALS,
     checkpoint_file,
+    elbo_components,
     fixed_test_images,
     load_checkpoint,
     log_importance_weights,
+    per_dimension,
     progress_bar,
     resolve_device,
     round_floats,
@@ -49,6 +53,7 @@ __all__ = [
     "elbo_per_image",
     "log_px_per_image",
     "summarize",
+    "per_dimension_summary",
     "evaluate_checkpoint",
     "default_output",
     "add_arguments",
@@ -74,15 +79,8 @@ def elbo_per_image(
         kl_batch = None
         for _ in range(num_samples):
             recon, mu, logvar = model(x)
-            _, recon_nll, kl_value = vk.elbo_loss(
-                recon,
-                x.view_as(recon),
-                mu,
-                logvar,
-                likelihood=model.likelihood,
-                reduction="per_sample",
-                return_components=True,
-                backend=model.backend,
+            _, recon_nll, kl_value = elbo_components(
+                model, recon, x, mu, logvar, reduction="per_sample"
             )
             recon_sum += recon_nll.double().cpu()
             kl_batch = kl_value.double().cpu()
@@ -105,12 +103,16 @@ def log_px_per_image(
 
     ``log p(x) ~= logsumexp_k(log w_k) - log K``, w_k = p(x|z_k) p(z_k) / q(z_k|x). The
     K samples are drawn in chunks so at most ``max_rows`` decoder rows (images x samples)
-    are in memory at once; the log-sum-exp is accumulated across chunks.
+    are in memory at once; the log-sum-exp is accumulated across chunks. A row counts
+    as the size of an image: a decoder emitting P values per pixel (the mixture's
+    parameters) for C channels counts as P/C rows, so its memory stays the same.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     model.eval()
     device = next(model.parameters()).device
+    values_per_row = math.prod(model.recon_shape(1))
+    max_rows = max(1, max_rows * model.input_dim // values_per_row)
     images_per_batch = max(1, min(images.shape[0], max_rows // min(num_samples, max_rows)))
     samples_per_chunk = max(1, min(num_samples, max_rows // images_per_batch))
     results = []
@@ -137,6 +139,16 @@ def summarize(values: Tensor) -> dict[str, float]:
     n = values.numel()
     std = float(values.std(unbiased=True)) if n > 1 else float("nan")
     return {"mean": float(values.mean()), "stderr": std / math.sqrt(n), "n": n}
+
+
+def per_dimension_summary(stats: dict[str, float], dimensions: int) -> dict[str, Any]:
+    """A summary in nats per image (``summarize``'s mean and standard error) as nats and
+    bits per dimension: ``{"nats_per_dim": {...}, "bits_per_dim": {...}}``."""
+    mean = per_dimension(stats["mean"], dimensions)
+    stderr = per_dimension(stats["stderr"], dimensions)
+    return {
+        unit: {"mean": mean[unit], "stderr": stderr[unit], "n": stats["n"]} for unit in mean
+    }
 
 
 def evaluate_checkpoint(
@@ -187,19 +199,26 @@ def evaluate_checkpoint(
     elbo = elbo_per_image(model, images, num_samples=elbo_samples)
     log_px = log_px_per_image(model, images, k, max_rows=max_rows, progress=progress)
     seconds = time.perf_counter() - started
+    neg_elbo = summarize(-elbo["elbo"])
+    neg_log_px = summarize(-log_px)
     return {
         "checkpoint": str(checkpoint),
         "data": dataset.source,
+        "likelihood": model.likelihood,
         "test_images": images.shape[0],
         "subset": subset,
         "k": k,
         "elbo_samples": elbo_samples,
+        "dimensions": model.input_dim,
         "elbo": summarize(elbo["elbo"]),
-        "neg_elbo": summarize(-elbo["elbo"]),
+        "neg_elbo": neg_elbo,
         "recon_log_lik": summarize(elbo["log_lik"]),
         "kl": summarize(elbo["kl"]),
         "log_px": summarize(log_px),
         "gap": summarize(log_px - elbo["elbo"]),
+        # The two NLLs (-ELBO, an upper bound, and -log p(x)'s estimate) per dimension.
+        "neg_elbo_per_dim": per_dimension_summary(neg_elbo, model.input_dim),
+        "neg_log_px_per_dim": per_dimension_summary(neg_log_px, model.input_dim),
         "seconds": seconds,
     }
 
@@ -207,6 +226,13 @@ def evaluate_checkpoint(
 def format_report(result: dict[str, Any]) -> str:
     def line(label: str, stats: dict[str, float]) -> str:
         return f"  {label:<34} {stats['mean']:10.3f} +- {stats['stderr']:.3f}"
+
+    def per_dim_line(label: str, stats: dict[str, dict[str, float]]) -> str:
+        bits, nats = stats["bits_per_dim"], stats["nats_per_dim"]
+        return (
+            f"  {label:<34} {bits['mean']:10.4f} +- {bits['stderr']:.4f} bits/dim "
+            f"({nats['mean']:.4f} +- {nats['stderr']:.4f} nats/dim)"
+        )
 
     images = result["subset"] or f"{result['test_images']} test images"
     return "\n".join(
@@ -218,6 +244,9 @@ def format_report(result: dict[str, Any]) -> str:
             line("  KL(q(z|x) || p(z))", result["kl"]),
             line(f"log p(x), importance-sampled K={result['k']}", result["log_px"]),
             line("gap log p(x) - ELBO", result["gap"]),
+            f"  per dimension ({result['dimensions']} per image), bits = nats / ln 2",
+            per_dim_line("-ELBO", result["neg_elbo_per_dim"]),
+            per_dim_line(f"-log p(x), K={result['k']}", result["neg_log_px_per_dim"]),
             f"  ({result['seconds']:.1f} s)",
         ]
     )
@@ -256,7 +285,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-rows",
         type=int,
         default=20000,
-        help="most decoder rows (images x samples) in memory at once (default %(default)s)",
+        help="most decoder rows (images x samples) in memory at once, a row the size of an "
+        "image (a mixture's P parameters per pixel count as P/C rows; default %(default)s)",
     )
     parser.add_argument(
         "--backend",
@@ -302,8 +332,11 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_report(result))
     output = Path(args.output) if args.output else default_output(checkpoint, args.k, args.limit)
+    rounded = round_floats(result, NATS_DECIMALS)
+    for name in ("neg_elbo_per_dim", "neg_log_px_per_dim"):
+        rounded[name] = round_floats(result[name], PER_DIM_DECIMALS)
     with open(output, "w") as f:
-        json.dump(round_floats(result, NATS_DECIMALS), f, indent=2)
+        json.dump(rounded, f, indent=2)
     print(f"wrote {output}")
     return 0
 

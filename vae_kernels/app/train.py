@@ -9,11 +9,17 @@ Objectives, all built from the fused kernels of ``vae_kernels``:
 - ``iwae``: the importance-weighted bound of Burda et al. 2016 with K samples, whose
   log-weights ``log p(x|z) + log p(z) - log q(z|x)`` come from the fused NLL of the
   likelihood (``vk.bernoulli_nll``, ``vk.gaussian_nll``, ``vk.laplace_nll``,
-  ``vk.continuous_bernoulli_nll``) on the K*B samples drawn by ``vk.reparameterize``.
+  ``vk.continuous_bernoulli_nll``, ``vk.discretized_logistic_mixture_nll``) on the K*B
+  samples drawn by ``vk.reparameterize``.
 
-Likelihoods (``--likelihood``, the library's ``vae_kernels.schema.LIKELIHOOD_NAMES``):
-the Bernoulli ones train on dynamically binarized pixels; ``gaussian``, ``mse``,
-``laplace`` and ``continuous_bernoulli`` on the pixel intensities in [0, 1].
+Likelihoods (``--likelihood``): the library's elementwise ones
+(``vae_kernels.schema.LIKELIHOOD_NAMES``, scored by ``vk.elbo_loss``) and ``dmol``,
+PixelCNN++'s discretized logistic mixture (``vk.discretized_logistic_mixture_nll``,
+with the KL from ``vk.gaussian_kl``). The Bernoulli ones train on dynamically
+binarized pixels; ``gaussian``, ``mse``, ``laplace`` and ``continuous_bernoulli`` on
+the pixel intensities in [0, 1]; ``dmol`` on the 8-bit pixels on the 256-level grid
+of [-1, 1]. Every -ELBO is reported in nats per image and also per dimension (nats and
+bits per pixel and channel), the figure the mixture's results are quoted in.
 
 Run under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel (gloo on
 CPU, nccl on GPU): ``--batch-size`` is the global batch, split evenly over the ranks by a
@@ -45,7 +51,14 @@ import vae_kernels as vk
 from vae_kernels import backends
 
 from . import data as data_module
-from .models import LIKELIHOODS, MODEL_NAMES, VAEBase, build_model
+from .models import (
+    DEFAULT_MIXTURE_COMPONENTS,
+    LIKELIHOODS,
+    MIXTURE_LIKELIHOODS,
+    MODEL_NAMES,
+    VAEBase,
+    build_model,
+)
 
 OBJECTIVES = ("elbo", "iwae")
 BACKENDS = ("auto", "cpu", "torch")
@@ -54,6 +67,9 @@ CHECKPOINT_FORMAT = "vae_kernels.checkpoint/1"
 # Decimals kept in metrics files: nats per image to 1e-4 (the run-to-run spread of a test
 # -ELBO is ~0.1 nats and its standard error ~0.5), seconds to the millisecond.
 NATS_DECIMALS = 4
+# Per-dimension figures (nats or bits per pixel and channel) are ~1000x smaller: 6
+# decimals keep the same precision.
+PER_DIM_DECIMALS = 6
 SECONDS_DECIMALS = 3
 # The test set is binarized once with this seed, so every run and every evaluation of a
 # Bernoulli model sees the same binary test images, whatever the training seed.
@@ -71,6 +87,9 @@ __all__ = [
     "TrainingObjective",
     "log_importance_weights",
     "negative_elbo_terms",
+    "elbo_components",
+    "model_data",
+    "per_dimension",
     "train",
     "train_step",
     "run_epoch",
@@ -97,6 +116,7 @@ class TrainConfig:
     likelihood: str = "bernoulli"
     objective: str = "elbo"
     k: int = 5
+    mixture_components: int = DEFAULT_MIXTURE_COMPONENTS  # M, for likelihood="dmol"
     beta: float = 1.0
     kl_warmup: float = 0.0  # epochs over which beta rises linearly from 0
     free_bits: float = 0.0  # nats per latent dimension; 0 disables
@@ -111,7 +131,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
-        for name in ("epochs", "batch_size", "latent_dim", "k"):
+        for name in ("epochs", "batch_size", "latent_dim", "k", "mixture_components"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -151,6 +171,21 @@ def is_binary_likelihood(likelihood: str) -> bool:
     return likelihood in BINARY_LIKELIHOODS
 
 
+def model_data(images: Tensor, likelihood: str) -> Tensor:
+    """Images in [0, 1] as the model of ``likelihood`` sees them, before any binarization:
+    the 256-level grid of [-1, 1] for the mixture, the images themselves otherwise."""
+    if likelihood in MIXTURE_LIKELIHOODS:
+        return data_module.to_centered_grid(images)
+    return images
+
+
+def per_dimension(nats_per_image: float, dimensions: int) -> dict[str, float]:
+    """A figure in nats per image as nats and bits per dimension (pixel and channel),
+    the unit of PixelCNN++ and VDVAE: bits = nats / ln 2."""
+    nats = nats_per_image / dimensions
+    return {"nats_per_dim": nats, "bits_per_dim": nats / math.log(2)}
+
+
 def normalized_likelihoods() -> tuple[str, ...]:
     """The likelihoods whose NLL is a normalized -log p(x|z) (IWAE and log p(x) need one)."""
     return tuple(name for name in LIKELIHOODS if name not in UNNORMALIZED_LIKELIHOODS)
@@ -171,7 +206,9 @@ def log_likelihood_per_sample(model: VAEBase, recon: Tensor, x: Tensor) -> Tenso
     """log p(x|z) per row of ``recon`` (shape (N,)), by the fused NLL kernels: the same
     likelihood, at the same (unit) scale, as the ELBO's reconstruction term."""
     likelihood, backend = model.likelihood, model.backend
-    if likelihood == "bernoulli":
+    if likelihood == "dmol":
+        nll = vk.discretized_logistic_mixture_nll(recon, x, reduction="per_sample", backend=backend)
+    elif likelihood == "bernoulli":
         nll = vk.bernoulli_nll(recon, x, logits=True, reduction="per_sample", backend=backend)
     elif likelihood == "bernoulli_probs":
         nll = vk.bernoulli_nll(recon, x, logits=False, reduction="per_sample", backend=backend)
@@ -204,7 +241,11 @@ def log_importance_weights(
     z = model.sample_latent(mu, logvar, eps, num_samples=num_samples)  # (K, B, J)
     z = z.reshape(num_samples * batch, latent)
     recon = model.decode(z)
-    targets = x.reshape(1, batch, -1).expand(num_samples, batch, -1).reshape(recon.shape)
+    targets = (
+        x.reshape(1, batch, -1)
+        .expand(num_samples, batch, -1)
+        .reshape(model.target_shape(num_samples * batch))
+    )
     log_px_given_z = log_likelihood_per_sample(model, recon, targets)
     # log N(z; 0, I) and log N(z; mu, exp(logvar)): gaussian_nll is the full negative
     # log-density (with 0.5*log(2*pi)), with the distribution's mean as its input.
@@ -216,6 +257,42 @@ def log_importance_weights(
     log_qz = -vk.gaussian_nll(mu_k, z, logvar_k, reduction="per_sample", backend=model.backend)
     shape = (num_samples, batch)
     return log_px_given_z.view(shape), log_pz.view(shape), log_qz.view(shape)
+
+
+def elbo_components(
+    model: VAEBase,
+    recon: Tensor,
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    beta: float = 1.0,
+    reduction: str = "batchmean",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(recon_nll + beta * kl, recon_nll, kl)`` in nats per image (``"batchmean"``) or
+    per image (``"per_sample"``, shape (B,)), for the decoder output ``recon`` of x.
+
+    The elementwise likelihoods go to the fused ``vk.elbo_loss``; the mixture's
+    reconstruction term is ``vk.discretized_logistic_mixture_nll`` (summed over the
+    pixels), its KL ``vk.gaussian_kl``.
+    """
+    target = x.reshape(model.target_shape(x.shape[0]))
+    if model.likelihood in MIXTURE_LIKELIHOODS:
+        recon_nll = vk.discretized_logistic_mixture_nll(
+            recon, target, reduction=reduction, backend=model.backend
+        )
+        kl = vk.gaussian_kl(mu, logvar, reduction=reduction, backend=model.backend)
+        return recon_nll + beta * kl, recon_nll, kl
+    return vk.elbo_loss(
+        recon,
+        target,
+        mu,
+        logvar,
+        likelihood=model.likelihood,
+        beta=beta,
+        reduction=reduction,
+        return_components=True,
+        backend=model.backend,
+    )
 
 
 def negative_elbo_terms(
@@ -232,16 +309,7 @@ def negative_elbo_terms(
     ``recon`` and ``kl``.
     """
     recon, mu, logvar = model(x, eps)
-    loss, recon_nll, kl = vk.elbo_loss(
-        recon,
-        x.view_as(recon),
-        mu,
-        logvar,
-        likelihood=model.likelihood,
-        beta=beta,
-        return_components=True,
-        backend=model.backend,
-    )
+    loss, recon_nll, kl = elbo_components(model, recon, x, mu, logvar, beta)
     if free_bits > 0:
         # Free bits: E_batch[KL_j] per latent dimension j, clamped at lambda, so a
         # dimension gains nothing by pushing its KL below lambda nats.
@@ -442,9 +510,10 @@ def test_sums(model: VAEBase, images: Tensor, batch_size: int, device: torch.dev
 
 
 def fixed_test_images(dataset: data_module.ImageDataset, likelihood: str) -> Tensor:
-    """The test set as the model sees it: binarized once, by a fixed seed, for Bernoulli."""
+    """The test set as the model sees it: binarized once, by a fixed seed, for Bernoulli;
+    on the grid of [-1, 1] for the mixture."""
     if not is_binary_likelihood(likelihood):
-        return dataset.test_images
+        return model_data(dataset.test_images, likelihood)
     generator = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
     return data_module.binarize(dataset.test_images, generator)
 
@@ -598,6 +667,8 @@ def picture_label(likelihood: str) -> str:
         return "decoder location, clamped to [0, 1]"
     if likelihood == "continuous_bernoulli":
         return "continuous-Bernoulli mean"
+    if likelihood == "dmol":
+        return "the mixture's expected pixel"
     return "decoder mean"
 
 
@@ -612,6 +683,7 @@ def save_pictures(model: VAEBase, test_images: Tensor, output_dir: Path, seed: i
     originals = test_images[picks].to(device)
     mu, _ = model.encode(originals)
     recon = model.mean_image(model.decode(mu)).reshape(originals.shape)
+    originals = model.data_image(originals)  # the mixture's data lies on [-1, 1]
     # Rows of 8 originals, each followed by a row of their reconstructions.
     paired = torch.cat(
         [
@@ -658,12 +730,24 @@ def loss_curve_limits(series: Sequence[Sequence[float]]) -> Optional[tuple[float
     return (low - margin, top, above) if above else None
 
 
-def save_loss_curve(output_dir: Path, history: list[dict[str, Any]]) -> None:
+def save_loss_curve(
+    output_dir: Path,
+    history: list[dict[str, Any]],
+    likelihood: str = "bernoulli",
+    dimensions: int = 1,
+) -> None:
+    """loss_curve.png: the -ELBO per epoch in nats per image, or for the mixture in bits
+    per dimension (``dimensions`` values per image)."""
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     marker = "o" if len(history) <= 30 else None
     fig, ax = plt.subplots(figsize=(6, 4))
-    series = [[row["train_neg_elbo"] for row in history], [row["test_neg_elbo"] for row in history]]
+    per_dim = likelihood in MIXTURE_LIKELIHOODS
+    scale = 1.0 / (dimensions * math.log(2)) if per_dim else 1.0
+    series = [
+        [row["train_neg_elbo"] * scale for row in history],
+        [row["test_neg_elbo"] * scale for row in history],
+    ]
     ax.plot(epochs, series[0], marker=marker, label="train")
     ax.plot(epochs, series[1], marker=marker, label="test")
     # The objective differs from the -ELBO only under beta, warm-up, free bits or IWAE;
@@ -672,7 +756,7 @@ def save_loss_curve(output_dir: Path, history: list[dict[str, Any]]) -> None:
         abs(row["train_objective"] - row["train_neg_elbo"]) > 1e-4 * abs(row["train_neg_elbo"])
         for row in history
     ):
-        series.append([row["train_objective"] for row in history])
+        series.append([row["train_objective"] * scale for row in history])
         ax.plot(epochs, series[-1], linestyle="--", label="train objective")
     limits = loss_curve_limits(series)
     if limits is not None:
@@ -682,11 +766,11 @@ def save_loss_curve(output_dir: Path, history: list[dict[str, Any]]) -> None:
         first = max(values[0] for values in series)
         ax.set_title(
             f"y-axis clipped: {'epoch 1' if above == 1 else f'epochs 1-{above}'} above the "
-            f"range (epoch 1: {first:.1f})",
+            f"range (epoch 1: {first:.{3 if per_dim else 1}f})",
             fontsize=8,
         )
     ax.set_xlabel("epoch")
-    ax.set_ylabel("negative ELBO (nats / image)")
+    ax.set_ylabel("negative ELBO (bits / dim)" if per_dim else "negative ELBO (nats / image)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -750,10 +834,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "likelihood": config.likelihood,
             "image_shape": list(dataset.image_shape),
         }
+        if config.likelihood in MIXTURE_LIKELIHOODS:
+            model_config["mixture_components"] = config.mixture_components
     model = build_model(model_config, backend=config.backend).to(ctx.device)
     if resume_state is not None:
         # The architecture is the checkpoint's; the command line's model options yield.
-        saved = {key: model_config[key] for key in ("model", "latent_dim", "likelihood")}
+        model_keys = ("model", "latent_dim", "likelihood", "mixture_components")
+        saved = {key: model_config[key] for key in model_keys if key in model_config}
         if saved != {key: getattr(config, key) for key in saved}:
             _log(ctx, f"resuming: model options taken from the checkpoint: {saved}")
         config = dataclasses.replace(config, **saved)
@@ -769,7 +856,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
         )
 
-    train_images = dataset.train_images
+    train_images = model_data(dataset.train_images, model.likelihood)
     test_images = fixed_test_images(dataset, model.likelihood)
     # This rank's share of the test set: an exact partition, so summed metrics are exact.
     test_shard = test_images[ctx.rank :: ctx.world_size]
@@ -844,18 +931,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 if prefix == "test" and name == "objective":
                     continue
                 row[f"{prefix}_{name}"] = round(float(sums_all[i] / sums_all[4]), NATS_DECIMALS)
+            # The -ELBO per dimension too, from the unrounded mean.
+            neg_elbo = float(sums_all[1] / sums_all[4])
+            for unit, value in per_dimension(neg_elbo, model.input_dim).items():
+                row[f"{prefix}_neg_elbo_{unit}"] = round(value, PER_DIM_DECIMALS)
         row["beta"] = round(kl_weight(config, global_step - 1, steps_per_epoch), 6)
         row["epoch_seconds"] = round(epoch_seconds, SECONDS_DECIMALS)
         history.append(row)
         epochs_bar.update(1)
         epochs_bar.set_postfix(test_neg_elbo=f"{row['test_neg_elbo']:.2f}", refresh=False)
-        _log(
-            ctx,
-            f"epoch {epoch + 1}: train -ELBO {row['train_neg_elbo']:.2f} "
-            f"(recon {row['train_recon']:.2f} + KL {row['train_kl']:.2f}) | test -ELBO "
-            f"{row['test_neg_elbo']:.2f} (recon {row['test_recon']:.2f} + KL {row['test_kl']:.2f}) "
-            f"nats/image | {epoch_seconds:.2f} s",
-        )
+        _log(ctx, epoch_line(row, model.likelihood))
         if ctx.is_main:
             write_metrics(output_dir, history)
             save_checkpoint(
@@ -876,7 +961,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     epochs_bar.close()
 
     if ctx.is_main and history:
-        save_loss_curve(output_dir, history)
+        save_loss_curve(output_dir, history, model.likelihood, model.input_dim)
         save_pictures(model, test_images, output_dir, config.seed)
         _log(
             ctx,
@@ -886,6 +971,28 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if ctx.world_size > 1:
         dist.barrier()
     return {"history": history, "output_dir": str(output_dir), "rank": ctx.rank}
+
+
+def epoch_line(row: dict[str, Any], likelihood: str) -> str:
+    """The log line of an epoch's metrics row: nats per image, and per dimension; the
+    mixture's figures lead with bits per dimension, the unit its results are quoted in."""
+    parts = {
+        prefix: f"{prefix} -ELBO {row[f'{prefix}_neg_elbo']:.2f} (recon {row[f'{prefix}_recon']:.2f} "
+        f"+ KL {row[f'{prefix}_kl']:.2f}) nats/image"
+        for prefix in ("train", "test")
+    }
+    per_dim = {
+        prefix: f"{row[f'{prefix}_neg_elbo_bits_per_dim']:.4f} bits/dim "
+        f"({row[f'{prefix}_neg_elbo_nats_per_dim']:.4f} nats/dim)"
+        for prefix in ("train", "test")
+    }
+    seconds = f"{row['epoch_seconds']:.2f} s"
+    if likelihood in MIXTURE_LIKELIHOODS:
+        return (
+            f"epoch {row['epoch']}: train -ELBO {per_dim['train']} | test -ELBO {per_dim['test']} "
+            f"| {parts['train']} | {parts['test']} | {seconds}"
+        )
+    return f"epoch {row['epoch']}: {parts['train']} | {parts['test']} = {per_dim['test']} | {seconds}"
 
 
 def _log(ctx: DistContext, message: str) -> None:
@@ -928,7 +1035,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.likelihood,
         help="p(x|z): bernoulli (logits) and bernoulli_probs on binarized pixels; gaussian "
         "(unit variance), mse, laplace (unit scale) and continuous_bernoulli (logits) on "
-        "intensities in [0, 1] (default %(default)s)",
+        "intensities in [0, 1]; dmol (PixelCNN++'s discretized logistic mixture) on the "
+        "8-bit pixels on the 256-level grid of [-1, 1] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--mixture-components",
+        type=int,
+        default=defaults.mixture_components,
+        metavar="M",
+        help="mixture components per pixel for --likelihood dmol (default %(default)s)",
     )
     parser.add_argument(
         "--objective",

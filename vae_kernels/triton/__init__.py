@@ -7,8 +7,9 @@ Runs on CUDA tensors, and on CPU tensors through the Triton interpreter when
 ``vae_kernels.backends`` dispatches to for ``backend="triton"``.
 
 Modules: ``math`` (per-element formulas), ``layout`` (tensor views and the tile
-rule), ``sampling`` and ``losses`` (kernels and launchers), ``ops`` (registration),
-``device`` (where the kernels can run).
+rule), ``sampling``, ``losses`` and ``mixture`` (the discretized logistic mixture
+likelihood) (kernels and launchers), ``ops`` (registration), ``device`` (where the
+kernels can run).
 """
 
 from .device import interpreter_active, unavailable_reason

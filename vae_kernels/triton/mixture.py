@@ -24,10 +24,8 @@ The per-pixel math is ``csrc/math/discretized_logistic_mixture.h`` (its Triton c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
-
 import math
+from typing import Optional, Sequence
 
 import torch
 import triton
@@ -57,7 +55,8 @@ NUM_WARPS = 4
 @triton.jit
 def _load_param(params_ptr, stride_p, p, pixel_offsets, mask):
     """Parameter p of the block's pixels (params_ptr: the image's first element)."""
-    return to_compute_dtype(tl.load(params_ptr + p * stride_p + pixel_offsets, mask=mask, other=0.0))
+    value = tl.load(params_ptr + p * stride_p + pixel_offsets, mask=mask, other=0.0)
+    return to_compute_dtype(value)
 
 
 @triton.jit
@@ -231,7 +230,8 @@ def mixture_nll_kernel(
             )  # fmt: skip
             posterior = tl.exp(log_weight - log_likelihood_unnormalized)
             prior = tl.exp(logit - log_normalizer)
-            tl.store(grad_image + k * pixels, ((prior - posterior) * grad_scale).to(grad_ty), mask=mask)
+            d_logit = (prior - posterior) * grad_scale
+            tl.store(grad_image + k * pixels, d_logit.to(grad_ty), mask=mask)
             # d NLL / d log p_{c,k} = -posterior_k
             upstream = 0.0 - posterior * grad_scale
             d_mean0 = d_mean0 * upstream
@@ -264,7 +264,12 @@ def mixture_nll_kernel(
 
 
 def launch_mixture_nll(
-    params: Tensor, x: Tensor, num_bits: int, reduction: int, divisor: int, grad_mask: Sequence[bool]
+    params: Tensor,
+    x: Tensor,
+    num_bits: int,
+    reduction: int,
+    divisor: int,
+    grad_mask: Sequence[bool],
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """(loss, params' local gradient, out-of-range flags) of the checked arguments of
     discretized_logistic_mixture_nll. The loss is per pixel (not divided), per image or

@@ -34,6 +34,7 @@ from .device import unavailable_reason
 from .launch import is_interpreted
 from .layout import batch_rows
 from .losses import elementwise_loss, launch_loss_backward, reduce_loss
+from .mixture import launch_mixture_nll
 from .sampling import (
     launch_reparameterize,
     launch_reparameterize_backward,
@@ -364,6 +365,75 @@ def loss_backward_(local_grad: Tensor, grad_output: Tensor, reduction: int) -> N
     launch_loss_backward(local_grad, grad_output, reduction, in_place=True)
 
 
+# ------------------------------------------------------------------ the mixture likelihood
+
+
+def _check_mixture_args(params: Tensor, x: Tensor, num_bits: int, reduction: int) -> None:
+    """The C++ op's checks (check_mixture_args in csrc/op_checks.h)."""
+    op = "discretized_logistic_mixture_nll"
+    _check_floating(op, "params", params)
+    _check_floating(op, "x", x)
+    if x.device != params.device:
+        raise ValueError(
+            f"{NAMESPACE}.{op}: x must be on the device of params ({params.device}), "
+            f"got {x.device}"
+        )
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(
+            f"{NAMESPACE}.{op}: x must have shape (B, C, H, W) with C = 1 or 3, "
+            f"got {tuple(x.shape)}"
+        )
+    b, channels, h, w = x.shape
+    if params.dim() != 4 or (params.shape[0], params.shape[2], params.shape[3]) != (b, h, w):
+        raise ValueError(
+            f"{NAMESPACE}.{op}: params must have shape ({b}, P, {h}, {w}) to match x "
+            f"{tuple(x.shape)}, got {tuple(params.shape)}"
+        )
+    per_component = 10 if channels == 3 else 3
+    if params.shape[1] == 0 or params.shape[1] % per_component != 0:
+        raise ValueError(
+            f"{NAMESPACE}.{op}: params must have a multiple of {per_component} channels "
+            f"({per_component} per mixture component for C = {channels}), got {params.shape[1]}"
+        )
+    if not 1 <= num_bits <= 16:
+        raise ValueError(f"{NAMESPACE}.{op}: num_bits must be in [1, 16], got {num_bits}")
+    _check_reduction(op, reduction)
+
+
+def _raise_if_x_outside_signed_unit_interval(out_of_range: Optional[Tensor]) -> None:
+    """Raise if some x lies outside [-1, 1] (flags written by the kernel, one per
+    program). As ``_raise_if_outside_unit_interval``: a host sync, so eager mode only."""
+    if (
+        out_of_range is None  # nothing launched: no pixel
+        or torch.compiler.is_compiling()
+        or type(out_of_range) is not torch.Tensor
+    ):
+        return
+    if out_of_range.amax().item():
+        raise ValueError(
+            f"{NAMESPACE}.discretized_logistic_mixture_nll: x must lie in [-1, 1], but some "
+            "values are outside it"
+        )
+
+
+@triton_op(f"{NAMESPACE}::discretized_logistic_mixture_nll", mutates_args=())
+def discretized_logistic_mixture_nll(
+    params: Tensor,
+    x: Tensor,
+    num_bits: int,
+    reduction: int,
+    divisor: int,
+    grad_mask: list[bool],
+) -> tuple[Tensor, Tensor]:
+    _check_mixture_args(params, x, num_bits, reduction)
+    _check_grad_mask("discretized_logistic_mixture_nll", grad_mask, 1)
+    loss, grad, out_of_range = launch_mixture_nll(
+        params, x, num_bits, reduction, divisor, grad_mask
+    )
+    _raise_if_x_outside_signed_unit_interval(out_of_range)
+    return loss, grad
+
+
 def _keep_opaque(mode, op, types, args, kwargs):
     # What triton_op's own rule does for torch.export: run the op as one opaque op.
     return mode.__torch_dispatch__(op, types, args, kwargs)
@@ -377,6 +447,7 @@ ALL_OPS = (
     gaussian_kl,
     reconstruction_nll,
     elbo,
+    discretized_logistic_mixture_nll,
     loss_backward,
     loss_backward_,
 )
