@@ -238,6 +238,11 @@ def _coupled_means(means: Tensor, coeffs: Tensor, x: Tensor) -> Tensor:
     )
 
 
+def _softplus(t: Tensor) -> Tensor:
+    """log(1 + e^t) at every t (F.softplus returns t itself beyond t = 20, 2e-9 off)."""
+    return torch.logaddexp(t, torch.zeros_like(t))
+
+
 def logistic_bin_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor, num_bits: int) -> Tensor:
     """log P(the 2^bits-level bin of ``x`` | logistic(mean, e^log_scale)), the edge bins
     open-ended; improbable interior bins (below 1e-5) by their mid-point density.
@@ -251,11 +256,11 @@ def logistic_bin_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor, num_bits: 
     plus = inv * (centered + half_width)
     minus = inv * (centered - half_width)
     width = 2.0 * half_width * inv
-    log_cdf_plus = -F.softplus(-plus)
-    log_one_minus_cdf_minus = -F.softplus(minus)
+    log_cdf_plus = -_softplus(-plus)
+    log_one_minus_cdf_minus = -_softplus(minus)
     log_delta = log_cdf_plus + log_one_minus_cdf_minus + torch.log(-torch.expm1(-width))
     mid = inv * centered
-    log_pdf_mid = mid - log_scale - 2.0 * F.softplus(mid) - math.log(levels / 2.0)
+    log_pdf_mid = mid - log_scale - 2.0 * _softplus(mid) - math.log(levels / 2.0)
     interior = torch.where(
         log_delta > math.log(MIXTURE_MIN_BIN_PROBABILITY), log_delta, log_pdf_mid
     )

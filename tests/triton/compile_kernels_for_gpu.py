@@ -18,9 +18,10 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource  # noqa: E402
 
-from vae_kernels.triton import losses, sampling  # noqa: E402
+from vae_kernels.triton import losses, mixture, sampling  # noqa: E402
 
-FLOAT_ARGS = {"fixed_logvar_hi", "fixed_logvar_lo", "second_weight_hi", "second_weight_lo"}
+FLOAT_ARGS = {"fixed_logvar_hi", "fixed_logvar_lo", "second_weight_hi", "second_weight_lo",
+              "log_half_bins_hi", "log_half_bins_lo"}
 target = GPUTarget("cuda", 90, 32)
 
 def compile_kernel(kernel, dtype, constexprs, int_type="i32", ptr_types=None, num_warps=4):
@@ -91,6 +92,19 @@ for dtype in ["fp32", "bf16", "fp16", "fp64"] if ALL else ["bf16", "fp64"]:
         for int_type in ("i32", "i64"):
             check(f"{kernel.fn.__name__} {dtype} {int_type}", kernel, dtype, dict(BLOCK_ROWS=16, BLOCK_COLS=64),
                   int_type, {"seed_ptr": "*i64"})
+# The mixture likelihood: params, x, gradient, loss and partial-sum dtypes; C = 3 and 1.
+for params, x, grad, loss, acc, channels, with_grad, write, int_type in [
+    ("fp32", "fp32", "fp32", "fp32", "fp32", 3, True, True, "i32"),
+    ("fp32", "fp32", "fp32", "fp32", "fp32", 1, False, False, "i64"),
+    ("bf16", "fp32", "bf16", "fp32", "fp32", 3, True, False, "i32"),
+    ("fp16", "fp16", "fp32", "fp16", "fp32", 1, True, True, "i32"),
+    ("fp64", "fp32", "fp64", "fp64", "fp64", 3, True, True, "i64"),
+]:
+    check(f"mixture_nll params={params} x={x} C={channels} grad={with_grad} {int_type}",
+          mixture.mixture_nll_kernel, params,
+          dict(CHANNELS=channels, WITH_GRAD=with_grad, WRITE_PIXEL_NLL=write, BLOCK=128), int_type,
+          {"params_ptr": "*" + params, "x_ptr": "*" + x, "grad_ptr": "*" + grad,
+           "pixel_nll_ptr": "*" + loss, "partials_ptr": "*" + acc, "out_of_range_ptr": "*i32"})
 # The smallest tile (1 x 1), as for a 0-d tensor.
 check("elementwise_loss 1x1 tile", losses.elementwise_loss_kernel, "fp32",
       dict(KIND=0, NUM_INPUTS=2, WRITE_GRAD0=True, WRITE_GRAD1=True, WRITE_GRAD2=False, WRITE_GRAD3=False,
