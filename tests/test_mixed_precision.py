@@ -162,3 +162,55 @@ def test_integer_and_complex_arguments_still_raise_type_error():
         vk.bernoulli_nll(x, x.long())
     with pytest.raises(TypeError, match="^logvar must be a floating-point tensor"):
         vk.gaussian_kl(x, x.to(torch.complex64))
+
+
+def _copied_shapes(fn) -> list:
+    """The input shapes of every dtype conversion (aten::_to_copy) that ``fn`` runs."""
+    with torch.profiler.profile(record_shapes=True) as trace:
+        fn()
+    return [tuple(e.input_shapes[0]) for e in trace.events() if e.name == "aten::_to_copy"]
+
+
+@pytest.mark.skipif("cpu" not in vk.available_backends(), reason="the C++ extension is not built")
+def test_cpu_kernels_read_each_argument_in_its_own_dtype_without_a_conversion_pass():
+    """A bfloat16 decoder output with float32 data: no conversion of the decoder output
+    (or of anything) before the kernels, in the forward of every loss."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(32, 50, generator=g).bfloat16().requires_grad_()
+    x = torch.rand(32, 50, generator=g)
+    mu = torch.randn(32, 4, generator=g).bfloat16().requires_grad_()
+    logvar = (torch.randn(32, 4, generator=g) * 0.5).bfloat16().requires_grad_()
+    logvar32 = logvar.detach().float()
+    calls = {
+        "bernoulli_nll": lambda: vk.bernoulli_nll(logits, x, backend="cpu"),
+        "gaussian_nll": lambda: vk.gaussian_nll(logits, x, logvar[:, :1], backend="cpu"),
+        "laplace_nll": lambda: vk.laplace_nll(logits, x, backend="cpu"),
+        "elbo_loss": lambda: vk.elbo_loss(logits, x, mu, logvar, backend="cpu"),
+        "gaussian_kl": lambda: vk.gaussian_kl(mu, logvar32, backend="cpu"),
+    }
+    for name, call in calls.items():
+        assert call().dtype == torch.float32, name
+        copies = _copied_shapes(call)
+        assert copies == [], (name, copies)
+
+
+@pytest.mark.skipif("cpu" not in vk.available_backends(), reason="the C++ extension is not built")
+def test_cpu_autocast_casts_only_the_smallest_argument():
+    """Under autocast, all-bfloat16 arguments give float32 by casting one small argument
+    (the target where sizes tie; logvar of the KL), never the decoder output."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(32, 50, generator=g).bfloat16().requires_grad_()
+    target = torch.rand(32, 50, generator=g).bfloat16()
+    mu = torch.randn(32, 4, generator=g).bfloat16().requires_grad_()
+    logvar = torch.randn(32, 4, generator=g).bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = vk.bernoulli_nll(logits, target, backend="cpu")
+        assert loss.dtype == torch.float32
+        assert _copied_shapes(lambda: vk.bernoulli_nll(logits, target, backend="cpu")) == [(32, 50)]
+        kl = vk.gaussian_kl(mu, logvar, backend="cpu")
+        assert kl.dtype == torch.float32
+        assert _copied_shapes(lambda: vk.gaussian_kl(mu, logvar, backend="cpu")) == [(32, 4)]
+        elbo = vk.elbo_loss(logits, target.float(), mu, logvar, backend="cpu")
+        assert elbo.dtype == torch.float32
+    expected = vk.bernoulli_nll(logits.float(), target.float(), backend="torch")
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-5)

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from . import backends
+from .op_autograd import smallest_to_float32
 from .schema import BY_NAME, ELBO_REDUCTIONS, REDUCTIONS, SCALES
 from .schema import LIKELIHOOD_NAMES as LIKELIHOODS
 
@@ -129,8 +130,7 @@ def _kernel_inputs(impl: object, dtype: torch.dtype, *tensors):
     dtypes = {t.dtype for t in present}
     if not mixed_ok or dtype == torch.float64 or (len(dtypes) == 1 and dtype not in dtypes):
         if mixed_ok and dtype == torch.float32:  # one lower precision: cast the smallest
-            smallest = min(present, key=lambda t: t.numel())
-            return tuple(t.to(dtype) if t is smallest else t for t in tensors)
+            return tuple(smallest_to_float32(tensors))
         return _cast(dtype, *tensors)
     return tensors  # one dtype, or a mix that the kernels compute in float32
 

@@ -519,14 +519,14 @@ def register_autograd(namespace: str) -> None:
 _AUTOCAST_LIBRARIES: list = []
 
 
-def _smallest_to_float32(args: Sequence) -> list:
+def smallest_to_float32(args: Sequence) -> list:
     """``args`` with the smallest floating tensor cast to float32 when every floating
     tensor shares one lower precision: kernels that read each input in its own dtype
     then compute and return float32, with no conversion pass over the larger ones."""
     floating = [a for a in args if isinstance(a, Tensor) and a.is_floating_point()]
     if len({t.dtype for t in floating}) != 1 or floating[0].dtype in (torch.float32, torch.float64):
         return list(args)
-    smallest = min(floating, key=lambda t: t.numel())
+    smallest = min(reversed(floating), key=lambda t: t.numel())  # ties: the last (a target)
     return [a.to(torch.float32) if a is smallest else a for a in args]
 
 
@@ -559,7 +559,7 @@ def _register_smallest_to_float32(library, namespace: str, name: str, device_typ
 
     def autocast_kernel(*args):
         with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
-            return op(*_smallest_to_float32(args))
+            return op(*smallest_to_float32(args))
 
     # The Python-dispatcher kernel (tracing, torch.compile) and the dispatcher's own.
     op.py_impl(key)(autocast_kernel)
