@@ -1,6 +1,7 @@
 """The command line end to end with tiny settings: train, resume, evaluate, errors."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -60,8 +61,8 @@ def test_train_resume_evaluate(small_npz, tmp_path, capsys):
     assert history[1]["train_neg_elbo"] < history[0]["train_neg_elbo"]
     for row in history:  # the parts add up to the whole, up to the files' rounding
         assert row["test_neg_elbo"] == pytest.approx(row["test_recon"] + row["test_kl"], abs=2e-4)
-        for name, value in row.items():  # no float64 noise: 4 decimals at most
-            assert value == round(value, 4), (name, value)
+        for name, value in row.items():  # no float64 noise: 4 decimals at most (6 per dim)
+            assert value == round(value, 6 if name.endswith("_per_dim") else 4), (name, value)
     assert history[1]["beta"] == 1.0 and history[0]["beta"] == 1.0  # warm-up over 1 epoch
     printed = capsys.readouterr().out
     assert "epoch 2: train -ELBO" in printed and "nats/image" in printed
@@ -341,5 +342,40 @@ def test_train_help_lists_every_likelihood(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     printed = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
-    for likelihood in LIKELIHOOD_NAMES:
+    for likelihood in (*LIKELIHOOD_NAMES, "dmol"):
         assert likelihood in printed, likelihood
+    assert "--mixture-components M" in printed
+
+
+def test_train_and_evaluate_dmol_report_bits_per_dimension(small_npz, tmp_path, capsys):
+    out = tmp_path / "dmol"
+    argv = ["train", "--data", small_npz, "--epochs", "2", "--batch-size", "64", "--model", "conv"]
+    argv += ["--likelihood", "dmol", "--mixture-components", "3", "-o", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    # The headline of the mixture: the -ELBO in bits per dimension, first.
+    assert "epoch 2: train -ELBO " in printed and " bits/dim (" in printed
+    assert "nats/dim) | test -ELBO " in printed
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["model_config"]["likelihood"] == "dmol"
+    assert checkpoint["model_config"]["mixture_components"] == 3
+    for name in ("loss_curve.png", "reconstructions.png", "samples.png", "metrics.csv"):
+        assert (out / name).stat().st_size > 0, name
+    history = json.loads((out / "metrics.json").read_text())
+    assert history[1]["train_neg_elbo"] < history[0]["train_neg_elbo"]
+    for row in history:
+        for prefix in ("train", "test"):
+            nats = row[f"{prefix}_neg_elbo_nats_per_dim"]
+            assert nats == pytest.approx(row[f"{prefix}_neg_elbo"] / 784, abs=1e-6)
+            assert row[f"{prefix}_neg_elbo_bits_per_dim"] == pytest.approx(
+                nats / math.log(2), abs=2e-6
+            )
+        assert 0.5 < row["test_neg_elbo_bits_per_dim"] < 8  # below a uniform 8 bits per pixel
+    assert "test_neg_elbo_bits_per_dim" in (out / "metrics.csv").read_text().splitlines()[0]
+    assert cli.main(["evaluate", str(out), "--k", "3", "--limit", "8", "--elbo-samples", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "-log p(x), K=3" in printed and "bits/dim" in printed and "nats/dim" in printed
+    result = json.loads((out / "evaluation-k3-limit8.json").read_text())
+    bits = result["neg_log_px_per_dim"]["bits_per_dim"]["mean"]
+    assert bits == pytest.approx(-result["log_px"]["mean"] / 784 / math.log(2), abs=1e-5)
+    assert result["log_px"]["mean"] > result["elbo"]["mean"]

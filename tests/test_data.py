@@ -201,3 +201,24 @@ def test_subset_is_stratified_by_label_and_fixed():
     assert data.subset_indices(5, 5).tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="between 1 and 5"):
         data.subset_indices(5, 6)
+
+
+def test_centered_grid_puts_8_bit_pixels_on_the_256_levels(mnist_5k):
+    levels = torch.arange(256, dtype=torch.float64)
+    exact = ((2 * levels - 255) / 255).float()  # the float nearest each level's value
+    # k/255 as stored, and k/255 off by float error either way: each lands on level k.
+    pixels = levels.float() / 255
+    for intensities in (pixels, (pixels + 2e-7).clamp_max(1), (pixels - 2e-7).clamp_min(0)):
+        assert torch.equal(data.to_centered_grid(intensities), exact)
+    grid = data.to_centered_grid(mnist_5k.test_images)
+    assert grid.shape == mnist_5k.test_images.shape and grid.dtype == torch.float32
+    assert float(grid.min()) == -1.0 and float(grid.max()) == 1.0
+    on_levels = torch.round((grid.double() + 1) * 127.5)
+    torch.testing.assert_close(on_levels.float().mul(2).sub(255).div(255), grid, rtol=0, atol=0)
+    # The map is the pixel's own 8-bit value: k = round(255 v), not binarized.
+    assert torch.equal(on_levels, torch.round(mnist_5k.test_images.double() * 255))
+    assert len(grid.unique()) > 200
+    assert torch.equal(data.to_centered_grid(torch.tensor([0.0, 0.4, 0.6, 1.0]), num_bits=1),
+                       torch.tensor([-1.0, -1.0, 1.0, 1.0]))  # fmt: skip
+    with pytest.raises(DataError, match=r"must lie in \[0, 1\].*found \[-0.5, 1.0\]"):
+        data.to_centered_grid(torch.tensor([-0.5, 1.0]))

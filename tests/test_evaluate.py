@@ -239,3 +239,62 @@ def test_evaluate_checkpoint_of_a_new_likelihood(mnist, tmp_path, likelihood):
     assert result["log_px"]["mean"] > result["elbo"]["mean"]
     # The ELBO of the evaluation is the training run's test ELBO (other z draws, a subset).
     assert result["neg_elbo"]["mean"] == pytest.approx(history[-1]["test_neg_elbo"], rel=0.1)
+
+
+# ------------------------------------------ the discretized logistic mixture (dmol)
+
+
+def test_exact_estimate_for_the_mixture(mnist):
+    """As test_estimate_is_exact_when_every_weight_is_p_x, for ``dmol``: with z ignored
+    and q = p(z), the estimate and the ELBO are the mixture's own log p(x), the library's
+    per-image NLL of the 8-bit grid; chunked finely so the row budget (a row of 3M
+    parameters per pixel counts as 3M image rows) splits the samples."""
+    import vae_kernels as vk
+    from vae_kernels.app.data import to_centered_grid
+
+    model = MLPVAE(likelihood="dmol", mixture_components=2, backend="cpu")
+    with torch.no_grad():
+        for layer in (model.fc21, model.fc22, model.fc4):
+            layer.weight.zero_()
+        model.fc21.bias.zero_()
+        model.fc22.bias.zero_()
+        model.fc4.bias.copy_(torch.linspace(-3, 3, 6 * 784))
+    x = to_centered_grid(mnist.test_images[:5])
+    params = model.decode(torch.zeros(1, 20)).detach()
+    exact = -vk.discretized_logistic_mixture_nll(
+        params.double().expand(5, -1, -1, -1), x.double(), reduction="per_sample", backend="torch"
+    )
+    for max_rows in (20000, 13):
+        log_px = log_px_per_image(model, x, num_samples=7, max_rows=max_rows)
+        torch.testing.assert_close(log_px, exact, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(elbo_per_image(model, x)["elbo"], exact, rtol=1e-5, atol=1e-3)
+
+
+def test_evaluate_a_dmol_checkpoint_per_dimension(mnist, tmp_path):
+    path = tmp_path / "small.npz"
+    np.savez(
+        path,
+        x_train=(mnist.train_images[:128, 0] * 255).byte().numpy(),
+        x_test=(mnist.test_images[:40, 0] * 255).byte().numpy(),
+    )
+    config = TrainConfig(
+        epochs=1, batch_size=64, data=str(path), likelihood="dmol", model="conv",
+        mixture_components=2, output_dir=str(tmp_path / "run"), quiet=True,
+    )  # fmt: skip
+    history = train(config)["history"]
+    result = evaluate_checkpoint(tmp_path / "run", k=4, limit=10, elbo_samples=2)
+    assert result["likelihood"] == "dmol" and result["dimensions"] == 784
+    assert result["test_images"] == 10 and result["log_px"]["mean"] > result["elbo"]["mean"]
+    per_image = {
+        "neg_elbo_per_dim": result["neg_elbo"],
+        "neg_log_px_per_dim": {"mean": -result["log_px"]["mean"], "stderr": result["log_px"]["stderr"]},
+    }
+    for name, stats in per_image.items():
+        per_dim = result[name]
+        assert per_dim["nats_per_dim"]["mean"] == pytest.approx(stats["mean"] / 784)
+        assert per_dim["nats_per_dim"]["stderr"] == pytest.approx(stats["stderr"] / 784)
+        assert per_dim["bits_per_dim"]["mean"] == pytest.approx(stats["mean"] / 784 / math.log(2))
+    # An untrained-ish mixture: between the grid's best (0) and uniform (8 bits per pixel).
+    assert 0.5 < result["neg_elbo_per_dim"]["bits_per_dim"]["mean"] < 8
+    # The evaluation's -ELBO is the training run's test -ELBO (other z draws, a subset).
+    assert result["neg_elbo"]["mean"] == pytest.approx(history[-1]["test_neg_elbo"], rel=0.1)

@@ -146,9 +146,12 @@ def test_likelihoods_are_the_library_table():
     from vae_kernels.app import models
     from vae_kernels.schema import LIKELIHOOD_NAMES
 
-    assert models.LIKELIHOODS == LIKELIHOOD_NAMES
+    # The library's elementwise likelihoods, and the app's own mixture, which is not one.
+    assert models.ELEMENTWISE_LIKELIHOODS == LIKELIHOOD_NAMES
+    assert models.LIKELIHOODS == LIKELIHOOD_NAMES + ("dmol",)
+    assert "dmol" not in LIKELIHOOD_NAMES
     assert {"laplace", "continuous_bernoulli"} <= set(models.LIKELIHOODS)
-    for likelihood in LIKELIHOOD_NAMES:
+    for likelihood in models.LIKELIHOODS:
         assert MLPVAE(likelihood=likelihood).likelihood == likelihood
 
 
@@ -193,3 +196,78 @@ def test_laplace_picture_clamps_the_location():
     model = MLPVAE(likelihood="laplace")
     location = torch.tensor([[-0.5, 0.25, 1.5]])
     torch.testing.assert_close(model.mean_image(location), torch.tensor([[0.0, 0.25, 1.0]]))
+
+
+# ------------------------------------------------- the discretized logistic mixture (dmol)
+
+
+def test_dmol_decoder_emits_the_mixture_parameters(model_name):
+    torch.manual_seed(0)
+    model = make(model_name, likelihood="dmol", mixture_components=4, latent_dim=6)
+    assert model.recon_shape(3) == (3, 12, 28, 28)  # P = 3M for one channel
+    assert model.target_shape(3) == (3, 1, 28, 28)  # the loss compares with the images
+    x = torch.rand(3, 1, 28, 28) * 2 - 1  # the mixture's data lies on [-1, 1]
+    params, mu, _ = model(x)
+    assert params.shape == (3, 12, 28, 28) and mu.shape == (3, 6)
+    z = torch.randn(3, 6)
+    # The raw parameters, no sigmoid: the means and log-scales take any sign.
+    torch.testing.assert_close(model.decode(z).flatten(1), model.decode_logits(z).flatten(1))
+    # The library scores them: a finite per-image NLL.
+    grid = torch.round((x + 1) * 127.5) / 127.5 - 1
+    nll = vk.discretized_logistic_mixture_nll(params, grid, reduction="per_sample")
+    assert nll.shape == (3,) and torch.isfinite(nll).all()
+    image = model.mean_image(params)
+    assert image.shape == (3, 1, 28, 28) and image.min() >= 0 and image.max() <= 1
+    torch.testing.assert_close(model.data_image(torch.tensor([-1.0, 0.0, 1.0])),
+                               torch.tensor([0.0, 0.5, 1.0]))  # fmt: skip
+    config = model.config()
+    assert config["likelihood"] == "dmol" and config["mixture_components"] == 4
+    rebuilt = build_model(config)
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.decode(z), model.decode(z))
+    # The other likelihoods' configs (and checkpoints) keep their keys: no M.
+    assert "mixture_components" not in make(model_name, mixture_components=4).config()
+
+
+def test_dmol_rgb_and_unsupported_channels():
+    model = ConvVAE(likelihood="dmol", image_shape=(3, 8, 8), latent_dim=4, mixture_components=2)
+    params, _, _ = model(torch.rand(2, 3, 8, 8) * 2 - 1)
+    assert params.shape == (2, 20, 8, 8)  # P = 10M for RGB (the channels coupled)
+    torch.manual_seed(0)
+    image = model.mean_image(params)  # a sample: the coupled channels have no simple mean
+    assert image.shape == (2, 3, 8, 8) and image.min() >= 0 and image.max() <= 1
+    with pytest.raises(ValueError, match="1 \\(grey\\) or 3 \\(RGB\\) channels, got images with 2"):
+        ConvVAE(likelihood="dmol", image_shape=(2, 8, 8))
+    with pytest.raises(ValueError, match="mixture_components must be a positive int, got 0"):
+        MLPVAE(likelihood="dmol", mixture_components=0)
+
+
+def test_mixture_mean_is_the_expected_pixel():
+    """Against the expectation over the 256 levels with the likelihood's own bin
+    probabilities (edge bins open-ended), in float64: within half a level (1/255)."""
+    from vae_kernels.app.models import discretized_logistic_mixture_mean
+
+    generator = torch.Generator().manual_seed(0)
+    m, pixels = 3, 200
+    logits = torch.randn(1, m, pixels, 1, generator=generator, dtype=torch.float64) * 2
+    means = torch.rand(1, m, pixels, 1, generator=generator, dtype=torch.float64) * 3 - 1.5
+    log_scales = torch.rand(1, m, pixels, 1, generator=generator, dtype=torch.float64) * 7 - 8
+    params = torch.cat([logits, means, log_scales], dim=1)  # scales exp(-8..-1), -8 clamped to -7
+    levels = torch.linspace(-1, 1, 256, dtype=torch.float64).view(256, 1, 1, 1)
+    scales = torch.exp(log_scales.clamp_min(-7))
+    upper = torch.sigmoid((levels + 1 / 255 - means) / scales)
+    lower = torch.sigmoid((levels - 1 / 255 - means) / scales)
+    upper[-1], lower[0] = 1.0, 0.0  # the edge bins take the tails
+    bins = upper - lower  # (256, 1, M, P, 1) per component
+    expected = (torch.softmax(logits, 1) * (levels * bins).sum(0)).sum(1, keepdim=True)
+    mean = discretized_logistic_mixture_mean(params)
+    assert mean.shape == (1, 1, pixels, 1)
+    torch.testing.assert_close(mean, expected, rtol=0, atol=1 / 255)
+    # A wrong formula (e.g. the unclamped location) is far off where the means leave [-1, 1].
+    naive = (torch.softmax(logits, 1) * means).sum(1, keepdim=True)
+    assert float((naive - expected).abs().max()) > 0.1
+    # Sharp components sit on their (clamped) means.
+    sharp = torch.cat([torch.zeros(1, 1, 3, 1), torch.tensor([-2.0, 0.3, 5.0]).view(1, 1, 3, 1),
+                       torch.full((1, 1, 3, 1), -7.0)], dim=1)  # fmt: skip
+    torch.testing.assert_close(discretized_logistic_mixture_mean(sharp).flatten(),
+                               torch.tensor([-1.0, 0.3, 1.0]))  # fmt: skip

@@ -404,3 +404,105 @@ def test_short_training_run_with_new_likelihood_lowers_the_loss(mnist, monkeypat
     assert all(((x > 0) & (x < 1)).any() for x in seen)
     first_epoch = torch.cat(seen[:8]).flatten()
     assert torch.equal(torch.sort(first_epoch)[0], torch.sort(images.flatten())[0])
+
+
+# ------------------------------------------ the discretized logistic mixture (dmol)
+
+
+@pytest.fixture(scope="module")
+def grid_batch(mnist):
+    """8-bit pixels on the 256-level grid of [-1, 1]: what the mixture trains on."""
+    from vae_kernels.app.data import to_centered_grid
+
+    return to_centered_grid(mnist.train_images[:32])
+
+
+@pytest.mark.parametrize("objective, k", [("elbo", 1), ("iwae", 3)])
+def test_dmol_fused_and_torch_backends_give_the_same_step(grid_batch, objective, k):
+    # As test_fused_and_torch_backends_give_the_same_step, for the conv model's mixture.
+    x = grid_batch[:16]
+    shape = (16, 20) if objective == "elbo" else (k, 16, 20)
+    eps = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    model = functools.partial(ConvVAE, likelihood="dmol", mixture_components=3)
+    fused = step_with_backend("cpu", model, x, eps, objective, k)
+    eager = step_with_backend("torch", model, x, eps, objective, k)
+    for name in ("objective", "neg_elbo", "recon", "kl"):
+        torch.testing.assert_close(fused[0][name], eager[0][name], rtol=1e-10, atol=1e-9)
+    for name in fused[1]:
+        torch.testing.assert_close(
+            fused[1][name], eager[1][name], rtol=1e-8, atol=1e-10, msg=with_name(name)
+        )
+    # An untrained mixture (scales near 1 on [-1, 1]): over a nat per pixel, and below the
+    # uniform distribution's log 256, as its edge bins hold the background's -1.
+    assert 784 < float(fused[0]["neg_elbo"]) < 784 * math.log(256)
+
+
+def test_dmol_elbo_is_the_mixture_nll_plus_the_kl(grid_batch):
+    import vae_kernels as vk
+
+    torch.manual_seed(0)
+    model = ConvVAE(likelihood="dmol", mixture_components=3, backend="cpu").double()
+    x = grid_batch[:8].double()
+    eps = torch.randn(8, 20, dtype=torch.float64)
+    terms = negative_elbo_terms(model, x, beta=0.5, eps=eps)
+    params, mu, logvar = model(x, eps)
+    recon = vk.discretized_logistic_mixture_nll(params, x, reduction="per_sample", backend="torch")
+    kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
+    torch.testing.assert_close(terms["recon"], recon.mean().detach(), rtol=1e-10, atol=1e-8)
+    torch.testing.assert_close(terms["kl"], kl.mean().detach(), rtol=1e-10, atol=1e-8)
+    torch.testing.assert_close(terms["objective"], recon.mean() + 0.5 * kl.mean())
+    # IWAE's log p(x|z) is the same per-image mixture log-likelihood.
+    from vae_kernels.app.train import log_importance_weights
+
+    log_px_given_z, _, _ = log_importance_weights(model, x, 1, eps.unsqueeze(0))
+    torch.testing.assert_close(log_px_given_z[0], -recon.detach(), rtol=1e-10, atol=1e-8)
+
+
+def test_dmol_conv_training_lowers_the_loss(mnist, monkeypatch):
+    from vae_kernels.app import train as train_module
+
+    def no_binarization(*args, **kwargs):
+        raise AssertionError("dmol data must not be binarized")
+
+    monkeypatch.setattr(train_module.data_module, "binarize", no_binarization)
+    torch.manual_seed(0)
+    images = train_module.model_data(mnist.train_images[:256], "dmol")
+    config = TrainConfig(batch_size=64, likelihood="dmol")
+    model = ConvVAE(likelihood="dmol", mixture_components=3, backend="cpu")
+    objective = TrainingObjective(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    sampler = torch.utils.data.DistributedSampler(range(256), num_replicas=1, rank=0, seed=0)
+    per_epoch = []
+    for epoch in range(3):
+        sums = run_epoch(
+            objective, optimizer, images, epoch_batches(sampler, epoch, 64), config,
+            torch.device("cpu"),
+        )  # fmt: skip
+        per_epoch.append(float(sums[1] / sums[4]))
+    assert all(math.isfinite(v) for v in per_epoch), per_epoch
+    assert per_epoch[2] < per_epoch[0] - 50, per_epoch  # nats per image
+
+
+def test_dmol_data_is_the_8_bit_grid(mnist):
+    from vae_kernels.app import train as train_module
+
+    test = train_module.fixed_test_images(mnist, "dmol")
+    levels = (test.double() + 1) * 127.5
+    assert torch.equal(levels.round(), (mnist.test_images.double() * 255).round())
+    torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)
+    assert len(test.unique()) > 200  # not binarized
+    assert train_module.model_data(mnist.test_images, "gaussian") is mnist.test_images
+
+
+def test_per_dimension_is_nats_over_dimensions_and_bits_over_ln2():
+    from vae_kernels.app.train import per_dimension
+
+    figures = per_dimension(784.0 * math.log(2), 784)
+    assert figures["nats_per_dim"] == pytest.approx(math.log(2))
+    assert figures["bits_per_dim"] == pytest.approx(1.0)
+
+
+def test_dmol_config_errors():
+    with pytest.raises(ValueError, match="mixture_components must be a positive int, got 0"):
+        TrainConfig(likelihood="dmol", mixture_components=0).validate()
+    TrainConfig(likelihood="dmol", objective="iwae").validate()  # a normalized likelihood

@@ -146,9 +146,7 @@ def per_dimension_summary(stats: dict[str, float], dimensions: int) -> dict[str,
     bits per dimension: ``{"nats_per_dim": {...}, "bits_per_dim": {...}}``."""
     mean = per_dimension(stats["mean"], dimensions)
     stderr = per_dimension(stats["stderr"], dimensions)
-    return {
-        unit: {"mean": mean[unit], "stderr": stderr[unit], "n": stats["n"]} for unit in mean
-    }
+    return {unit: {"mean": mean[unit], "stderr": stderr[unit], "n": stats["n"]} for unit in mean}
 
 
 def evaluate_checkpoint(

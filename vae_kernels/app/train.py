@@ -992,7 +992,9 @@ def epoch_line(row: dict[str, Any], likelihood: str) -> str:
             f"epoch {row['epoch']}: train -ELBO {per_dim['train']} | test -ELBO {per_dim['test']} "
             f"| {parts['train']} | {parts['test']} | {seconds}"
         )
-    return f"epoch {row['epoch']}: {parts['train']} | {parts['test']} = {per_dim['test']} | {seconds}"
+    return (
+        f"epoch {row['epoch']}: {parts['train']} | {parts['test']} = {per_dim['test']} | {seconds}"
+    )
 
 
 def _log(ctx: DistContext, message: str) -> None:
