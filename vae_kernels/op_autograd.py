@@ -22,6 +22,7 @@ backend object that ``vae_kernels.functional`` calls. Importing it loads no libr
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -85,7 +86,7 @@ class OpsBackend:
     def _loss(self, name: str, *args) -> tuple[Tensor, ...]:
         """The reduced outputs of loss op ``name``; its local gradients stay internal."""
         spec = LossSpec(self.namespace, name)
-        if _runs_eagerly(args):
+        if _runs_eagerly(args) and not has_cpp_autograd(self.namespace, name):
             return EagerLoss.apply(spec, *args)
         return tuple(spec.op(*args)[: spec.n_reduced])
 
@@ -107,7 +108,7 @@ class OpsBackend:
         return z if num_samples is not None else z.squeeze(0)
 
     def _sample(self, name: str, *args) -> Tensor:
-        if _runs_eagerly(args):
+        if _runs_eagerly(args) and not has_cpp_autograd(self.namespace, name):
             return EagerSample.apply(self.ops, name, *args)
         return getattr(self.ops, name)(*args)
 
@@ -456,8 +457,15 @@ def _run_below_autograd(spec: LossSpec, args) -> tuple[Tensor, ...]:
         return spec.op(*args)
 
 
+@functools.lru_cache(maxsize=None)
+def has_cpp_autograd(namespace: str, name: str) -> bool:
+    """Whether op ``name`` has its autograd in C++ (csrc/autograd.cpp)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{namespace}::{name}", "Autograd")
+
+
 def register_autograd(namespace: str) -> None:
-    """Register the autograd formulas of the ops of ``namespace`` (see the module doc)."""
+    """Register the autograd formulas of the ops of ``namespace`` (see the module doc),
+    except for those with their autograd in C++."""
     lib = namespace + "::"
     ops = getattr(torch.ops, namespace)
 
@@ -477,8 +485,9 @@ def register_autograd(namespace: str) -> None:
 
         torch.library.register_autograd(lib + name, backward, setup_context=sample_setup)
 
-    register_sample("reparameterize")
-    register_sample("reparameterize_philox")
+    for name in ("reparameterize", "reparameterize_philox"):
+        if not has_cpp_autograd(namespace, name):
+            register_sample(name)
 
     # -- losses: outputs are (reduced losses..., local gradients...); backward =
     # loss_backward, out of place (graphs stay functional). EagerLoss is the eager path.
@@ -512,7 +521,8 @@ def register_autograd(namespace: str) -> None:
         torch.library.register_autograd(lib + name, backward, setup_context=setup)
 
     for name in _LOSS_LAYOUT:
-        register_loss(name)
+        if not has_cpp_autograd(namespace, name):
+            register_loss(name)
 
 
 # Registrations made here stay alive with the module.
