@@ -479,3 +479,25 @@ def test_public_api_backend_cuda():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_kl_near_the_prior_is_accurate_relative_to_its_size(dtype, with_prior):
     kl_near_the_prior("cuda", dtype, with_prior, device=DEVICE)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_discretized_logistic_mixture_matches_oracle(channels, dtype, reduction):
+    from test_discretized_logistic_mixture import grid_data, mixture_params
+
+    params64 = mixture_params(2, channels, 9, 11, 3, seed=5).to(dtype).double()
+    x64 = grid_data((2, channels, 9, 11), seed=5)
+    leaf64 = params64.clone().requires_grad_()
+    expected = reference.discretized_logistic_mixture_nll(leaf64, x64, 8, reduction)
+    expected.sum().backward()
+    params = params64.to(dtype).to(DEVICE).contiguous(memory_format=torch.channels_last)
+    params.requires_grad_()
+    loss = vk.discretized_logistic_mixture_nll(params, x64.to(DEVICE), reduction=reduction, backend="cuda")
+    assert loss.dtype == torch.float64  # promoted with x's float64
+    loss.sum().backward()
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4 * 200)
+    torch.testing.assert_close(loss.cpu(), expected.detach(), **tol)
+    gtol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(params.grad.double().cpu(), leaf64.grad, **gtol)

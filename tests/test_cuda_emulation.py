@@ -183,7 +183,8 @@ def test_divergent_barriers_abort_with_a_message(libraries, which, message):
     assert done.returncode != 0 and message in done.stderr, done.stderr[-3000:]
 
 
-CONCURRENCY_CHECKS = ["-k", "test_loss or test_finish or test_warp or test_shared or missing"]
+CONCURRENCY_CHECKS = ["-k", ("test_loss or test_finish or test_mixture or test_warp or "
+                             "test_shared or missing")]
 
 
 @pytest.mark.slow

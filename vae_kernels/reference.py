@@ -217,7 +217,7 @@ def split_mixture_params(params: Tensor, channels: int) -> tuple[Tensor, Tensor,
     m = mixture_components(params, channels)
     l = params.permute(0, 2, 3, 1)
     logits = l[..., :m]
-    rows = l[..., m:].reshape(*l.shape[:3], channels, -1)
+    rows = l[..., m:].reshape(*l.shape[:3], channels, (l.shape[-1] - m) // channels)
     coeffs = rows[..., 2 * m : 3 * m] if channels == 3 else rows[..., :0]
     return logits, rows[..., :m], rows[..., m : 2 * m], coeffs
 

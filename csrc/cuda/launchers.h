@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "../math/discretized_logistic_mixture.h"
 #include "../math/losses.h"
 
 namespace vae_kernels::cuda {
@@ -84,6 +85,32 @@ cudaError_t launch_reparameterize_philox_backward(DType dtype, const void* grad_
                                                   void* grad_mu, void* grad_logvar, int64_t numel,
                                                   int64_t num_samples, double std_exponent,
                                                   cudaStream_t stream);
+
+// The discretized logistic mixture NLL (csrc/math/discretized_logistic_mixture.h), one
+// thread per pixel; params in `params_dtype`, x in `x_dtype`. MixtureBuffers is the one
+// of the CPU kernel, and here: `sums` receives one sum per block,
+// batch * mixture_blocks_per_image(height * width) slots, slot [b * blocks + c] = the
+// NLL summed over block c's pixels of image b (null when no sum is needed; finish them
+// with launch_finish_rows / launch_finish_total); `x_out_of_range` is an int32 in device
+// memory, set to 1 and never cleared. `grad_workspace`: float32 scratch of the gradient's
+// shape, (B, P, H, W) contiguous, required when a bfloat16 gradient is asked for (the
+// first pass's values are kept there, unrounded), ignored otherwise.
+using ::vae_kernels::MixtureBuffers;
+
+// Pixels of one image per block (one thread each): one slot of MixtureBuffers::sums.
+constexpr int kMixturePixelsPerBlock = 128;
+
+// Blocks (and sums) per image of `pixels` pixels: at least 1, so an empty image still
+// gets a slot holding 0.
+inline int64_t mixture_blocks_per_image(int64_t pixels) {
+  return pixels <= kMixturePixelsPerBlock
+             ? 1
+             : (pixels + kMixturePixelsPerBlock - 1) / kMixturePixelsPerBlock;
+}
+
+cudaError_t launch_discretized_logistic_mixture(DType params_dtype, DType x_dtype,
+                                                const MixtureBuffers& buffers,
+                                                float* grad_workspace, cudaStream_t stream);
 
 // out[r, j] = local_grad[r, j] * grad_output[r * stride_row + j * stride_elem] over
 // `rows` rows of `row_len` elements: stride_elem = 1 (one upstream value per element;

@@ -7,8 +7,9 @@
 // every dispatch key, so this file registers the CUDA key only.
 //
 // Host synchronization: none, except the [0, 1] check of Bernoulli targets and
-// probabilities, whose flags (written by the kernels) are read once, after every
-// kernel of the op is queued; it is skipped while a CUDA graph is being captured.
+// probabilities and the [-1, 1] check of the mixture likelihood's x, whose flags
+// (written by the kernels) are read once, after every kernel of the op is queued; it is
+// skipped while a CUDA graph is being captured.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -31,8 +32,8 @@ namespace {
 
 using at::Tensor;
 
-DType dtype_of(const char* op, const Tensor& t) {
-  switch (t.scalar_type()) {
+DType dtype_of(const char* op, at::ScalarType type) {
+  switch (type) {
     case at::kFloat: return DType::kFloat32;
     case at::kDouble: return DType::kFloat64;
     case at::kHalf: return DType::kFloat16;
@@ -40,10 +41,11 @@ DType dtype_of(const char* op, const Tensor& t) {
     default: break;
   }
   TORCH_CHECK_TYPE(false, "vae_kernels.", op,
-                   ": expected a float32, float64, float16 or bfloat16 tensor, got ",
-                   t.scalar_type());
+                   ": expected a float32, float64, float16 or bfloat16 tensor, got ", type);
   return DType::kFloat32;  // not reached
 }
+
+DType dtype_of(const char* op, const Tensor& t) { return dtype_of(op, t.scalar_type()); }
 
 constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
 
@@ -325,6 +327,83 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
           kl_call.grads[1]};
 }
 
+// ------------------------------------------------------------------ the mixture likelihood
+
+std::tuple<Tensor, Tensor> discretized_logistic_mixture_nll(const Tensor& params, const Tensor& x,
+                                                            int64_t num_bits, int64_t reduction,
+                                                            int64_t divisor,
+                                                            std::array<bool, 1> grad_mask) {
+  const char* op = "discretized_logistic_mixture_nll";
+  MixtureBuffers buffers;
+  buffers.layout = check_mixture_args(params, x, num_bits, reduction, kDevice);
+  const DType params_dtype = dtype_of(op, params), x_dtype = dtype_of(op, x);
+  const c10::cuda::CUDAGuard guard(params.device());
+  const cudaStream_t stream = stream_of(params);
+  buffers.bins = mixture_bins(num_bits);
+  buffers.batch = x.size(0);
+  buffers.height = x.size(2);
+  buffers.width = x.size(3);
+  // Read through their strides, without a copy (channels_last params included).
+  buffers.params = params.const_data_ptr();
+  buffers.x = x.const_data_ptr();
+  for (int d = 0; d < 4; ++d) {
+    buffers.params_strides[d] = params.stride(d);
+    buffers.x_strides[d] = x.stride(d);
+  }
+  const auto compute_dtype = params.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto loss_dtype = c10::promoteTypes(params.scalar_type(), x.scalar_type());
+  const auto contiguous = params.options().memory_format(at::MemoryFormat::Contiguous);
+
+  Tensor pixel_nll, partial_sums;
+  const int64_t blocks_per_image = mixture_blocks_per_image(buffers.height * buffers.width);
+  if (reduction == kNone) {
+    pixel_nll = at::empty({buffers.batch, buffers.height, buffers.width},
+                          contiguous.dtype(compute_dtype));
+    buffers.pixel_nll = pixel_nll.data_ptr();
+  } else {
+    partial_sums = at::empty({buffers.batch * blocks_per_image}, contiguous.dtype(at::kDouble));
+    buffers.sums = partial_sums.data_ptr<double>();
+  }
+  Tensor grad = no_local_grad(params), grad_workspace;
+  if (grad_mask[0]) {
+    grad = at::empty(params.sizes(), contiguous.dtype(local_grad_dtype(params.scalar_type())));
+    buffers.grads = grad.data_ptr();
+    if (params.scalar_type() == at::kBFloat16) {  // the first pass's values, unrounded
+      grad_workspace = at::empty(params.sizes(), contiguous.dtype(at::kFloat));
+    }
+  }
+  buffers.grad_scale = 1.0 / static_cast<double>(divisor);
+  const Tensor x_out_of_range = at::zeros({1}, contiguous.dtype(at::kInt));
+  buffers.x_out_of_range = x_out_of_range.data_ptr<int32_t>();
+  C10_CUDA_CHECK(launch_discretized_logistic_mixture(
+      params_dtype, x_dtype, buffers,
+      grad_workspace.defined() ? grad_workspace.data_ptr<float>() : nullptr, stream));
+
+  // Per image or in total, divided by `divisor`, in the loss dtype.
+  Tensor loss;
+  const double scale = 1.0 / static_cast<double>(divisor);
+  const DType loss_code = dtype_of(op, loss_dtype);
+  if (reduction == kNone) {
+    loss = pixel_nll.to(loss_dtype);
+  } else if (reduction == kPerSample) {
+    loss = at::empty({buffers.batch}, contiguous.dtype(loss_dtype));
+    C10_CUDA_CHECK(launch_finish_rows(loss_code, buffers.sums, blocks_per_image, nullptr, 0, 0.0,
+                                      buffers.batch, scale, loss.data_ptr(), nullptr, nullptr,
+                                      stream));
+  } else {
+    loss = at::empty({}, contiguous.dtype(loss_dtype));
+    C10_CUDA_CHECK(launch_finish_total(loss_code, buffers.sums, partial_sums.numel(), nullptr, 0,
+                                       0.0, scale, loss.data_ptr(), nullptr, nullptr, stream));
+  }
+  // The flag the kernel wrote: a device-to-host copy after every kernel of the op is
+  // queued; skipped inside a CUDA graph capture, where no copy can run.
+  if (!capturing_cuda_graph()) {
+    TORCH_CHECK_VALUE(x_out_of_range.item<int32_t>() == 0, "vae_kernels.", op,
+                      ": x must lie in [-1, 1], but some values are outside it");
+  }
+  return {loss, grad};
+}
+
 // out = local_grad * grad_output (per element, per row or one value), in grad_output's
 // dtype; `out` may be `local_grad` itself. Dtypes are checked by the caller.
 void loss_backward_into(const Tensor& local_grad, const Tensor& grad_output, int64_t reduction,
@@ -385,6 +464,7 @@ TORCH_LIBRARY_IMPL(vae_kernels, CUDA, m) {
   m.impl("gaussian_kl", &gaussian_kl);
   m.impl("reconstruction_nll", &reconstruction_nll);
   m.impl("elbo", &elbo);
+  m.impl("discretized_logistic_mixture_nll", &discretized_logistic_mixture_nll);
   m.impl("loss_backward", &loss_backward);
   m.impl("loss_backward_", &loss_backward_inplace);
 }

@@ -462,6 +462,221 @@ def test_loss_backward(kernels, dtype, layout):
     assert torch.equal(out, expected.to(dtype))
 
 
+# ---------------------------------------------------------------- the mixture likelihood
+
+MIXTURE_BLOCK = 128  # kMixturePixelsPerBlock: pixels per block and per partial sum
+assert f"kMixturePixelsPerBlock = {MIXTURE_BLOCK};" in emulated.LAUNCHERS_H.read_text()
+
+
+def mixture_blocks_per_image(pixels: int) -> int:
+    return max(1, -(-pixels // MIXTURE_BLOCK))
+
+
+@dataclass(frozen=True)
+class MixtureCall:
+    """One call of launch_discretized_logistic_mixture as the glue makes it: params
+    (B, P, H, W) in `params_layout` ("contiguous", "channels_last" or "sliced": a view
+    with a storage offset and no unit stride), x contiguous or channels_last, the pixel
+    NLL for reduction "none", else the block sums finished per image ("per_sample") or in
+    total, divided by `divisor`."""
+
+    name: str
+    shape: tuple  # (B, C, H, W, M)
+    params_layout: str
+    reduction: str
+    divisor: int = 1
+    grads: bool = True
+    x_channels_last: bool = False
+    num_bits: int = 8
+    repeat: bool = False  # run twice: the results must be bitwise equal
+
+
+MIXTURE_CALLS = [
+    MixtureCall("c3m3-none", (2, 3, 5, 7, 3), "contiguous", "none"),  # 35 pixels: 64 threads
+    MixtureCall("c1m3-rows-channels-last", (2, 1, 13, 11, 3), "channels_last", "per_sample",
+                  divisor=3, repeat=True),  # 143 pixels: 2 blocks per image, the second a tail
+    MixtureCall("c3m1-total-sliced", (2, 3, 12, 12, 1), "sliced", "total", divisor=7,
+                  x_channels_last=True, num_bits=5, repeat=True),  # 144 pixels, 4 blocks
+    MixtureCall("c1m1-total-nograd", (3, 1, 2, 2, 1), "contiguous", "total", grads=False),
+    MixtureCall("c3m3-rows-sliced-nograd", (2, 3, 4, 9, 3), "sliced", "per_sample",
+                  grads=False, x_channels_last=True),
+    MixtureCall("c1m3-none-sliced", (1, 1, 3, 50, 3), "sliced", "none", divisor=2),
+    MixtureCall("empty-batch", (0, 3, 2, 2, 2), "contiguous", "total"),
+    MixtureCall("empty-images", (2, 1, 0, 3, 2), "contiguous", "per_sample"),
+]
+
+
+def mixture_inputs(shape, num_bits: int, seed: int):
+    """float64 params (logits, means near the data, log-scales in about [-5, 0.5], one
+    clamped below -7, coupling coefficients) and x on the 2^bits-level grid of [-1, 1]
+    with both edge levels present."""
+    b, c, h, w, m = shape
+    g = torch.Generator().manual_seed(seed)
+    params = torch.randn(b, (10 if c == 3 else 3) * m, h, w, generator=g, dtype=torch.float64)
+    rows = params[:, m:].view(b, c, (3 if c == 3 else 2) * m, h, w)  # no -1: b or h may be 0
+    rows[:, :, :m] *= 0.6  # means
+    rows[:, :, m:2 * m] = rows[:, :, m:2 * m] * 1.2 - 2.5  # log-scales
+    levels = 2**num_bits - 1
+    x = torch.randint(0, levels + 1, (b, c, h, w), generator=g) * (2.0 / levels) - 1.0
+    if b * h * w >= 3:
+        x.view(b, c, h * w)[0, :, 0] = -1.0  # the open-ended edge bins
+        x.view(b, c, h * w)[0, :, 1] = 1.0
+        params[0, 2 * m].view(h * w)[2] = -9.0  # a clamped log-scale (channel 0, component 0)
+    return params, x.to(torch.float64)
+
+
+def laid_out(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """t (B, P, H, W) with the same values in memory layout `layout` (see MixtureCall),
+    read by the kernel in place."""
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "sliced":
+        b, p, h, w = t.shape
+        big = torch.full((b, p + 1, h, 2 * w), NAN, dtype=t.dtype)
+        view = big[:, 1:, :, ::2]
+        view.copy_(t)
+        return view
+    return t.contiguous()
+
+
+def run_mixture(kernels, call: MixtureCall, params: torch.Tensor, x: torch.Tensor) -> dict:
+    """launch_discretized_logistic_mixture (and the finishing pass) as the glue calls them."""
+    b, _, h, w, _ = call.shape
+    pixels = h * w
+    compute = torch.float64 if params.dtype == torch.float64 else torch.float32
+    loss_dtype = torch.promote_types(params.dtype, x.dtype)
+    none = call.reduction == "none"
+    pixel_nll = buffer(b * pixels, compute) if none else None
+    blocks = mixture_blocks_per_image(pixels)
+    sums = None if none else buffer(b * blocks, torch.float64)
+    grads = workspace = None
+    if call.grads:
+        grads = buffer(params.numel(), local_grad_dtype(params.dtype))
+        if params.dtype == torch.bfloat16:
+            workspace = buffer(params.numel(), torch.float32)
+    flag = torch.zeros(1, dtype=torch.int32)
+    kernels.discretized_logistic_mixture(params, x, num_bits=call.num_bits,
+                                         pixel_nll=pixel_nll, grads=grads,
+                                         grad_scale=1.0 / call.divisor, sums=sums, flag=flag,
+                                         grad_workspace=workspace)
+    scale = 1.0 / call.divisor
+    if call.reduction == "per_sample":
+        loss = buffer(b, loss_dtype)
+        kernels.finish_rows(loss_dtype, sums, blocks, None, 0, 0.0, b, scale, out_total=loss)
+    elif call.reduction == "total":
+        loss = buffer(1, loss_dtype)
+        kernels.finish_total(loss_dtype, sums, b * blocks, None, 0, 0.0, scale, out_total=loss)
+    else:
+        loss = pixel_nll.view(b, h, w)
+    return {"loss": loss, "sums": sums, "grads": grads, "flag": int(flag)}
+
+
+def mixture_oracle(params64: torch.Tensor, x64: torch.Tensor, call: MixtureCall):
+    """The float64 loss reduced as `call` (the reduced ones divided by divisor, not the
+    per-pixel NLL) and d(loss)/d(params) of each image's own loss divided by divisor: the
+    kernel's local gradient (grad_scale is 1/divisor for every reduction)."""
+    b, _, h, w, _ = call.shape
+    if b * h * w == 0:  # no pixel (the reference, reshaping with -1, would raise here: an
+        # exception aborts under the preloaded ASan runtime)
+        pixel_nll, grad = torch.zeros(b, h, w, dtype=torch.float64), torch.zeros_like(params64)
+    else:
+        leaf = params64.detach().clone().requires_grad_()
+        pixel_nll = reference.discretized_logistic_mixture_nll_pixelwise(leaf, x64,
+                                                                         call.num_bits)
+        (grad,) = torch.autograd.grad(pixel_nll.sum(), leaf)
+    loss = pixel_nll.detach()
+    if call.reduction == "per_sample":
+        loss = loss.flatten(1).sum(1)
+    elif call.reduction == "total":
+        loss = loss.sum().reshape(1)
+    if call.reduction != "none":
+        loss = loss / call.divisor
+    return loss, grad / call.divisor
+
+
+@pytest.mark.parametrize("call", MIXTURE_CALLS, ids=lambda call: call.name)
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mixture(kernels, dtype, x_dtype, call):
+    params64, x64 = mixture_inputs(call.shape, call.num_bits, seed=MIXTURE_CALLS.index(call))
+    params = laid_out(params64.to(dtype), call.params_layout)
+    x = x64.to(x_dtype)
+    if call.x_channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = run_mixture(kernels, call, params, x)
+    # the oracle sees the rounded inputs; the kernel computes in float32 unless params
+    # are float64 (x too: float64 x is read into float32)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    loss64, grad64 = mixture_oracle(params64.to(dtype).double(), x64.to(x_dtype).to(compute)
+                                    .double(), call)
+
+    b, _, h, w, m = call.shape
+    if got["sums"] is not None:
+        assert not got["sums"].isnan().any(), "a block did not write its partial sum"
+        if h * w == 0:
+            assert torch.equal(got["sums"], torch.zeros_like(got["sums"]))
+    assert got["loss"].dtype == (compute if call.reduction == "none"
+                                 else torch.promote_types(dtype, x_dtype))
+    # gradients are sums over components of terms up to e^-s ~ 1e3: a few ulp of those
+    tol = ({"rtol": 1e-9, "atol": 1e-10} if compute == torch.float64
+           else {"rtol": 2e-5, "atol": 2e-5})
+    summed = {"none": 1, "per_sample": h * w, "total": b * h * w}[call.reduction]
+    torch.testing.assert_close(got["loss"].double().view(loss64.shape), loss64, rtol=tol["rtol"],
+                               atol=tol["atol"] * max(1.0, summed / call.divisor))
+    if call.grads:
+        if dtype == torch.bfloat16:  # rounded once, from float32
+            tol = {"rtol": 2**-8, "atol": tol["atol"]}
+        grad = got["grads"].view(params.shape)
+        torch.testing.assert_close(grad.double(), grad64, **tol)
+        if b * h * w >= 3:  # mixture_inputs clamped this log-scale: no gradient
+            assert grad[0, 2 * m].flatten()[2] == 0
+    assert got["flag"] == 0, "x in [-1, 1] flagged outside"
+    if call.repeat:
+        again = run_mixture(kernels, call, params, x)
+        for name in ("loss", "sums", "grads"):
+            if got[name] is not None:
+                assert torch.equal(got[name], again[name]), f"{name} differ between two runs"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_mixture_16bit_params_match_the_float32_kernel(kernels, dtype):
+    """16-bit params are widened to float32 and nothing in between is rounded: the NLL
+    equals the float32 kernel's on the same values bit for bit, and the gradient is that
+    kernel's gradient rounded once (bfloat16: no first-pass value went through bfloat16)."""
+    call = MixtureCall("c3m3", (2, 3, 5, 7, 3), "channels_last", "none", divisor=3)
+    params64, x64 = mixture_inputs(call.shape, 8, seed=11)
+    params = laid_out(params64.to(dtype), "channels_last")
+    x = x64.float()
+    narrow = run_mixture(kernels, call, params, x)
+    wide = run_mixture(kernels, call, laid_out(params.float(), "contiguous"), x)
+    assert torch.equal(narrow["loss"], wide["loss"])
+    assert torch.equal(narrow["grads"], wide["grads"].to(local_grad_dtype(dtype)))
+
+
+def test_mixture_bfloat16_gradient_needs_the_workspace(kernels):
+    call = MixtureCall("c1m1", (1, 1, 2, 2, 1), "contiguous", "none")
+    params64, x64 = mixture_inputs(call.shape, 8, seed=12)
+    params = params64.bfloat16()
+    grads = buffer(params.numel(), torch.bfloat16)
+    with pytest.raises(emulated.LaunchError, match="cudaError_t 1"):  # cudaErrorInvalidValue
+        kernels.discretized_logistic_mixture(params, x64.float(), num_bits=8,
+                                             pixel_nll=buffer(4, torch.float32), grads=grads)
+
+
+@pytest.mark.parametrize("bad", [1.5, -1.0001, None], ids=["above", "below", "nan-only"])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.float64], ids=str)
+def test_mixture_flags_x_outside_minus_one_to_one(kernels, x_dtype, bad):
+    """One value outside [-1, 1], in the second block of the second image, sets the flag;
+    NaN does not."""
+    call = MixtureCall("c3m1", (2, 3, 13, 11, 1), "contiguous", "per_sample", grads=False)
+    params64, x64 = mixture_inputs(call.shape, 8, seed=13)
+    x64[0, 1, 4, 5] = NAN
+    if bad is not None:
+        x64[1, 2, 12, 10] = bad  # pixel 142: the tail block
+    got = run_mixture(kernels, call, params64.float(), x64.to(x_dtype))
+    assert got["flag"] == int(bad is not None)
+
+
 # ---------------------------------------------------------------- the emulation itself
 
 

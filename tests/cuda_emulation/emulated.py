@@ -45,6 +45,12 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return t.data_ptr() or None
 
 
+def _strides(t: torch.Tensor):
+    """t's strides (in elements) as an int64[4] for ctypes."""
+    assert t.device.type == "cpu" and t.dim() == 4
+    return ctypes.cast((_I64 * 4)(*t.stride()), _V)
+
+
 class LaunchError(RuntimeError):
     pass
 
@@ -59,6 +65,8 @@ _SIGNATURES = {
     "vk_launch_reparameterize_philox": [_I, _V, _V, _V, _V, _I64, _I64, _D],
     "vk_launch_reparameterize_philox_backward": [_I, _V, _V, _V, _V, _V, _I64, _I64, _D],
     "vk_launch_loss_backward": [_I, _V, _V, _I64, _I64, _V, _I64, _I64],
+    "vk_launch_discretized_logistic_mixture": [_I, _I, _I, _I, _I64, _I64, _I64, _I64, _V, _V,
+                                               _V, _V, _V, _V, _D, _V, _V, _V],
     "vk_float_to_half": [_V, _V, _I64],
     "vk_half_to_float": [_V, _V, _I64],
     "vk_float_to_bfloat16": [_V, _V, _I64],
@@ -135,6 +143,19 @@ class Kernels:
                       row_len) -> None:
         self._call("vk_launch_loss_backward", DTYPE_CODES[dtype], _ptr(local_grad),
                    _ptr(grad_output), stride_elem, stride_row, _ptr(out), rows, row_len)
+
+    def discretized_logistic_mixture(self, params, x, *, num_bits, pixel_nll=None, grads=None,
+                                     grad_scale=1.0, sums=None, flag=None,
+                                     grad_workspace=None) -> None:
+        """params (B, P, H, W) and x (B, C, H, W) with any strides, read in place; the
+        outputs contiguous (None: not asked for)."""
+        b, c, h, w = x.shape
+        components = params.shape[1] // (10 if c == 3 else 3)
+        self._call("vk_launch_discretized_logistic_mixture", DTYPE_CODES[params.dtype],
+                   DTYPE_CODES[x.dtype], c, components, num_bits, b, h, w,
+                   params.data_ptr() or None, _strides(params), x.data_ptr() or None,
+                   _strides(x), _ptr(pixel_nll), _ptr(grads), grad_scale, _ptr(sums), _ptr(flag),
+                   _ptr(grad_workspace))
 
     def convert(self, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The emulation's float32 <-> float16/bfloat16 conversions (values' dtype to dtype)."""

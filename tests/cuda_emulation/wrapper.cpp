@@ -77,6 +77,36 @@ int vk_launch_loss_backward(int dtype, const void* local_grad, const void* grad_
                               rows, row_len, nullptr);
 }
 
+// MixtureBuffers from plain arguments; strides (4 each) in elements.
+int vk_launch_discretized_logistic_mixture(int params_dtype, int x_dtype, int channels,
+                                           int components, int64_t num_bits, int64_t batch,
+                                           int64_t height, int64_t width, const void* params,
+                                           const int64_t* params_strides, const void* x,
+                                           const int64_t* x_strides, void* pixel_nll,
+                                           void* grads, double grad_scale, double* sums,
+                                           int32_t* x_out_of_range, float* grad_workspace) {
+  MixtureBuffers b;
+  b.layout.channels = channels;
+  b.layout.components = components;
+  b.bins = vae_kernels::mixture_bins(num_bits);
+  b.batch = batch;
+  b.height = height;
+  b.width = width;
+  b.params = params;
+  b.x = x;
+  for (int d = 0; d < 4; ++d) {
+    b.params_strides[d] = params_strides[d];
+    b.x_strides[d] = x_strides[d];
+  }
+  b.pixel_nll = pixel_nll;
+  b.grads = grads;
+  b.grad_scale = grad_scale;
+  b.sums = sums;
+  b.x_out_of_range = x_out_of_range;
+  return launch_discretized_logistic_mixture(DType(params_dtype), DType(x_dtype), b,
+                                             grad_workspace, nullptr);
+}
+
 // The emulation's own conversions, checked against torch's.
 void vk_float_to_half(const float* in, uint16_t* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = __half_as_ushort(__float2half_rn(in[i]));
