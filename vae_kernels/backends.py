@@ -100,8 +100,24 @@ def available_backends() -> list[str]:
     return names + ["torch"]
 
 
+# resolve()'s answers that cannot change while the process runs: the compiled library
+# is loaded once. (Triton's depend on TRITON_INTERPRET and are looked up every time.)
+_NATIVE_RESOLVED: dict = {}
+
+
 def resolve(backend: str, device: torch.device) -> "Union[ModuleType, OpsBackend]":
     """The backend object for ``backend`` and tensors on ``device``, or a clear error."""
+    key = (backend, device)
+    if key in _NATIVE_RESOLVED:
+        return _NATIVE_RESOLVED[key]
+    resolved = _resolve(backend, device)
+    if backend in ("auto", "cpu", "cuda") and resolved is not reference:
+        if backend != "auto" or device.type == "cpu":  # auto on CUDA may pick Triton
+            _NATIVE_RESOLVED[key] = resolved
+    return resolved
+
+
+def _resolve(backend: str, device: torch.device) -> "Union[ModuleType, OpsBackend]":
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":

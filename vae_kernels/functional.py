@@ -99,7 +99,10 @@ def _compute_dtype(*tensors: object, loss: bool = True) -> torch.dtype:
     gives float64); under autocast a loss (``loss``) computes and returns float32
     (float64 stays float64)."""
     found = [t for t in tensors if isinstance(t, Tensor)]
-    dtype = functools.reduce(torch.promote_types, (t.dtype for t in found))
+    dtype = found[0].dtype
+    for t in found[1:]:
+        if t.dtype != dtype:
+            dtype = torch.promote_types(dtype, t.dtype)
     if loss and dtype != torch.float64 and _autocast_enabled(found[0].device.type):
         return torch.float32
     return dtype
@@ -126,8 +129,10 @@ def _kernel_inputs(impl: object, dtype: torch.dtype, *tensors):
     share one lower precision and float32 is wanted (autocast), the smallest is cast.
     Others get every tensor in ``dtype``."""
     present = [t for t in tensors if isinstance(t, Tensor)]
-    mixed_ok = present[0].device.type in getattr(impl, "mixed_dtype_devices", ())
     dtypes = {t.dtype for t in present}
+    if dtypes == {dtype}:
+        return tensors
+    mixed_ok = present[0].device.type in getattr(impl, "mixed_dtype_devices", ())
     if not mixed_ok or dtype == torch.float64 or (len(dtypes) == 1 and dtype not in dtypes):
         if mixed_ok and dtype == torch.float32:  # one lower precision: cast the smallest
             return tuple(smallest_to_float32(tensors))

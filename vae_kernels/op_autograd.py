@@ -85,10 +85,10 @@ class OpsBackend:
 
     def _loss(self, name: str, *args) -> tuple[Tensor, ...]:
         """The reduced outputs of loss op ``name``; its local gradients stay internal."""
-        spec = LossSpec(self.namespace, name)
-        if _runs_eagerly(args) and not has_cpp_autograd(self.namespace, name):
+        spec = _loss_spec(self.namespace, name)
+        if not has_cpp_autograd(self.namespace, name) and _runs_eagerly(args):
             return EagerLoss.apply(spec, *args)
-        return tuple(spec.op(*args)[: spec.n_reduced])
+        return spec.op(*args)[: spec.n_reduced]
 
     def reparameterize(
         self,
@@ -108,7 +108,7 @@ class OpsBackend:
         return z if num_samples is not None else z.squeeze(0)
 
     def _sample(self, name: str, *args) -> Tensor:
-        if _runs_eagerly(args) and not has_cpp_autograd(self.namespace, name):
+        if not has_cpp_autograd(self.namespace, name) and _runs_eagerly(args):
             return EagerSample.apply(self.ops, name, *args)
         return getattr(self.ops, name)(*args)
 
@@ -244,9 +244,9 @@ class LossSpec:
     def ops(self):
         return getattr(torch.ops, self.namespace)
 
-    @property
+    @functools.cached_property
     def op(self):
-        return getattr(self.ops, self.name)
+        return getattr(self.ops, self.name).default
 
     @property
     def n_inputs(self) -> int:
@@ -261,6 +261,11 @@ class LossSpec:
 
     def beta(self, args) -> Optional[float]:
         return args[5] if self.name == "elbo" else None
+
+
+@functools.lru_cache(maxsize=None)
+def _loss_spec(namespace: str, name: str) -> LossSpec:
+    return LossSpec(namespace, name)
 
 
 def input_shapes_and_options(args: Sequence) -> tuple[list, list]:

@@ -123,8 +123,10 @@ struct LossCall {
       mixed_dtypes = mixed_dtypes || t.scalar_type() != dtype;
       inputs.push_back(t.contiguous());
     }
-    buffers.rows = batch_rows(first);
-    buffers.row_len = row_length(first);
+    // Only per_sample needs a sum per row; otherwise the tensor is one long row, whose
+    // fixed 4096-element chunks make fewer, fuller kernel calls than short rows do.
+    buffers.rows = reduction == kPerSample ? batch_rows(first) : 1;
+    buffers.row_len = reduction == kPerSample ? row_length(first) : first.numel();
     row_sums.resize(buffers.rows);
     buffers.sums = row_sums.data();
     buffers.out_of_unit_interval = outside_unit_interval.data();
