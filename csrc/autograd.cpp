@@ -11,7 +11,8 @@
 // retain_graph=True, recomputes them from the saved inputs), so they live no longer
 // than the gradients they become.
 //
-// Sampling. reparameterize and reparameterize_philox have backward ops of their own.
+// Sampling. reparameterize and reparameterize_philox have backward ops of their own. On
+// the CPU, in-kernel noise is kept for backward (reparameterize_philox_with_noise).
 //
 // No second derivatives: a backward with create_graph=True raises.
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -270,6 +271,11 @@ struct SampleCall {
   bool logsigma = false;
 };
 
+// In-kernel noise on the CPU is kept for backward, where reading eps costs less than
+// regenerating it (Philox + Box-Muller); on a GPU, where arithmetic is cheap and memory
+// is not, backward regenerates it from the seed.
+bool keeps_noise(const Tensor& mu) { return mu.device().is_cpu(); }
+
 struct SampleFunction : public torch::autograd::Function<SampleFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar,
                         const Tensor& noise, int64_t num_samples, SampleCall call) {
@@ -279,14 +285,25 @@ struct SampleFunction : public torch::autograd::Function<SampleFunction> {
     static const auto reparameterize_philox =
         find_op<Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, bool)>(
             "vae_kernels::reparameterize_philox");
-    Tensor z;
+    static const auto reparameterize_philox_with_noise =
+        find_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, int64_t,
+                                           bool)>("vae_kernels::reparameterize_philox_with_noise");
+    Tensor z, kept_noise = noise;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      z = call.philox ? reparameterize_philox.call(mu, logvar, noise, num_samples, call.logsigma)
-                      : reparameterize.call(mu, logvar, noise, call.logsigma);
+      if (!call.philox) {
+        z = reparameterize.call(mu, logvar, noise, call.logsigma);
+      } else if (keeps_noise(mu)) {
+        std::tie(z, kept_noise) = reparameterize_philox_with_noise.call(mu, logvar, noise,
+                                                                        num_samples, call.logsigma);
+      } else {
+        z = reparameterize_philox.call(mu, logvar, noise, num_samples, call.logsigma);
+      }
     }
-    ctx->save_for_backward({logvar, noise});
+    ctx->save_for_backward({logvar, kept_noise});
+    // Backward from the kept eps; the seed input still gets no gradient.
     ctx->saved_data["call"] = hold(call);
+    ctx->saved_data["regenerate"] = call.philox && !keeps_noise(mu);
     return z;
   }
 
@@ -303,10 +320,11 @@ struct SampleFunction : public torch::autograd::Function<SampleFunction> {
     if (!grad_z.defined()) return grads;
     const SampleCall& call = held<SampleCall>(ctx->saved_data["call"]);
     const auto saved = ctx->get_saved_variables();
-    const Tensor &logvar = saved[0], &noise = saved[1];
+    const Tensor &logvar = saved[0], &noise = saved[1];  // noise: eps, or the seed
     std::tie(grads[0], grads[1]) =
-        call.philox ? reparameterize_philox_backward.call(grad_z, logvar, noise, call.logsigma)
-                    : reparameterize_backward.call(grad_z, logvar, noise, call.logsigma);
+        ctx->saved_data["regenerate"].toBool()
+            ? reparameterize_philox_backward.call(grad_z, logvar, noise, call.logsigma)
+            : reparameterize_backward.call(grad_z, logvar, noise, call.logsigma);
     if (!call.philox && ctx->needs_input_grad(2)) {  // eps that itself requires grad: dz/deps = std
       grads[2] = grad_z.mul((call.logsigma ? logvar : logvar.mul(0.5)).exp());
     }

@@ -25,6 +25,11 @@ TORCH_LIBRARY(vae_kernels, m) {
   m.def(
       "reparameterize_philox(Tensor mu, Tensor logvar, Tensor seed, int num_samples, "
       "bool logsigma=False) -> Tensor");
+  // The same draw, also returning its noise eps: on the CPU, backward reads eps
+  // (reparameterize_backward) instead of regenerating it.
+  m.def(
+      "reparameterize_philox_with_noise(Tensor mu, Tensor logvar, Tensor seed, "
+      "int num_samples, bool logsigma=False) -> (Tensor, Tensor)");
   m.def(
       "reparameterize_philox_backward(Tensor grad_z, Tensor logvar, Tensor seed, "
       "bool logsigma=False) -> (Tensor, Tensor)");

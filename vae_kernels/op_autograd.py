@@ -22,7 +22,6 @@ backend object that ``vae_kernels.functional`` calls. Importing it loads no libr
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -78,6 +77,12 @@ class OpsBackend:
     def __init__(self, namespace: str, mixed_dtype_devices: tuple[str, ...] = ()) -> None:
         self.namespace = namespace
         self.mixed_dtype_devices = mixed_dtype_devices
+        # Ops whose autograd is C++ (csrc/autograd.cpp): called directly, eager or traced.
+        self.cpp_autograd_ops = frozenset(
+            name
+            for name in (*_LOSS_LAYOUT, "reparameterize", "reparameterize_philox")
+            if has_cpp_autograd(namespace, name)
+        )
 
     @property
     def ops(self):
@@ -86,7 +91,7 @@ class OpsBackend:
     def _loss(self, name: str, *args) -> tuple[Tensor, ...]:
         """The reduced outputs of loss op ``name``; its local gradients stay internal."""
         spec = _loss_spec(self.namespace, name)
-        if not has_cpp_autograd(self.namespace, name) and _runs_eagerly(args):
+        if name not in self.cpp_autograd_ops and _runs_eagerly(args):
             return EagerLoss.apply(spec, *args)
         return spec.op(*args)[: spec.n_reduced]
 
@@ -108,7 +113,7 @@ class OpsBackend:
         return z if num_samples is not None else z.squeeze(0)
 
     def _sample(self, name: str, *args) -> Tensor:
-        if not has_cpp_autograd(self.namespace, name) and _runs_eagerly(args):
+        if name not in self.cpp_autograd_ops and _runs_eagerly(args):
             return EagerSample.apply(self.ops, name, *args)
         return getattr(self.ops, name)(*args)
 
@@ -244,7 +249,7 @@ class LossSpec:
     def ops(self):
         return getattr(torch.ops, self.namespace)
 
-    @functools.cached_property
+    @property
     def op(self):
         return getattr(self.ops, self.name).default
 
@@ -263,9 +268,14 @@ class LossSpec:
         return args[5] if self.name == "elbo" else None
 
 
-@functools.lru_cache(maxsize=None)
+_LOSS_SPECS: dict[tuple[str, str], LossSpec] = {}
+
+
 def _loss_spec(namespace: str, name: str) -> LossSpec:
-    return LossSpec(namespace, name)
+    key = (namespace, name)
+    if key not in _LOSS_SPECS:
+        _LOSS_SPECS[key] = LossSpec(namespace, name)
+    return _LOSS_SPECS[key]
 
 
 def input_shapes_and_options(args: Sequence) -> tuple[list, list]:
@@ -462,7 +472,6 @@ def _run_below_autograd(spec: LossSpec, args) -> tuple[Tensor, ...]:
         return spec.op(*args)
 
 
-@functools.lru_cache(maxsize=None)
 def has_cpp_autograd(namespace: str, name: str) -> bool:
     """Whether op ``name`` has its autograd in C++ (csrc/autograd.cpp)."""
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"{namespace}::{name}", "Autograd")

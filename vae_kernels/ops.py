@@ -72,6 +72,12 @@ def _register_fakes() -> None:
     torch.library.register_fake(lib + "reparameterize_philox")(
         lambda mu, logvar, seed, num_samples, logsigma=False: mu.new_empty((num_samples, *mu.shape))
     )
+    torch.library.register_fake(lib + "reparameterize_philox_with_noise")(
+        lambda mu, logvar, seed, num_samples, logsigma=False: (
+            mu.new_empty((num_samples, *mu.shape)),
+            mu.new_empty((num_samples, *mu.shape)),
+        )
+    )
     torch.library.register_fake(lib + "reparameterize_philox_backward")(
         lambda grad_z, logvar, seed, logsigma=False: (same(logvar), same(logvar))
     )

@@ -33,10 +33,11 @@ struct KernelTable {
   void (*reparameterize_backward)(c10::ScalarType dtype, const void* grad_z, const void* logvar,
                                   const void* eps, void* grad_mu, void* grad_logvar, int64_t numel,
                                   int64_t num_samples, double std_exponent);
-  // The same, with eps[k, i] = philox_standard_normal(seed, k * numel + i).
+  // The same, with eps[k, i] = philox_standard_normal(seed, k * numel + i), also
+  // written to `eps` unless it is null.
   void (*reparameterize_philox)(c10::ScalarType dtype, const void* mu, const void* logvar,
-                                uint64_t seed, void* z, int64_t numel, int64_t num_samples,
-                                double std_exponent);
+                                uint64_t seed, void* z, void* eps, int64_t numel,
+                                int64_t num_samples, double std_exponent);
   void (*reparameterize_philox_backward)(c10::ScalarType dtype, const void* grad_z,
                                          const void* logvar, uint64_t seed, void* grad_mu,
                                          void* grad_logvar, int64_t numel, int64_t num_samples,

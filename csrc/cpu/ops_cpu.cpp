@@ -217,18 +217,33 @@ std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const T
 
 uint64_t read_seed(const Tensor& seed) { return static_cast<uint64_t>(seed.item<int64_t>()); }
 
-Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tensor& seed,
-                             int64_t num_samples, bool logsigma) {
+// z, and eps where `keep_noise` (else an empty tensor).
+std::tuple<Tensor, Tensor> sample_philox(const Tensor& mu, const Tensor& logvar,
+                                         const Tensor& seed, int64_t num_samples, bool logsigma,
+                                         bool keep_noise) {
   check_reparameterize_philox_args(mu, logvar, seed, num_samples, kDevice);
   const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous();
   std::vector<int64_t> shape{num_samples};
   shape.insert(shape.end(), mu.sizes().begin(), mu.sizes().end());
   Tensor z = at::empty(shape, mu.options());
+  Tensor eps = at::empty(keep_noise ? shape : std::vector<int64_t>{0}, mu.options());
   kernels().reparameterize_philox(mu.scalar_type(), mu_c.const_data_ptr(),
-                                  logvar_c.const_data_ptr(),
-                                  read_seed(seed), z.data_ptr(),
-                                  mu.numel(), num_samples, std_exponent(logsigma));
-  return z;
+                                  logvar_c.const_data_ptr(), read_seed(seed), z.data_ptr(),
+                                  keep_noise ? eps.data_ptr() : nullptr, mu.numel(), num_samples,
+                                  std_exponent(logsigma));
+  return {z, eps};
+}
+
+Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tensor& seed,
+                             int64_t num_samples, bool logsigma) {
+  return std::get<0>(sample_philox(mu, logvar, seed, num_samples, logsigma, false));
+}
+
+std::tuple<Tensor, Tensor> reparameterize_philox_with_noise(const Tensor& mu,
+                                                            const Tensor& logvar,
+                                                            const Tensor& seed,
+                                                            int64_t num_samples, bool logsigma) {
+  return sample_philox(mu, logvar, seed, num_samples, logsigma, true);
 }
 
 std::tuple<Tensor, Tensor> reparameterize_philox_backward(const Tensor& grad_z,
@@ -403,6 +418,7 @@ TORCH_LIBRARY_IMPL(vae_kernels, CPU, m) {
   m.impl("reparameterize", &reparameterize);
   m.impl("reparameterize_backward", &reparameterize_backward);
   m.impl("reparameterize_philox", &reparameterize_philox);
+  m.impl("reparameterize_philox_with_noise", &reparameterize_philox_with_noise);
   m.impl("reparameterize_philox_backward", &reparameterize_philox_backward);
   m.impl("gaussian_kl", &gaussian_kl);
   m.impl("reconstruction_nll", &reconstruction_nll);

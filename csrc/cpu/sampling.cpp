@@ -1,5 +1,6 @@
-// CPU kernels of reparameterized sampling, with caller noise or in-kernel Philox
-// noise (regenerated in backward, never stored). Formulas: csrc/math/sampling.h.
+// CPU kernels of reparameterized sampling, with caller noise or in-kernel Philox noise
+// (written out on request, so that backward reads it instead of regenerating it: on a
+// CPU, Philox + Box-Muller costs more than reading eps). Formulas: csrc/math/sampling.h.
 #include "../math/philox.h"
 #include "../math/sampling.h"
 #include "isa_kernels.h"
@@ -78,8 +79,8 @@ void philox_normal_block(uint64_t seed, uint64_t first, int64_t count, acc_t* ep
 
 template <typename scalar_t>
 void reparameterize_philox_typed(const scalar_t* mu, const scalar_t* logvar, uint64_t seed,
-                                 scalar_t* z, int64_t numel, int64_t num_samples,
-                                 double std_exponent) {
+                                 scalar_t* z, scalar_t* eps_out, int64_t numel,
+                                 int64_t num_samples, double std_exponent) {
   using acc_t = acc_type_t<scalar_t>;
   const AccVec<scalar_t> c(static_cast<acc_t>(std_exponent));
   constexpr int64_t W = kVecWidth<scalar_t>;
@@ -92,8 +93,9 @@ void reparameterize_philox_typed(const scalar_t* mu, const scalar_t* logvar, uin
         for (int64_t j = 0; j < count; j += W) {
           const int64_t n = std::min(W, count - j), i = block + j;
           const auto std = posterior_std(load_vec(logvar + i, n), c);
-          const auto sample = reparameterize_forward(load_vec(mu + i, n), std, load_vec(eps + j, n));
-          store_vec(z + k * numel + i, sample, n);
+          const auto noise = load_vec(eps + j, n);
+          store_vec(z + k * numel + i, reparameterize_forward(load_vec(mu + i, n), std, noise), n);
+          if (eps_out) store_vec(eps_out + k * numel + i, noise, n);
         }
       }
     }
@@ -159,12 +161,13 @@ void reparameterize_backward(c10::ScalarType dtype, const void* grad_z, const vo
 }
 
 void reparameterize_philox(c10::ScalarType dtype, const void* mu, const void* logvar,
-                           uint64_t seed, void* z, int64_t numel, int64_t num_samples,
+                           uint64_t seed, void* z, void* eps, int64_t numel, int64_t num_samples,
                            double std_exponent) {
   VK_DISPATCH_FLOATING(dtype, [&] {
     reparameterize_philox_typed(static_cast<const scalar_t*>(mu),
                                 static_cast<const scalar_t*>(logvar), seed,
-                                static_cast<scalar_t*>(z), numel, num_samples, std_exponent);
+                                static_cast<scalar_t*>(z), static_cast<scalar_t*>(eps), numel,
+                                num_samples, std_exponent);
   });
 }
 

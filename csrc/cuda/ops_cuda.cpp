@@ -14,6 +14,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -223,6 +224,18 @@ Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tenso
       seed_d.const_data_ptr<int64_t>(), z.data_ptr(), mu.numel(), num_samples,
       std_exponent(logsigma), stream_of(mu)));
   return z;
+}
+
+// The noise of the same draw (mean 0, unit scale: exactly eps), then the sample from it.
+// The autograd calls it on CPU tensors only (on a GPU, backward regenerates the noise);
+// here it completes the op for CUDA tensors.
+std::tuple<Tensor, Tensor> reparameterize_philox_with_noise(const Tensor& mu,
+                                                            const Tensor& logvar,
+                                                            const Tensor& seed,
+                                                            int64_t num_samples, bool logsigma) {
+  const Tensor eps = reparameterize_philox(at::zeros_like(mu), at::zeros_like(logvar), seed,
+                                           num_samples, logsigma);
+  return {reparameterize(mu, logvar, eps, logsigma), eps};
 }
 
 std::tuple<Tensor, Tensor> reparameterize_philox_backward(const Tensor& grad_z,
@@ -460,6 +473,7 @@ TORCH_LIBRARY_IMPL(vae_kernels, CUDA, m) {
   m.impl("reparameterize", &reparameterize);
   m.impl("reparameterize_backward", &reparameterize_backward);
   m.impl("reparameterize_philox", &reparameterize_philox);
+  m.impl("reparameterize_philox_with_noise", &reparameterize_philox_with_noise);
   m.impl("reparameterize_philox_backward", &reparameterize_philox_backward);
   m.impl("gaussian_kl", &gaussian_kl);
   m.impl("reconstruction_nll", &reconstruction_nll);
