@@ -1,7 +1,7 @@
 // The vae_kernels operator schemas: each op is defined here once, and each backend
 // registers an implementation of it (cpu/ops_cpu.cpp for CPU tensors, cuda/ops_cuda.cpp
-// for CUDA tensors). The autograd formulas (vae_kernels/op_autograd.py) and the shape
-// functions for torch.compile (vae_kernels/ops.py) are registered in Python.
+// for CUDA tensors). The autograd formulas are autograd.cpp's; the shape functions for
+// torch.compile (vae_kernels/ops.py) are registered in Python.
 //
 // Conventions:
 // - `reduction`: 0 none (elementwise), 1 per_sample (shape (B,)), 2 sum (a scalar);

@@ -260,3 +260,16 @@ def test_large_outputs_held_by_the_caller_are_never_recycled():
         torch.testing.assert_close(grad, want)
     torch.testing.assert_close(first_row, reference_row)
     assert len({h.data_ptr() for h in held}) == 3
+
+
+def test_the_cpp_ops_have_their_autograd_in_cpp():
+    """Every op the C++ backend calls directly has its Autograd kernel in C++
+    (csrc/autograd.cpp): an eager call is one dispatcher call, with no Python in
+    forward or backward."""
+    from vae_kernels.op_autograd import CPP_AUTOGRAD_OPS
+
+    assert vk.ops.cpu.cpp_autograd_ops == frozenset(CPP_AUTOGRAD_OPS)
+    for name in CPP_AUTOGRAD_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vae_kernels::{name}", "Autograd")
+    mu = torch.randn(4, 3, requires_grad=True)
+    assert "LossFunction" in vk.gaussian_kl(mu, mu.detach()).grad_fn.name()

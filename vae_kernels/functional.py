@@ -216,8 +216,9 @@ def reparameterize(
         eps: standard-normal noise of shape ``mu.shape`` (or ``(K, *mu.shape)`` with
             ``num_samples=K``). If None, the kernel draws the noise itself from a
             counter-based generator (Philox) seeded from ``generator`` (or the default
-            torch generator), and regenerates it in backward instead of storing it, so
-            results are reproducible under ``torch.manual_seed``.
+            torch generator), so results are reproducible under ``torch.manual_seed``
+            and equal on every backend. On the CPU the noise is kept for backward (as
+            eager keeps its ``eps``); on a GPU backward regenerates it from the seed.
         num_samples: K, to draw K samples per element; the result has shape
             ``(K, *mu.shape)``. None for a single sample of shape ``mu.shape``.
         generator: torch generator the noise seed is drawn from, when ``eps`` is None.

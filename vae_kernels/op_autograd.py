@@ -1,6 +1,9 @@
-"""The autograd of the vae_kernels ops, shared by every backend namespace (the C++ ops
-of ``vae_kernels.ops`` and the Triton ops of ``vae_kernels.triton.ops``), and the
-backend object that ``vae_kernels.functional`` calls. Importing it loads no library.
+"""The backend object that ``vae_kernels.functional`` calls (``OpsBackend``, over the
+C++ ops of ``vae_kernels.ops`` or the Triton ops of ``vae_kernels.triton.ops``), and the
+autograd of the Triton ops. Importing it loads no library.
+
+The C++ ops have their autograd in C++ (csrc/autograd.cpp), registered for the Autograd
+key, so an eager call is one dispatcher call. The Triton ops have the same rules here:
 
 - ``register_autograd``: each loss op returns, next to the loss, the local gradient
   of each input that requires grad, computed in the same pass as the loss: the
@@ -10,16 +13,16 @@ backend object that ``vae_kernels.functional`` calls. Importing it loads no libr
   float16's range where the final gradient fits. This registration serves
   torch.compile and direct calls of the ops; its graphs stay functional.
 - ``EagerLoss`` (``EagerSample`` for sampling): the autograd of the public API's eager
-  calls, with the same gradient rule (``loss_input_grads``, ``sample_input_grads``)
-  and less per-call overhead (the op runs below autograd). The local gradients stay
-  inside: backward writes the input gradients into their buffers (``loss_backward_``),
-  which saves a tensor allocation and a pass, and a CPU upstream gradient of exactly 1
-  (``loss.backward()``) needs no pass at all. A repeated backward recomputes them.
+  calls of the Triton ops, with the same gradient rule (``loss_input_grads``,
+  ``sample_input_grads``) and less per-call overhead (the op runs below autograd). The
+  local gradients stay inside: backward writes the input gradients into their buffers
+  (``loss_backward_``), which saves a tensor allocation and a pass, and a CPU upstream
+  gradient of exactly 1 (``loss.backward()``) needs no pass at all. A repeated backward
+  recomputes them.
 - Sampling ops have their own backward ops. There are no second derivatives: an
   eager backward with create_graph=True raises instead of returning gradients whose
   own graph is missing.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -74,15 +77,13 @@ class OpsBackend:
     that ``vae_kernels.functional`` need not cast a large argument first.
     """
 
-    def __init__(self, namespace: str, mixed_dtype_devices: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, namespace: str, mixed_dtype_devices: tuple[str, ...] = (), cpp_autograd: bool = False
+    ) -> None:
         self.namespace = namespace
         self.mixed_dtype_devices = mixed_dtype_devices
-        # Ops whose autograd is C++ (csrc/autograd.cpp): called directly, eager or traced.
-        self.cpp_autograd_ops = frozenset(
-            name
-            for name in (*_LOSS_LAYOUT, "reparameterize", "reparameterize_philox")
-            if has_cpp_autograd(namespace, name)
-        )
+        # Ops with their autograd in C++ (csrc/autograd.cpp): called directly, eagerly too.
+        self.cpp_autograd_ops = frozenset(CPP_AUTOGRAD_OPS if cpp_autograd else ())
 
     @property
     def ops(self):
@@ -236,6 +237,10 @@ _LOSS_LAYOUT = {  # name: (differentiable inputs, reduced outputs, reduction ind
 # The mixture's loss is per pixel (B, H, W) while its local gradient is params'
 # (B, P, H, W): its upstream gradient is broadcast over P (``_mixture_grad``).
 _PER_PIXEL_LOSSES = ("discretized_logistic_mixture_nll",)
+
+# The ops whose autograd csrc/autograd.cpp registers for the C++ namespace; the Triton
+# namespace registers the same formulas in Python (register_autograd).
+CPP_AUTOGRAD_OPS = (*_LOSS_LAYOUT, "reparameterize", "reparameterize_philox")
 
 
 @dataclass(frozen=True)
@@ -472,14 +477,11 @@ def _run_below_autograd(spec: LossSpec, args) -> tuple[Tensor, ...]:
         return spec.op(*args)
 
 
-def has_cpp_autograd(namespace: str, name: str) -> bool:
-    """Whether op ``name`` has its autograd in C++ (csrc/autograd.cpp)."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{namespace}::{name}", "Autograd")
 
 
 def register_autograd(namespace: str) -> None:
-    """Register the autograd formulas of the ops of ``namespace`` (see the module doc),
-    except for those with their autograd in C++."""
+    """Register the autograd formulas of the ops of ``namespace`` (see the module doc):
+    those of the Triton ops; the C++ ops have theirs in csrc/autograd.cpp."""
     lib = namespace + "::"
     ops = getattr(torch.ops, namespace)
 
@@ -499,9 +501,8 @@ def register_autograd(namespace: str) -> None:
 
         torch.library.register_autograd(lib + name, backward, setup_context=sample_setup)
 
-    for name in ("reparameterize", "reparameterize_philox"):
-        if not has_cpp_autograd(namespace, name):
-            register_sample(name)
+    register_sample("reparameterize")
+    register_sample("reparameterize_philox")
 
     # -- losses: outputs are (reduced losses..., local gradients...); backward =
     # loss_backward, out of place (graphs stay functional). EagerLoss is the eager path.
@@ -535,8 +536,7 @@ def register_autograd(namespace: str) -> None:
         torch.library.register_autograd(lib + name, backward, setup_context=setup)
 
     for name in _LOSS_LAYOUT:
-        if not has_cpp_autograd(namespace, name):
-            register_loss(name)
+        register_loss(name)
 
 
 # Registrations made here stay alive with the module.

@@ -1,6 +1,7 @@
 """The compiled vae_kernels library (the C++ CPU kernels, and the CUDA kernels where
 built): loading it, the shapes of its ops for torch.compile (``register_fake``), their
-autograd (``vae_kernels.op_autograd``), and the backend objects ``cpu`` and ``cuda``.
+Autocast rule, and the backend objects ``cpu`` and ``cuda``. Their autograd is C++
+(``csrc/autograd.cpp``).
 
 The op schemas are defined once, in C++ (``csrc/schemas.cpp``), with the kernels'
 registrations.
@@ -18,7 +19,6 @@ from .op_autograd import (
     mixture_outputs_like,
     reduced_like,
     register_autocast,
-    register_autograd,
 )
 from .schema import local_grad_dtype
 
@@ -45,7 +45,7 @@ def cpu_kernel_isa() -> str:
 
 
 # One set of ops for both devices: the dispatcher picks the CPU or the CUDA kernels.
-cpu = cuda = OpsBackend("vae_kernels", mixed_dtype_devices=("cpu",))
+cpu = cuda = OpsBackend("vae_kernels", mixed_dtype_devices=("cpu",), cpp_autograd=True)
 
 
 def has_cuda_kernels() -> bool:
@@ -128,7 +128,7 @@ def _register_fakes() -> None:
         return mixture_outputs_like(params, x, reduction, grad_mask)
 
 
+# The autograd of these ops is registered in C++ (csrc/autograd.cpp).
 if LIBRARY_ERROR is None:
     _register_fakes()
-    register_autograd("vae_kernels")
     register_autocast("vae_kernels", mixed_dtype_devices=cpu.mixed_dtype_devices)
