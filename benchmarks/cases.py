@@ -459,9 +459,10 @@ OPS = (
             "forward_backward": (20 * MIXTURE_COMPONENTS / 3 + 1, 0),
         },
         # sigmoid(plus) - sigmoid(minus) cancels: the eager float32 gradient is off its
-        # float64 value by ~6e-4 of the largest (vk's: within the default 1e-4), and
-        # bfloat16 loses most of the bin probability.
-        eager_tolerance={torch.float32: 1e-2, torch.bfloat16: 0.5},
+        # float64 value by ~6e-4 of the largest (vk's: within the default 1e-4). In
+        # bfloat16 the eager formula and its compiled form lose the bin probabilities
+        # (gradients off by up to 8x the largest); vk computes in float32.
+        eager_tolerance={torch.float32: 1e-2, torch.bfloat16: 10.0},
         own_sizes=(MIXTURE_SIZES, (QUICK_MIXTURE_SIZE,)),
     ),
     Op(

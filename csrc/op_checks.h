@@ -245,6 +245,27 @@ inline MixtureLayout check_mixture_args(const at::Tensor& params, const at::Tens
   return layout;
 }
 
+// The kernels' buffers for one mixture call, outputs not yet attached: the checked
+// layout, the bins, the geometry, and params and x where they are (read through their
+// strides, without a copy: channels_last params included).
+inline MixtureBuffers mixture_buffers(const at::Tensor& params, const at::Tensor& x,
+                                      int64_t num_bits, int64_t reduction,
+                                      c10::DeviceType device) {
+  MixtureBuffers buffers;
+  buffers.layout = check_mixture_args(params, x, num_bits, reduction, device);
+  buffers.bins = mixture_bins(num_bits);
+  buffers.batch = x.size(0);
+  buffers.height = x.size(2);
+  buffers.width = x.size(3);
+  buffers.params = params.const_data_ptr();
+  buffers.x = x.const_data_ptr();
+  for (int d = 0; d < 4; ++d) {
+    buffers.params_strides[d] = params.stride(d);
+    buffers.x_strides[d] = x.stride(d);
+  }
+  return buffers;
+}
+
 // loss_backward's result has grad_output's dtype; the kernels read local_grad in the
 // matching local-gradient dtype (the same, or float32 for float16). In place, local_grad
 // is also the result, so both dtypes must be that one: float16 cannot go in place.

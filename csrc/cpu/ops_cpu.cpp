@@ -328,18 +328,7 @@ std::tuple<Tensor, Tensor> discretized_logistic_mixture_nll(const Tensor& params
                                                             int64_t num_bits, int64_t reduction,
                                                             int64_t divisor,
                                                             std::array<bool, 1> grad_mask) {
-  MixtureBuffers buffers;
-  buffers.layout = check_mixture_args(params, x, num_bits, reduction, kDevice);
-  buffers.bins = mixture_bins(num_bits);
-  buffers.batch = x.size(0);
-  buffers.height = x.size(2);
-  buffers.width = x.size(3);
-  buffers.params = params.const_data_ptr();
-  buffers.x = x.const_data_ptr();
-  for (int d = 0; d < 4; ++d) {
-    buffers.params_strides[d] = params.stride(d);
-    buffers.x_strides[d] = x.stride(d);
-  }
+  MixtureBuffers buffers = mixture_buffers(params, x, num_bits, reduction, kDevice);
   const auto compute_dtype = params.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto loss_options = params.options().dtype(c10::promoteTypes(params.scalar_type(),
                                                                      x.scalar_type()));

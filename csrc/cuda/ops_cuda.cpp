@@ -347,22 +347,10 @@ std::tuple<Tensor, Tensor> discretized_logistic_mixture_nll(const Tensor& params
                                                             int64_t divisor,
                                                             std::array<bool, 1> grad_mask) {
   const char* op = "discretized_logistic_mixture_nll";
-  MixtureBuffers buffers;
-  buffers.layout = check_mixture_args(params, x, num_bits, reduction, kDevice);
+  MixtureBuffers buffers = mixture_buffers(params, x, num_bits, reduction, kDevice);
   const DType params_dtype = dtype_of(op, params), x_dtype = dtype_of(op, x);
   const c10::cuda::CUDAGuard guard(params.device());
   const cudaStream_t stream = stream_of(params);
-  buffers.bins = mixture_bins(num_bits);
-  buffers.batch = x.size(0);
-  buffers.height = x.size(2);
-  buffers.width = x.size(3);
-  // Read through their strides, without a copy (channels_last params included).
-  buffers.params = params.const_data_ptr();
-  buffers.x = x.const_data_ptr();
-  for (int d = 0; d < 4; ++d) {
-    buffers.params_strides[d] = params.stride(d);
-    buffers.x_strides[d] = x.stride(d);
-  }
   const auto compute_dtype = params.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto loss_dtype = c10::promoteTypes(params.scalar_type(), x.scalar_type());
   const auto contiguous = params.options().memory_format(at::MemoryFormat::Contiguous);
