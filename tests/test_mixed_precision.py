@@ -171,8 +171,8 @@ def _copied_shapes(fn) -> list:
     return [tuple(e.input_shapes[0]) for e in trace.events() if e.name == "aten::_to_copy"]
 
 
-@pytest.mark.skipif("cpu" not in vk.available_backends(), reason="the C++ extension is not built")
-def test_cpu_kernels_read_each_argument_in_its_own_dtype_without_a_conversion_pass():
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton") if b in BACKENDS])
+def test_kernels_read_each_argument_in_its_own_dtype_without_a_conversion_pass(backend):
     """A bfloat16 decoder output with float32 data: no conversion of the decoder output
     (or of anything) before the kernels, in the forward of every loss."""
     g = torch.Generator().manual_seed(2)
@@ -182,11 +182,11 @@ def test_cpu_kernels_read_each_argument_in_its_own_dtype_without_a_conversion_pa
     logvar = (torch.randn(32, 4, generator=g) * 0.5).bfloat16().requires_grad_()
     logvar32 = logvar.detach().float()
     calls = {
-        "bernoulli_nll": lambda: vk.bernoulli_nll(logits, x, backend="cpu"),
-        "gaussian_nll": lambda: vk.gaussian_nll(logits, x, logvar[:, :1], backend="cpu"),
-        "laplace_nll": lambda: vk.laplace_nll(logits, x, backend="cpu"),
-        "elbo_loss": lambda: vk.elbo_loss(logits, x, mu, logvar, backend="cpu"),
-        "gaussian_kl": lambda: vk.gaussian_kl(mu, logvar32, backend="cpu"),
+        "bernoulli_nll": lambda: vk.bernoulli_nll(logits, x, backend=backend),
+        "gaussian_nll": lambda: vk.gaussian_nll(logits, x, logvar[:, :1], backend=backend),
+        "laplace_nll": lambda: vk.laplace_nll(logits, x, backend=backend),
+        "elbo_loss": lambda: vk.elbo_loss(logits, x, mu, logvar, backend=backend),
+        "gaussian_kl": lambda: vk.gaussian_kl(mu, logvar32, backend=backend),
     }
     for name, call in calls.items():
         assert call().dtype == torch.float32, name

@@ -20,7 +20,7 @@ from .op_autograd import (
     reduced_like,
     register_autocast,
 )
-from .schema import local_grad_dtype
+from .schema import local_grad_dtype, loss_dtype
 
 LIBRARY_PATH = Path(__file__).with_name("libvae_kernels_C.so")
 
@@ -90,11 +90,6 @@ def _register_fakes() -> None:
         lambda local_grad, grad_output, reduction: None
     )
 
-    def loss_dtype(tensors) -> torch.dtype:
-        # csrc/op_checks.h's loss_dtype: the inputs' dtype, float32 where they mix (CPU).
-        dtypes = {t.dtype for t in tensors if t is not None}
-        return dtypes.pop() if len(dtypes) == 1 else torch.float32
-
     def local_grads(tensors, grad_mask, like, dtype):
         grad_dtype = local_grad_dtype(dtype)
         return tuple(
@@ -105,21 +100,21 @@ def _register_fakes() -> None:
     @torch.library.register_fake(lib + "gaussian_kl")
     def _(mu, logvar, prior_mu, prior_logvar, reduction, divisor, grad_mask, logsigma=False):
         tensors = (mu, logvar, prior_mu, prior_logvar)
-        dtype = loss_dtype(tensors)
+        dtype = loss_dtype(*tensors)
         reduced = reduced_like(mu, reduction).to(dtype)
         return reduced, *local_grads(tensors, grad_mask, mu, dtype)
 
     @torch.library.register_fake(lib + "reconstruction_nll")
     def _(input, target, scale, scale_value, kind, reduction, divisor, grad_mask):
         tensors = (input, target, scale)
-        dtype = loss_dtype(tensors)
+        dtype = loss_dtype(*tensors)
         reduced = reduced_like(input, reduction).to(dtype)
         return reduced, *local_grads(tensors, grad_mask, input, dtype)
 
     @torch.library.register_fake(lib + "elbo")
     def _(recon, x, mu, logvar, kind, beta, reduction, divisor, grad_mask, logsigma=False):
         tensors = (recon, x, mu, logvar)
-        dtype = loss_dtype(tensors)
+        dtype = loss_dtype(*tensors)
         reduced = reduced_like(recon, reduction).to(dtype)
         return reduced, same(reduced), same(reduced), *local_grads(tensors, grad_mask, recon, dtype)
 

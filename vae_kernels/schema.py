@@ -104,6 +104,13 @@ def local_grad_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 else dtype
 
 
+def loss_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    """The dtype a loss op computes its outputs in (csrc/op_checks.h's loss_dtype): its
+    inputs' dtype, or float32 where float32, bfloat16 and float16 inputs mix."""
+    dtypes = {t.dtype for t in tensors if t is not None}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+
 def reduction_args(reduction: str, t: Tensor) -> tuple[int, Union[int, torch.SymInt]]:
     """The ops' (reduction, divisor) encoding of a public ``reduction`` over ``t``."""
     if reduction == "none":

@@ -33,6 +33,7 @@ from ..schema import (
     REDUCTION_PER_SAMPLE,
     LossKind,
     local_grad_dtype,
+    loss_dtype,
 )
 from ..schema import kl_kind as schema_kl_kind  # LossKind values; here as KIND constexprs
 from .launch import wrap_triton
@@ -323,6 +324,7 @@ class LossPass:
     partials: Tensor  # per row: [rows, col_blocks]; per program: [programs]
     grads: list[Tensor]  # requested local gradients, else empty tensors
     out_of_range: Optional[Tensor]  # int32 [programs, 2], when a range check was asked
+    dtype: torch.dtype  # of the elementwise loss and the local gradients
 
 
 def _reduction_partials(reduction: int):
@@ -344,20 +346,24 @@ def elementwise_loss(
     divisor: int,
     fixed_logvar: float = 0.0,
     check_range: tuple[bool, bool] = (False, False),
+    dtype: Optional[torch.dtype] = None,
 ) -> LossPass:
-    """Run ``elementwise_loss_kernel`` over ``inputs`` (same shape, dtype and device);
-    the local gradients it writes are divided by ``divisor``."""
+    """Run ``elementwise_loss_kernel`` over ``inputs`` (same shape and device; each read
+    in its own dtype); the local gradients it writes are divided by ``divisor``. The
+    elementwise loss and local gradients have ``dtype`` (default: the inputs' dtype,
+    float32 where they mix; see schema.loss_dtype)."""
     first = inputs[0]
+    dtype = dtype or loss_dtype(*inputs)
     rows, row_len = batch_rows(first), row_length(first)
     tile = tile_shape(rows, row_len)
     views: list[Rows] = [as_rows(t) for t in inputs]
     while len(views) < 4:  # unused input slots: any valid pointer, never read
         views.append(views[0])
 
-    like = torch.empty(first.shape, dtype=first.dtype, device=first.device)
-    grad_dtype = local_grad_dtype(first.dtype)
+    like = torch.empty(first.shape, dtype=dtype, device=first.device)
+    grad_dtype = local_grad_dtype(dtype)
     grads = [
-        torch.empty_like(like, dtype=grad_dtype) if needed else no_local_grad(first)
+        torch.empty_like(like, dtype=grad_dtype) if needed else no_local_grad(like)
         for needed, _ in zip(grad_mask, inputs)
     ]
     grad_ptrs = [g if g.numel() > 0 else like for g in grads]
@@ -365,7 +371,7 @@ def elementwise_loss(
     elementwise = torch.empty_like(like) if reduction == REDUCTION_NONE else None
 
     partials_kind = _reduction_partials(reduction)
-    acc_dtype = compute_dtype(first.dtype)
+    acc_dtype = compute_dtype(dtype)
     # Every slot is written by exactly one program (empty when there are no elements).
     if partials_kind == PARTIALS_PER_ROW:
         partials = torch.empty((rows, tile.col_blocks), dtype=acc_dtype, device=first.device)
@@ -406,7 +412,7 @@ def elementwise_loss(
             BLOCK_COLS=tile.block_cols,
             num_warps=tile.num_warps,
         )  # fmt: skip
-    return LossPass(elementwise, partials, grads, out_of_range)
+    return LossPass(elementwise, partials, grads, out_of_range, dtype)
 
 
 def reduce_loss(

@@ -311,5 +311,6 @@ def launch_mixture_nll(
         )  # fmt: skip
     if reduction != REDUCTION_NONE:
         # The fixed-order sums of the partials, per image or in total, / divisor.
-        loss, _, _ = reduce_loss(LossPass(None, partials, [], None), reduction, divisor, loss)
+        loss_pass = LossPass(None, partials, [], None, loss.dtype)
+        loss, _, _ = reduce_loss(loss_pass, reduction, divisor, loss)
     return loss, grad, out_of_range

@@ -28,6 +28,7 @@ from ..schema import (
     REDUCTION_SUM,
     Likelihood,
     local_grad_dtype,
+    loss_dtype,
 )
 from . import losses
 from .device import unavailable_reason
@@ -60,17 +61,27 @@ def _check_floating(op: str, name: str, t: Tensor) -> None:
 
 
 def _check_like(
-    op: str, name: str, t: Tensor, ref_name: str, ref: Tensor, same_shape: bool = True
+    op: str,
+    name: str,
+    t: Tensor,
+    ref_name: str,
+    ref: Tensor,
+    same_shape: bool = True,
+    mixed: bool = False,
 ) -> None:
-    """``t`` must have ``ref``'s device and dtype (and shape, if asked)."""
+    """``t`` must have ``ref``'s device and dtype (``mixed``, the loss ops: or another of
+    float32, bfloat16 and float16, each read in its own and computed in float32) and
+    shape (if asked)."""
     if t.device != ref.device:
         raise ValueError(
             f"{NAMESPACE}.{op}: {name} must be on the device of {ref_name} ({ref.device}), "
             f"got {t.device}"
         )
-    if t.dtype != ref.dtype:
+    mixes = mixed and t.is_floating_point() and torch.float64 not in (t.dtype, ref.dtype)
+    if t.dtype != ref.dtype and not mixes:
         raise TypeError(
             f"{NAMESPACE}.{op}: {name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}"
+            + (" (float64 does not mix: cast to it first)" if mixed else "")
         )
     if same_shape and t.shape != ref.shape:
         raise ValueError(
@@ -200,14 +211,14 @@ def gaussian_kl(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     op = "gaussian_kl"
     _check_floating(op, "mu", mu)
-    _check_like(op, "logvar", logvar, "mu", mu)
+    _check_like(op, "logvar", logvar, "mu", mu, mixed=True)
     _check_reduction(op, reduction)
     _check_grad_mask(op, grad_mask, 4)
     if (prior_mu is None) != (prior_logvar is None):
         raise ValueError(f"{NAMESPACE}.{op}: pass both prior_mu and prior_logvar or neither")
     if prior_mu is not None and prior_logvar is not None:
-        _check_like(op, "prior_mu", prior_mu, "mu", mu)
-        _check_like(op, "prior_logvar", prior_logvar, "mu", mu)
+        _check_like(op, "prior_mu", prior_mu, "mu", mu, mixed=True)
+        _check_like(op, "prior_logvar", prior_logvar, "mu", mu, mixed=True)
         loss_pass = elementwise_loss(
             losses.kl_kind(True, logsigma), [mu, logvar, prior_mu, prior_logvar], grad_mask,
             reduction, divisor,
@@ -218,8 +229,14 @@ def gaussian_kl(
             losses.kl_kind(False, logsigma), [mu, logvar], grad_mask[:2], reduction, divisor
         )
         grads = [*loss_pass.grads, losses.no_local_grad(mu), losses.no_local_grad(mu)]
-    loss, _, _ = reduce_loss(loss_pass, reduction, divisor, mu)
+    loss, _, _ = reduce_loss(loss_pass, reduction, divisor, _rows_like(mu, loss_pass.dtype))
     return loss, grads[0], grads[1], grads[2], grads[3]
+
+
+def _rows_like(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """A tensor with ``t``'s batch rows and device, of ``dtype``: what reduce_loss
+    shapes and types its outputs by."""
+    return t.new_empty(t.shape[:1], dtype=dtype)
 
 
 def _check_kind(op: str, kind: int, with_scale: bool, scale_allowed: bool = True) -> Likelihood:
@@ -250,12 +267,12 @@ def reconstruction_nll(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     op = "reconstruction_nll"
     _check_floating(op, "input", input)
-    _check_like(op, "target", target, "input", input)
+    _check_like(op, "target", target, "input", input, mixed=True)
     _check_reduction(op, reduction)
     _check_grad_mask(op, grad_mask, 3)
     row = _check_kind(op, kind, with_scale=scale is not None)
     if scale is not None:
-        _check_like(op, "scale", scale, "input", input)
+        _check_like(op, "scale", scale, "input", input, mixed=True)
         inputs, mask = [input, target, scale], grad_mask
     else:
         inputs, mask = [input, target], grad_mask[:2]
@@ -265,7 +282,7 @@ def reconstruction_nll(
     )  # fmt: skip
     _raise_if_outside_unit_interval(op, loss_pass, ("input (probabilities)", "target"))
     grads = [*loss_pass.grads, losses.no_local_grad(input)][:3]
-    loss, _, _ = reduce_loss(loss_pass, reduction, divisor, input)
+    loss, _, _ = reduce_loss(loss_pass, reduction, divisor, _rows_like(input, loss_pass.dtype))
     return loss, grads[0], grads[1], grads[2]
 
 
@@ -284,9 +301,11 @@ def elbo(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     op = "elbo"
     _check_floating(op, "recon", recon)
-    _check_like(op, "x", x, "recon", recon)
-    _check_like(op, "mu", mu, "recon", recon, same_shape=False)
-    _check_like(op, "logvar", logvar, "mu", mu)
+    _check_like(op, "x", x, "recon", recon, mixed=True)
+    _check_like(op, "mu", mu, "recon", recon, same_shape=False, mixed=True)
+    _check_like(op, "logvar", logvar, "mu", mu, mixed=True)
+    _check_like(op, "logvar", logvar, "recon", recon, same_shape=False, mixed=True)
+    dtype = loss_dtype(recon, x, mu, logvar)  # the three losses' upstream gradients have it
     _check_reduction(op, reduction, allowed=(1, 2))
     _check_grad_mask(op, grad_mask, 4)
     row = _check_kind(op, kind, with_scale=False, scale_allowed=False)
@@ -297,15 +316,17 @@ def elbo(
         )
     recon_pass = elementwise_loss(
         tl.constexpr(kind), [recon, x], grad_mask[:2], reduction, divisor,
-        check_range=row.unit_interval,
+        check_range=row.unit_interval, dtype=dtype,
     )  # fmt: skip
     _raise_if_outside_unit_interval("elbo_loss", recon_pass, ("recon (probabilities)", "x"))
     kl_pass = elementwise_loss(
-        losses.kl_kind(False, logsigma), [mu, logvar], grad_mask[2:], reduction, divisor
-    )
+        losses.kl_kind(False, logsigma), [mu, logvar], grad_mask[2:], reduction, divisor,
+        dtype=dtype,
+    )  # fmt: skip
     loss, recon_nll, kl = reduce_loss(
-        recon_pass, reduction, divisor, recon, second=kl_pass, second_weight=beta
-    )
+        recon_pass, reduction, divisor, _rows_like(recon, dtype), second=kl_pass,
+        second_weight=beta,
+    )  # fmt: skip
     return loss, recon_nll, kl, *recon_pass.grads, *kl_pass.grads
 
 
@@ -458,7 +479,9 @@ if is_interpreted(losses.elementwise_loss_kernel):
     for _op in ALL_OPS:
         _op.register_torch_dispatch(FunctionalTensorMode, _keep_opaque)
 
+# The loss kernels read each input in its own dtype (float32, bfloat16, float16).
+MIXED_DTYPE_DEVICES = ("cuda", "cpu")
 register_autograd(NAMESPACE)
-register_autocast(NAMESPACE)
+register_autocast(NAMESPACE, mixed_dtype_devices=MIXED_DTYPE_DEVICES)
 
-backend = OpsBackend(NAMESPACE)
+backend = OpsBackend(NAMESPACE, mixed_dtype_devices=MIXED_DTYPE_DEVICES)
