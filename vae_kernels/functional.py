@@ -26,9 +26,8 @@ Numerics at the extremes (every backend; tests/test_hardening_numerics.py):
   (bfloat16 with float32 gives float32, float32 with float64 gives float64), each
   gradient has its own input's dtype, and under autocast the losses compute and return
   float32 (``reparameterize`` keeps the promoted dtype of its inputs: z feeds the
-  decoder). The CPU and Triton kernels read each argument in its own dtype (no
-  conversion pass over a bfloat16 decoder output); the CUDA C++ kernels read one dtype,
-  and an argument of another is cast to it first. Integer, bool and complex tensors raise
+  decoder). The kernels read each argument in its own dtype (no conversion pass over a
+  bfloat16 decoder output); float64 does not mix, and the others are cast to it. Integer, bool and complex tensors raise
   TypeError.
 - float16: local gradients are stored in float32 before the upstream gradient and
   the reduction's 1/divisor are applied, so a gradient is finite wherever its final
@@ -124,7 +123,7 @@ def _cast(dtype: torch.dtype, *tensors):
 def _kernel_inputs(impl: object, dtype: torch.dtype, *tensors):
     """The tensor arguments of one loss call as backend ``impl`` must receive them to
     compute and return ``dtype`` (``_compute_dtype``). Kernels that read each input in its
-    own dtype (the CPU and Triton kernels: float32, bfloat16 and float16 mixed give float32) take
+    own dtype (float32, bfloat16 and float16 mixed give float32; every backend's) take
     them as they are, with no conversion pass over a large decoder output; where all
     share one lower precision and float32 is wanted (autocast), the smallest is cast.
     Others get every tensor in ``dtype``."""

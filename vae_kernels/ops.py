@@ -45,7 +45,7 @@ def cpu_kernel_isa() -> str:
 
 
 # One set of ops for both devices: the dispatcher picks the CPU or the CUDA kernels.
-cpu = cuda = OpsBackend("vae_kernels", mixed_dtype_devices=("cpu",), cpp_autograd=True)
+cpu = cuda = OpsBackend("vae_kernels", mixed_dtype_devices=("cpu", "cuda"), cpp_autograd=True)
 
 
 def has_cuda_kernels() -> bool:

@@ -42,9 +42,12 @@ inline int64_t loss_chunks_per_row(int64_t row_len) {
   return row_len <= kLossChunk ? 1 : (row_len + kLossChunk - 1) / kLossChunk;
 }
 
-// `param` is a fixed-scale kind's scale (see visit_loss; ignored otherwise).
-cudaError_t launch_loss(DType dtype, LossKind kind, double param, const LossBuffers& buffers,
-                        cudaStream_t stream);
+// `param` is a fixed-scale kind's scale (see visit_loss; ignored otherwise). `dtype` is
+// that of the outputs (the elementwise loss; local gradients: local_grad_t of it) and of
+// every input, unless `input_dtypes` (one per input) is given: then each input is read in
+// its own dtype (float32, bfloat16, float16) and `dtype` must be kFloat32.
+cudaError_t launch_loss(DType dtype, const DType* input_dtypes, LossKind kind, double param,
+                        const LossBuffers& buffers, cudaStream_t stream);
 
 // Per-row results from the partial sums of one or two loss passes with `rows` rows
 // (a: chunks_a slots per row; b: chunks_b slots per row, or null):

@@ -8,6 +8,8 @@
 #include "../math/losses.h"
 #include "common.cuh"
 
+#include <type_traits>
+
 namespace vae_kernels::cuda {
 namespace {
 
@@ -17,6 +19,7 @@ namespace {
 template <typename T, int N>
 struct TypedBuffers {
   const T* in[N];
+  DType in_dtype[N];  // read when the inputs' dtypes mix (T is then float)
   local_grad_t<T>* grad[N];
   double grad_scale;
   T* loss;
@@ -44,10 +47,20 @@ __device__ __forceinline__ A loss_element(const Op& op, const A* in, A* grad, A&
   return loss;
 }
 
+// Element i of an input of a call whose dtypes mix, as float.
+__device__ __forceinline__ float load_as_float(const void* data, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::kFloat16: return to_acc(static_cast<const __half*>(data)[i]);
+    case DType::kBFloat16: return to_acc(static_cast<const __nv_bfloat16*>(data)[i]);
+    default: return static_cast<const float*>(data)[i];
+  }
+}
+
 // Block `blockIdx.x` handles chunk (blockIdx.x % chunks_per_row) of row
 // (blockIdx.x / chunks_per_row): kLossChunk elements at a fixed position, so its sum
 // (slot blockIdx.x) and the order of additions inside it depend only on the shape.
-template <typename T, typename Op, bool kWithGrad, bool kVectorized>
+// kMixed: each input in its own dtype (b.in_dtype), through the scalar path.
+template <typename T, typename Op, bool kWithGrad, bool kVectorized, bool kMixed = false>
 __global__ void __launch_bounds__(kMaxBlockThreads)
     loss_kernel(Op op, TypedBuffers<T, Op::kInputs> b) {
   using A = acc_t<T>;
@@ -92,7 +105,13 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   }
   for (int64_t i = scalar_begin + threadIdx.x; i < end; i += stride) {
     A in[N], grad[N];
-    for (int k = 0; k < N; ++k) in[k] = to_acc(b.in[k][i]);
+    for (int k = 0; k < N; ++k) {
+      if constexpr (kMixed) {
+        in[k] = load_as_float(b.in[k], b.in_dtype[k], i);
+      } else {
+        in[k] = to_acc(b.in[k][i]);
+      }
+    }
     const A loss = loss_element<kWithGrad>(op, in, grad, sum, outside);
     if (b.loss) b.loss[i] = from_acc<T>(loss);
     if constexpr (kWithGrad) {
@@ -123,7 +142,8 @@ int loss_block_threads(int64_t row_len, int pack) {
 }
 
 template <typename T, typename Op>
-cudaError_t run_loss(const Op& op, const LossBuffers& buffers, cudaStream_t stream) {
+cudaError_t run_loss(const Op& op, const LossBuffers& buffers, const DType* input_dtypes,
+                     cudaStream_t stream) {
   constexpr int N = Op::kInputs;
   const int64_t chunks_per_row = loss_chunks_per_row(buffers.row_len);
   const int64_t blocks = buffers.rows * chunks_per_row;
@@ -151,6 +171,18 @@ cudaError_t run_loss(const Op& op, const LossBuffers& buffers, cudaStream_t stre
   const bool vectorized = aligned && (buffers.rows == 1 || buffers.row_len % P == 0);
   const int threads = loss_block_threads(buffers.row_len, vectorized ? P : 1);
   const dim3 grid(static_cast<unsigned int>(blocks));
+  if (input_dtypes != nullptr) {
+    if constexpr (std::is_same_v<T, float>) {
+      for (int k = 0; k < N; ++k) b.in_dtype[k] = input_dtypes[k];
+      const int scalar_threads = loss_block_threads(buffers.row_len, 1);
+      return with_grad ? launch_kernel(loss_kernel<T, Op, true, false, true>, grid,
+                                       scalar_threads, stream, op, b)
+                       : launch_kernel(loss_kernel<T, Op, false, false, true>, grid,
+                                       scalar_threads, stream, op, b);
+    } else {
+      return cudaErrorInvalidValue;  // mixed inputs compute in float32
+    }
+  }
   if (with_grad) {
     return vectorized
                ? launch_kernel(loss_kernel<T, Op, true, true>, grid, threads, stream, op, b)
@@ -162,10 +194,11 @@ cudaError_t run_loss(const Op& op, const LossBuffers& buffers, cudaStream_t stre
 }
 
 template <typename Op>
-cudaError_t run_loss(DType dtype, const Op& op, const LossBuffers& buffers, cudaStream_t stream) {
+cudaError_t run_loss(DType dtype, const DType* input_dtypes, const Op& op,
+                     const LossBuffers& buffers, cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    return run_loss<T>(op, buffers, stream);
+    return run_loss<T>(op, buffers, input_dtypes, stream);
   });
 }
 
@@ -216,10 +249,11 @@ __global__ void __launch_bounds__(kFinishThreads)
 
 }  // namespace
 
-cudaError_t launch_loss(DType dtype, LossKind kind, double param, const LossBuffers& buffers,
-                        cudaStream_t stream) {
+cudaError_t launch_loss(DType dtype, const DType* input_dtypes, LossKind kind, double param,
+                        const LossBuffers& buffers, cudaStream_t stream) {
   return visit_loss(
-      kind, param, [&](const auto& op) { return run_loss(dtype, op, buffers, stream); },
+      kind, param,
+      [&](const auto& op) { return run_loss(dtype, input_dtypes, op, buffers, stream); },
       cudaErrorInvalidValue);
 }
 

@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <optional>
 #include <vector>
 
 #include "../math/sampling.h"
@@ -82,6 +83,9 @@ bool has_unit_interval_inputs(int64_t kind) {
 // sums: per row for per_sample, over the whole tensor (one row) for sum.
 struct LossCall {
   std::vector<Tensor> inputs;  // contiguous
+  at::ScalarType dtype;        // of the outputs: the inputs', float32 where they mix
+  std::array<DType, LossBuffers::kMaxInputs> input_dtypes{};
+  bool mixed_dtypes = false;
   Tensor elementwise;          // defined for reduction none
   std::vector<Tensor> grads;   // empty tensors where not requested
   Tensor partial_sums;         // float64 block sums, undefined for reduction none
@@ -90,10 +94,16 @@ struct LossCall {
   LossBuffers buffers;
 
   LossCall(const std::vector<Tensor>& ins, int64_t reduction, int64_t divisor,
-           const std::vector<bool>& grad_mask, bool check_unit_interval) {
+           const std::vector<bool>& grad_mask, bool check_unit_interval,
+           std::optional<at::ScalarType> out_dtype = {})
+      : dtype(out_dtype.value_or(loss_dtype(ins))) {
     const Tensor& first = ins.front();
     buffers.grad_scale = 1.0 / static_cast<double>(divisor);
-    for (const auto& t : ins) inputs.push_back(t.contiguous());
+    for (const auto& t : ins) {
+      input_dtypes[inputs.size()] = dtype_of("loss", t);
+      mixed_dtypes = mixed_dtypes || t.scalar_type() != dtype;
+      inputs.push_back(t.contiguous());
+    }
     batch = batch_rows(first);
     if (reduction == kPerSample) {
       buffers.rows = batch;
@@ -104,20 +114,19 @@ struct LossCall {
     }
     for (size_t k = 0; k < inputs.size(); ++k) buffers.inputs[k] = inputs[k].const_data_ptr();
     if (reduction == kNone) {
-      elementwise = at::empty_like(inputs.front());
+      elementwise = at::empty_like(inputs.front(), inputs.front().options().dtype(dtype));
       buffers.elementwise_loss = elementwise.data_ptr();
     } else {
       partial_sums = at::empty({partial_count()}, first.options().dtype(at::kDouble));
       buffers.sums = partial_sums.data_ptr<double>();
     }
+    const auto grad_options = first.options().dtype(local_grad_dtype(dtype));
     for (size_t k = 0; k < grad_mask.size(); ++k) {
       if (grad_mask[k]) {
-        grads.push_back(
-            at::empty_like(inputs[k], inputs[k].options().dtype(
-                                          local_grad_dtype(inputs[k].scalar_type()))));
+        grads.push_back(at::empty_like(inputs[k], grad_options));
         buffers.grads[k] = grads.back().data_ptr();
       } else {
-        grads.push_back(no_local_grad(first));
+        grads.push_back(at::empty({0}, grad_options));
       }
     }
     if (check_unit_interval) {
@@ -130,8 +139,16 @@ struct LossCall {
   int64_t chunks_per_row() const { return loss_chunks_per_row(buffers.row_len); }
   int64_t partial_count() const { return buffers.rows * chunks_per_row(); }
 
-  void launch(DType dtype, LossKind kind, double param, cudaStream_t stream) const {
-    C10_CUDA_CHECK(launch_loss(dtype, kind, param, buffers, stream));
+  // Each input in its own dtype where they mix (then computed in float32).
+  void launch(LossKind kind, double param, cudaStream_t stream) const {
+    const DType* own_dtypes = mixed_dtypes ? input_dtypes.data() : nullptr;
+    C10_CUDA_CHECK(
+        launch_loss(dtype_of("loss", dtype), own_dtypes, kind, param, buffers, stream));
+  }
+
+  // An empty (0,) tensor: a local gradient not computed.
+  Tensor no_grad() const {
+    return at::empty({0}, inputs.front().options().dtype(local_grad_dtype(dtype)));
   }
 
   // Reads the flags the kernels wrote: a device-to-host copy that waits for the op's
@@ -260,59 +277,63 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl(
     const Tensor& mu, const Tensor& logvar, const std::optional<Tensor>& prior_mu,
     const std::optional<Tensor>& prior_logvar, int64_t reduction, int64_t divisor,
     std::array<bool, 4> grad_mask, bool logsigma) {
-  const std::vector<Tensor> inputs =
-      gaussian_kl_inputs(mu, logvar, prior_mu, prior_logvar, reduction, kDevice);
+  const std::vector<Tensor> inputs = gaussian_kl_inputs(mu, logvar, prior_mu, prior_logvar,
+                                                        reduction, kDevice, InputDtypes::kMixed);
   const bool with_prior = prior_mu.has_value();
   const c10::cuda::CUDAGuard guard(mu.device());
   const cudaStream_t stream = stream_of(mu);
-  const DType dtype = dtype_of("gaussian_kl", mu);
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
   const LossCall call(inputs, reduction, divisor, mask, /*check_unit_interval=*/false);
-  call.launch(dtype, kl_kind(with_prior, logsigma), 0.0, stream);
+  call.launch(kl_kind(with_prior, logsigma), 0.0, stream);
+  const DType dtype = dtype_of("gaussian_kl", call.dtype);
   // Each output its own tensor: outputs must never alias one another.
-  return {reduce(call, reduction, divisor, mu.options(), dtype, stream), call.grads[0],
-          call.grads[1], with_prior ? call.grads[2] : no_local_grad(mu),
-          with_prior ? call.grads[3] : no_local_grad(mu)};
+  return {reduce(call, reduction, divisor, mu.options().dtype(call.dtype), dtype, stream),
+          call.grads[0], call.grads[1], with_prior ? call.grads[2] : call.no_grad(),
+          with_prior ? call.grads[3] : call.no_grad()};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> reconstruction_nll(
     const Tensor& input, const Tensor& target, const std::optional<Tensor>& scale,
     double scale_value, int64_t kind, int64_t reduction, int64_t divisor,
     std::array<bool, 3> grad_mask) {
-  const std::vector<Tensor> inputs = reconstruction_inputs("reconstruction_nll", input, target,
-                                                           scale, kind, reduction, kDevice);
+  const std::vector<Tensor> inputs =
+      reconstruction_inputs("reconstruction_nll", input, target, scale, kind, reduction, kDevice,
+                            InputDtypes::kMixed);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = stream_of(input);
-  const DType dtype = dtype_of("reconstruction_nll", input);
   std::vector<bool> mask = mask_vector(grad_mask);
   mask.resize(inputs.size());
   const LossCall call(inputs, reduction, divisor, mask, has_unit_interval_inputs(kind));
-  call.launch(dtype, static_cast<LossKind>(kind), scale_value, stream);
-  Tensor loss = reduce(call, reduction, divisor, input.options(), dtype, stream);
+  call.launch(static_cast<LossKind>(kind), scale_value, stream);
+  const DType dtype = dtype_of("reconstruction_nll", call.dtype);
+  Tensor loss =
+      reduce(call, reduction, divisor, input.options().dtype(call.dtype), dtype, stream);
   call.check_unit_interval("reconstruction_nll", {"input (probabilities)", "target"});
-  return {loss, call.grads[0], call.grads[1],
-          scale.has_value() ? call.grads[2] : no_local_grad(input)};
+  return {loss, call.grads[0], call.grads[1], scale.has_value() ? call.grads[2] : call.no_grad()};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo(
     const Tensor& recon, const Tensor& x, const Tensor& mu, const Tensor& logvar,
     int64_t kind, double beta, int64_t reduction, int64_t divisor, std::array<bool, 4> grad_mask,
     bool logsigma) {
-  check_elbo_args(recon, x, mu, logvar, kind, reduction, kDevice);
+  check_elbo_args(recon, x, mu, logvar, kind, reduction, kDevice, InputDtypes::kMixed);
   const bool check_unit_interval = has_unit_interval_inputs(kind);
 
   const c10::cuda::CUDAGuard guard(recon.device());
   const cudaStream_t stream = stream_of(recon);
-  const DType dtype = dtype_of("elbo", recon);
+  // One dtype for all outputs: the upstream gradients of the three losses are its.
+  const at::ScalarType out_dtype = loss_dtype({recon, x, mu, logvar});
+  const DType dtype = dtype_of("elbo", out_dtype);
   const LossCall recon_call({recon, x}, reduction, divisor, {grad_mask[0], grad_mask[1]},
-                            check_unit_interval);
-  recon_call.launch(dtype, static_cast<LossKind>(kind), /*param=*/0.0, stream);
-  const LossCall kl_call({mu, logvar}, reduction, divisor, {grad_mask[2], grad_mask[3]}, false);
-  kl_call.launch(dtype, kl_kind(/*with_prior=*/false, logsigma), 0.0, stream);
+                            check_unit_interval, out_dtype);
+  recon_call.launch(static_cast<LossKind>(kind), /*param=*/0.0, stream);
+  const LossCall kl_call({mu, logvar}, reduction, divisor, {grad_mask[2], grad_mask[3]}, false,
+                         out_dtype);
+  kl_call.launch(kl_kind(/*with_prior=*/false, logsigma), 0.0, stream);
 
   // loss = recon + beta * kl, per row or in total, each divided by `divisor`.
-  const auto options = recon.options();
+  const auto options = recon.options().dtype(out_dtype);
   const double scale = 1.0 / static_cast<double>(divisor);
   const double* recon_partials = recon_call.partial_sums.const_data_ptr<double>();
   const double* kl_partials = kl_call.partial_sums.const_data_ptr<double>();

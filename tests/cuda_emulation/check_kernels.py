@@ -247,6 +247,40 @@ def test_loss(kernels, case, dtype, layout):
             assert grad is None or torch.equal(grad, grad_again)
 
 
+MIXED_DTYPES = [(torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("dtypes", MIXED_DTYPES, ids=lambda d: "-".join(str(t)[6:] for t in d))
+@pytest.mark.parametrize("case", LOSSES, ids=lambda c: c.kind)
+def test_loss_reads_mixed_dtypes_as_they_are(kernels, case, dtypes):
+    """Inputs of different dtypes (the first in dtypes[0], the others in dtypes[1]), read
+    each in its own: bitwise the float32 kernel's results on the inputs converted to
+    float32 first (its scalar path, which has the same summation order)."""
+    batch, row = 3, 2731  # 8193 elements: two chunks
+    n = batch * row
+    inputs64 = case.inputs(Draw(n, seed=LOSS_KINDS[case.kind] + 100))
+    in_dtypes = [dtypes[0]] + [dtypes[1]] * (len(inputs64) - 1)
+    mixed = [x.to(d) for x, d in zip(inputs64, in_dtypes)]
+    as_float = [buffer(x.float(), torch.float32, offset=1) for x in mixed]  # scalar path
+
+    def call(ins, input_dtypes):
+        elementwise = torch.full((n,), NAN)
+        grads = [torch.full((n,), NAN) for _ in ins]
+        partials = torch.full((loss_chunks_per_row(n),), NAN, dtype=torch.float64)
+        kernels.loss(torch.float32, case.kind, ins, rows=1, row_len=n,
+                     logvar_value=case.logvar_value, elementwise=elementwise, grads=grads,
+                     grad_scale=0.5, partial_sums=partials, flags=torch.zeros(4, dtype=torch.int32),
+                     input_dtypes=input_dtypes)
+        return elementwise, grads, partials
+
+    got = call(mixed, in_dtypes)
+    expected = call(as_float, None)
+    assert torch.equal(got[0], expected[0]), "elementwise loss"
+    for k, (g, e) in enumerate(zip(got[1], expected[1])):
+        assert torch.equal(g, e), f"local gradient of input {k}"
+    assert torch.equal(got[2], expected[2]), "partial sums"
+
+
 @pytest.mark.parametrize("kind,bad", [("kBernoulliLogits", 1), ("kBernoulliProbs", 0),
                                       ("kBernoulliProbs", 1)])
 @pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])

@@ -57,7 +57,7 @@ class LaunchError(RuntimeError):
 
 _V, _I64, _D, _I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 _SIGNATURES = {
-    "vk_launch_loss": [_I, _I, _D, _I64, _I64, _V, _V, _V, _D, _V, _V],
+    "vk_launch_loss": [_I, _V, _I, _D, _I64, _I64, _V, _V, _V, _D, _V, _V],
     "vk_launch_finish_rows": [_I, _V, _I64, _V, _I64, _D, _I64, _D, _V, _V, _V],
     "vk_launch_finish_total": [_I, _V, _I64, _V, _I64, _D, _D, _V, _V, _V],
     "vk_launch_reparameterize": [_I, _V, _V, _V, _V, _I64, _I64, _D],
@@ -97,12 +97,17 @@ class Kernels:
 
     def loss(self, dtype, kind: str, inputs: Sequence[torch.Tensor], *, rows: int, row_len: int,
              logvar_value: float = 0.0, elementwise=None, grads: Sequence = (), grad_scale=1.0,
-             partial_sums=None, flags=None) -> None:
+             partial_sums=None, flags=None, input_dtypes=None) -> None:
+        """input_dtypes: each input's dtype where they mix (dtype is then float32)."""
         ins = (_V * 4)(*[_ptr(t) for t in inputs])
         gs = (_V * 4)(*[_ptr(t) for t in grads])  # None: that gradient is not asked for
-        self._call("vk_launch_loss", DTYPE_CODES[dtype], LOSS_KINDS[kind], logvar_value, rows,
-                   row_len, ctypes.cast(ins, _V), _ptr(elementwise), ctypes.cast(gs, _V),
-                   grad_scale, _ptr(partial_sums), _ptr(flags))
+        codes = None
+        if input_dtypes is not None:
+            codes = (ctypes.c_int * 4)(*[DTYPE_CODES[d] for d in input_dtypes])
+        self._call("vk_launch_loss", DTYPE_CODES[dtype],
+                   None if codes is None else ctypes.cast(codes, _V), LOSS_KINDS[kind],
+                   logvar_value, rows, row_len, ctypes.cast(ins, _V), _ptr(elementwise),
+                   ctypes.cast(gs, _V), grad_scale, _ptr(partial_sums), _ptr(flags))
 
     def finish_rows(self, dtype, partials_a, chunks_a, partials_b, chunks_b, beta, rows, scale,
                     out_total=None, out_a=None, out_b=None) -> None:

@@ -10,9 +10,11 @@ using namespace vae_kernels::cuda;
 
 extern "C" {
 
-int vk_launch_loss(int dtype, int kind, double param, int64_t rows, int64_t row_len,
-                   const void* const* inputs, void* elementwise_loss, void* const* grads,
-                   double grad_scale, double* partial_sums, int32_t* out_of_unit_interval) {
+// input_dtypes: one DType code per input where they mix, else null.
+int vk_launch_loss(int dtype, const int* input_dtypes, int kind, double param, int64_t rows,
+                   int64_t row_len, const void* const* inputs, void* elementwise_loss,
+                   void* const* grads, double grad_scale, double* partial_sums,
+                   int32_t* out_of_unit_interval) {
   LossBuffers b;
   b.rows = rows;
   b.row_len = row_len;
@@ -24,7 +26,12 @@ int vk_launch_loss(int dtype, int kind, double param, int64_t rows, int64_t row_
   b.grad_scale = grad_scale;
   b.sums = partial_sums;
   b.out_of_unit_interval = out_of_unit_interval;
-  return launch_loss(DType(dtype), LossKind(kind), param, b, nullptr);
+  DType dtypes[LossBuffers::kMaxInputs] = {};
+  if (input_dtypes) {
+    for (int k = 0; k < LossBuffers::kMaxInputs; ++k) dtypes[k] = DType(input_dtypes[k]);
+  }
+  return launch_loss(DType(dtype), input_dtypes ? dtypes : nullptr, LossKind(kind), param, b,
+                     nullptr);
 }
 
 int vk_launch_finish_rows(int dtype, const double* partials_a, int64_t chunks_a,
