@@ -40,6 +40,7 @@ KERNEL_SUITES = [
     "tests/test_sampling.py",
     "tests/test_elbo.py",
     "tests/test_discretized_logistic_mixture.py",
+    "tests/test_mixed_precision.py",
     "tests/test_hardening_numerics.py",
     "tests/test_train.py::test_float32_fused_step_matches_the_float64_reference",
     "tests/test_train.py::test_fused_and_torch_backends_give_the_same_step",
