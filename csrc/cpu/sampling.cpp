@@ -1,10 +1,16 @@
 // CPU kernels of reparameterized sampling, with caller noise or in-kernel Philox noise
 // (written out on request, so that backward reads it instead of regenerating it: on a
 // CPU, Philox + Box-Muller costs more than reading eps). Formulas: csrc/math/sampling.h.
+#include <cstdint>
+
 #include "../math/philox.h"
 #include "../math/sampling.h"
 #include "isa_kernels.h"
 #include "loss_loop.h"
+
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
 
 namespace vae_kernels::cpu::CPU_CAPABILITY {
 namespace {
@@ -57,13 +63,109 @@ void reparameterize_backward_typed(const scalar_t* grad_z, const scalar_t* logva
 
 constexpr int64_t kNoiseBlock = 256;
 
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+// Philox4x32-10 (csrc/math/philox.h) on a register of lanes, bit for bit: each round's
+// two 32x32 -> 64-bit products come from vpmuludq on the even and the odd lanes, which
+// give the high and the low halves at once.
+#if defined(CPU_CAPABILITY_AVX512)
+using IVec = __m512i;
+constexpr int kPhiloxLanes = 16;
+inline IVec broadcast(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
+inline IVec load_lanes(const uint32_t* p) { return _mm512_loadu_si512(p); }
+inline void mul_hi_lo(IVec a, IVec m, IVec& hi, IVec& lo) {
+  const IVec even = _mm512_mul_epu32(a, m);
+  const IVec odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+inline IVec xor3(IVec a, IVec b, IVec c) { return _mm512_xor_si512(_mm512_xor_si512(a, b), c); }
+inline IVec add32(IVec a, IVec b) { return _mm512_add_epi32(a, b); }
+// high + 1 in the lanes whose low word wrapped (low < first_low, unsigned).
+inline IVec add_carry(IVec high, IVec low, uint32_t first_low) {
+  const __mmask16 wrapped = _mm512_cmplt_epu32_mask(low, broadcast(first_low));
+  return _mm512_mask_add_epi32(high, wrapped, high, broadcast(1));
+}
+inline void store_uniform(IVec bits, float* out, bool floor_at_tiny) {
+  const IVec x = _mm512_xor_si512(bits, _mm512_srai_epi32(bits, 31));  // x < 0 ? ~x : x
+  __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_set1_ps(4.6566127342e-10f));
+  if (floor_at_tiny) u = _mm512_max_ps(u, _mm512_set1_ps(1.0e-7f));
+  _mm512_storeu_ps(out, u);
+}
+#else
+using IVec = __m256i;
+constexpr int kPhiloxLanes = 8;
+inline IVec broadcast(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
+inline IVec load_lanes(const uint32_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+inline void mul_hi_lo(IVec a, IVec m, IVec& hi, IVec& lo) {
+  const IVec even = _mm256_mul_epu32(a, m);
+  const IVec odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+inline IVec xor3(IVec a, IVec b, IVec c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
+inline IVec add32(IVec a, IVec b) { return _mm256_add_epi32(a, b); }
+// high + 1 in the lanes whose low word wrapped (low < first_low, unsigned: compared with
+// the sign bits flipped).
+inline IVec add_carry(IVec high, IVec low, uint32_t first_low) {
+  const IVec flip = broadcast(0x80000000u);
+  const IVec wrapped = _mm256_cmpgt_epi32(_mm256_xor_si256(broadcast(first_low), flip),
+                                          _mm256_xor_si256(low, flip));  // all ones: wrapped
+  return _mm256_sub_epi32(high, wrapped);
+}
+inline void store_uniform(IVec bits, float* out, bool floor_at_tiny) {
+  const IVec x = _mm256_xor_si256(bits, _mm256_srai_epi32(bits, 31));  // x < 0 ? ~x : x
+  __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(x), _mm256_set1_ps(4.6566127342e-10f));
+  if (floor_at_tiny) u = _mm256_max_ps(u, _mm256_set1_ps(1.0e-7f));
+  _mm256_storeu_ps(out, u);
+}
+#endif
+
+// u1[j], u2[j] of philox_uniform_pair(seed, first + j) for j < kPhiloxLanes.
+inline void philox_uniform_lanes(uint64_t seed, uint64_t first, float* u1, float* u2) {
+  // The 64-bit counters first + j, built in registers (lanes stored one by one and then
+  // loaded as a vector would stall store forwarding): low words, and high words with the
+  // carry of a low word that wrapped.
+  alignas(64) static constexpr uint32_t kLaneIndex[16] = {0, 1, 2,  3,  4,  5,  6,  7,
+                                                          8, 9, 10, 11, 12, 13, 14, 15};
+  const uint32_t first_low = static_cast<uint32_t>(first);
+  const IVec c0_start = add32(broadcast(first_low), load_lanes(kLaneIndex));
+  IVec c0 = c0_start;
+  IVec c1 = add_carry(broadcast(static_cast<uint32_t>(first >> 32)), c0_start, first_low);
+  IVec c2 = broadcast(0), c3 = broadcast(0);
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  const IVec m0 = broadcast(0xCD9E8D57u), m1 = broadcast(0xD2511F53u);
+  for (int round = 0; round < 10; ++round) {
+    IVec hi0, lo0, hi1, lo1;
+    mul_hi_lo(c2, m0, hi0, lo0);
+    mul_hi_lo(c0, m1, hi1, lo1);
+    c0 = xor3(hi0, c1, broadcast(k0));
+    c2 = xor3(hi1, c3, broadcast(k1));
+    c1 = lo0;
+    c3 = lo1;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  store_uniform(c0, u1, /*floor_at_tiny=*/true);
+  store_uniform(c1, u2, /*floor_at_tiny=*/false);
+}
+#endif
+
 // eps[j] = philox_standard_normal(seed, first + j) for j < count <= kNoiseBlock: the
-// integer Philox rounds in a plain loop the compiler vectorizes, Box-Muller in SIMD.
+// integer Philox rounds in SIMD lanes (AVX2/AVX512; a plain loop elsewhere), Box-Muller
+// in SIMD.
 template <typename acc_t>
 void philox_normal_block(uint64_t seed, uint64_t first, int64_t count, acc_t* eps) {
   using FVec = at::vec::Vectorized<float>;
   alignas(64) float u1[kNoiseBlock], u2[kNoiseBlock];
-  for (int64_t j = 0; j < count; ++j) philox_uniform_pair(seed, first + j, u1[j], u2[j]);
+  int64_t drawn = 0;
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  for (; drawn + kPhiloxLanes <= count; drawn += kPhiloxLanes) {
+    philox_uniform_lanes(seed, first + drawn, u1 + drawn, u2 + drawn);
+  }
+#endif
+  for (; drawn < count; ++drawn) philox_uniform_pair(seed, first + drawn, u1[drawn], u2[drawn]);
   for (int64_t j = 0; j < count; j += FVec::size()) {
     const int64_t n = std::min<int64_t>(FVec::size(), count - j);
     const FVec normal = box_muller(FVec::loadu(u1 + j, n), FVec::loadu(u2 + j, n));
