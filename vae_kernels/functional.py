@@ -44,7 +44,6 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .op_autograd import smallest_to_float32
 from .schema import BY_NAME, ELBO_REDUCTIONS, REDUCTIONS, SCALES
 from .schema import LIKELIHOOD_NAMES as LIKELIHOODS
 
@@ -124,19 +123,15 @@ def _kernel_inputs(impl: object, dtype: torch.dtype, *tensors):
     """The tensor arguments of one loss call as backend ``impl`` must receive them to
     compute and return ``dtype`` (``_compute_dtype``). Kernels that read each input in its
     own dtype (float32, bfloat16 and float16 mixed give float32; every backend's) take
-    them as they are, with no conversion pass over a large decoder output; where all
-    share one lower precision and float32 is wanted (autocast), the smallest is cast.
-    Others get every tensor in ``dtype``."""
+    them as they are, with no conversion pass over a large decoder output; under
+    autocast their ops' Autocast kernel casts the smallest argument where all share one
+    lower precision (``op_autograd.register_autocast``). float64, and the reference, get
+    every tensor in ``dtype``."""
     present = [t for t in tensors if isinstance(t, Tensor)]
-    dtypes = {t.dtype for t in present}
-    if dtypes == {dtype}:
-        return tensors
     mixed_ok = present[0].device.type in getattr(impl, "mixed_dtype_devices", ())
-    if not mixed_ok or dtype == torch.float64 or (len(dtypes) == 1 and dtype not in dtypes):
-        if mixed_ok and dtype == torch.float32:  # one lower precision: cast the smallest
-            return tuple(smallest_to_float32(tensors))
-        return _cast(dtype, *tensors)
-    return tensors  # one dtype, or a mix that the kernels compute in float32
+    if mixed_ok and dtype != torch.float64:
+        return tensors
+    return _cast(dtype, *tensors)
 
 
 def _check_broadcastable(name: str, t: Tensor, to_name: str, to: Tensor) -> None:

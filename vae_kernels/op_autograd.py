@@ -23,6 +23,7 @@ key, so an eager call is one dispatcher call. The Triton ops have the same rules
   eager backward with create_graph=True raises instead of returning gradients whose
   own graph is missing.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -543,7 +544,7 @@ def register_autograd(namespace: str) -> None:
 _AUTOCAST_LIBRARIES: list = []
 
 
-def smallest_to_float32(args: Sequence) -> list:
+def _smallest_to_float32(args: Sequence) -> list:
     """``args`` with the smallest floating tensor cast to float32 when every floating
     tensor shares one lower precision: kernels that read each input in its own dtype
     then compute and return float32, with no conversion pass over the larger ones."""
@@ -583,7 +584,7 @@ def _register_smallest_to_float32(library, namespace: str, name: str, device_typ
 
     def autocast_kernel(*args):
         with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
-            return op(*smallest_to_float32(args))
+            return op(*_smallest_to_float32(args))
 
     # The Python-dispatcher kernel (tracing, torch.compile) and the dispatcher's own.
     op.py_impl(key)(autocast_kernel)
