@@ -185,11 +185,6 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
   }
 };
 
-template <size_t N>
-variable_list as_list(std::array<Tensor, N>&& outputs) {
-  return variable_list(outputs.begin(), outputs.end());
-}
-
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl_autograd(
     const Tensor& mu, const Tensor& logvar, const std::optional<Tensor>& prior_mu,
     const std::optional<Tensor>& prior_logvar, int64_t reduction, c10::SymInt divisor,
