@@ -52,9 +52,18 @@ void refuse_double_backward() {
 }
 
 // Whether the upstream gradient is exactly 1 (the usual loss.backward()): read only for
-// a CPU scalar, so the check never synchronizes a device.
+// a CPU scalar, so the check never synchronizes a device, and read from its memory, as
+// a dispatched item() would cost more than the rest of a small backward.
 bool is_one(const Tensor& upstream) {
-  return upstream.numel() == 1 && upstream.device().is_cpu() && upstream.item<double>() == 1.0;
+  if (upstream.numel() != 1 || !upstream.device().is_cpu() || is_traced(upstream)) return false;
+  const void* data = upstream.const_data_ptr();
+  switch (upstream.scalar_type()) {
+    case at::kFloat: return *static_cast<const float*>(data) == 1.0f;
+    case at::kDouble: return *static_cast<const double*>(data) == 1.0;
+    case at::kHalf: return static_cast<float>(*static_cast<const at::Half*>(data)) == 1.0f;
+    case at::kBFloat16: return static_cast<float>(*static_cast<const at::BFloat16*>(data)) == 1.0f;
+    default: return false;
+  }
 }
 
 std::optional<Tensor> optional(const Tensor& t) {
@@ -114,8 +123,7 @@ Tensor term_upstream(const LossCall& call, const variable_list& grad_outputs, in
 Tensor chain(const LossCall& call, const Tensor& local, const Tensor& upstream) {
   static const auto loss_backward =
       find_op<Tensor(const Tensor&, const Tensor&, int64_t)>("vae_kernels::loss_backward");
-  if (!is_traced(local) && !is_traced(upstream) && is_one(upstream) &&
-      local.scalar_type() == upstream.scalar_type()) {
+  if (!is_traced(local) && is_one(upstream) && local.scalar_type() == upstream.scalar_type()) {
     return local;
   }
   if (call.per_pixel) {
@@ -149,6 +157,7 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     refuse_double_backward();
+    at::AutoDispatchBelowADInplaceOrView guard;  // nothing here is differentiated again
     variable_list grads(5);  // a, b, c, d, call
     const LossCall& call = held<LossCall>(ctx->saved_data["call"]);
     grad_outputs.resize(call.reduced_outputs);
@@ -163,7 +172,6 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
       local = kept.toTensorVector();
       kept = c10::IValue();  // consumed: a repeated backward recomputes them
     } else {
-      at::AutoDispatchBelowADInplaceOrView guard;
       const variable_list outputs = call.run(inputs);
       local.assign(outputs.begin() + call.reduced_outputs, outputs.end());
     }
@@ -273,16 +281,17 @@ bool keeps_noise(const Tensor& mu) { return mu.device().is_cpu(); }
 
 struct SampleFunction : public torch::autograd::Function<SampleFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar,
-                        const Tensor& noise, int64_t num_samples, SampleCall call) {
+                        const Tensor& noise, std::optional<int64_t> num_samples, SampleCall call) {
     static const auto reparameterize =
         find_op<Tensor(const Tensor&, const Tensor&, const Tensor&, bool)>(
             "vae_kernels::reparameterize");
     static const auto reparameterize_philox =
-        find_op<Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, bool)>(
-            "vae_kernels::reparameterize_philox");
+        find_op<Tensor(const Tensor&, const Tensor&, const Tensor&, std::optional<int64_t>,
+                       bool)>("vae_kernels::reparameterize_philox");
     static const auto reparameterize_philox_with_noise =
-        find_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, int64_t,
-                                           bool)>("vae_kernels::reparameterize_philox_with_noise");
+        find_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                           std::optional<int64_t>, bool)>(
+            "vae_kernels::reparameterize_philox_with_noise");
     Tensor z, kept_noise = noise;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -310,6 +319,7 @@ struct SampleFunction : public torch::autograd::Function<SampleFunction> {
     static const auto reparameterize_philox_backward =
         find_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, bool)>(
             "vae_kernels::reparameterize_philox_backward");
+    at::AutoDispatchBelowADInplaceOrView guard;  // nothing here is differentiated again
     variable_list grads(5);  // mu, logvar, noise, num_samples, call
     const Tensor& grad_z = grad_outputs[0];
     if (!grad_z.defined()) return grads;
@@ -329,11 +339,11 @@ struct SampleFunction : public torch::autograd::Function<SampleFunction> {
 
 Tensor reparameterize_autograd(const Tensor& mu, const Tensor& logvar, const Tensor& eps,
                                bool logsigma) {
-  return SampleFunction::apply(mu, logvar, eps, int64_t(0), SampleCall{false, logsigma});
+  return SampleFunction::apply(mu, logvar, eps, std::optional<int64_t>(), SampleCall{false, logsigma});
 }
 
 Tensor reparameterize_philox_autograd(const Tensor& mu, const Tensor& logvar, const Tensor& seed,
-                                      int64_t num_samples, bool logsigma) {
+                                      std::optional<int64_t> num_samples, bool logsigma) {
   return SampleFunction::apply(mu, logvar, seed, num_samples, SampleCall{true, logsigma});
 }
 

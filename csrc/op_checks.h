@@ -142,14 +142,31 @@ inline std::vector<at::Tensor> reconstruction_inputs(const char* op, const at::T
 
 // ---------------------------------------------------------- sampling ops
 
+// Samples of a sampling op (eps, z, grad_z) have the per-sample shape `like` (one sample)
+// or (K, *like.shape) (K samples): the layout in memory is the same for K = 1.
+inline bool is_samples_shape(const at::Tensor& samples, const at::Tensor& like) {
+  return samples.sizes() == like.sizes() ||
+         (samples.dim() == like.dim() + 1 && samples.sizes().slice(1) == like.sizes());
+}
+
+inline int64_t sample_count(const at::Tensor& samples, const at::Tensor& like) {
+  return samples.dim() == like.dim() ? 1 : samples.size(0);
+}
+
+inline void check_samples_shape(const char* op, const char* name, const at::Tensor& samples,
+                                const char* like_name, const at::Tensor& like) {
+  TORCH_CHECK_VALUE(is_samples_shape(samples, like), "vae_kernels.", op, ": ", name,
+                    " must have shape ", like_name, ".shape = ", like.sizes(),
+                    " or (num_samples, *", like_name, ".shape) = (K, ", like.sizes(), "), got ",
+                    samples.sizes());
+}
+
 inline void check_reparameterize_args(const at::Tensor& mu, const at::Tensor& logvar,
                                       const at::Tensor& eps, c10::DeviceType device) {
   check_floating("reparameterize", "mu", mu, device);
   check_like("reparameterize", "logvar", logvar, "mu", mu);
   check_like("reparameterize", "eps", eps, "mu", mu, /*same_shape=*/false);
-  TORCH_CHECK_VALUE(eps.dim() == mu.dim() + 1 && eps.sizes().slice(1) == mu.sizes(),
-                    "vae_kernels.reparameterize: eps must have shape (num_samples, *mu.shape) = "
-                    "(K, ", mu.sizes(), "), got ", eps.sizes());
+  check_samples_shape("reparameterize", "eps", eps, "mu", mu);
 }
 
 inline void check_reparameterize_backward_args(const at::Tensor& grad_z, const at::Tensor& logvar,
@@ -157,9 +174,7 @@ inline void check_reparameterize_backward_args(const at::Tensor& grad_z, const a
   check_floating("reparameterize_backward", "eps", eps, device);
   check_like("reparameterize_backward", "grad_z", grad_z, "eps", eps);
   check_like("reparameterize_backward", "logvar", logvar, "eps", eps, /*same_shape=*/false);
-  TORCH_CHECK_VALUE(eps.dim() == logvar.dim() + 1 && eps.sizes().slice(1) == logvar.sizes(),
-                    "vae_kernels.reparameterize_backward: eps must have shape (K, ",
-                    logvar.sizes(), "), got ", eps.sizes());
+  check_samples_shape("reparameterize_backward", "eps", eps, "logvar", logvar);
 }
 
 inline void check_seed(const char* op, const at::Tensor& seed) {
@@ -168,15 +183,19 @@ inline void check_seed(const char* op, const at::Tensor& seed) {
                     " of shape ", seed.sizes());
 }
 
-inline void check_reparameterize_philox_args(const at::Tensor& mu, const at::Tensor& logvar,
-                                             const at::Tensor& seed, int64_t num_samples,
-                                             c10::DeviceType device) {
+// The shape of z: mu's for num_samples None (one sample), else (num_samples, *mu.shape).
+inline std::vector<int64_t> check_reparameterize_philox_args(
+    const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& seed,
+    std::optional<int64_t> num_samples, c10::DeviceType device) {
   check_floating("reparameterize_philox", "mu", mu, device);
   check_like("reparameterize_philox", "logvar", logvar, "mu", mu);
-  TORCH_CHECK_VALUE(num_samples >= 1,
+  TORCH_CHECK_VALUE(!num_samples || *num_samples >= 1,
                     "vae_kernels.reparameterize_philox: num_samples must be >= 1, got ",
-                    num_samples);
+                    num_samples.value_or(0));
   check_seed("reparameterize_philox", seed);
+  std::vector<int64_t> shape(mu.sizes().begin(), mu.sizes().end());
+  if (num_samples) shape.insert(shape.begin(), *num_samples);
+  return shape;
 }
 
 inline void check_reparameterize_philox_backward_args(const at::Tensor& grad_z,
@@ -185,9 +204,7 @@ inline void check_reparameterize_philox_backward_args(const at::Tensor& grad_z,
                                                       c10::DeviceType device) {
   check_floating("reparameterize_philox_backward", "logvar", logvar, device);
   check_like("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar, false);
-  TORCH_CHECK_VALUE(grad_z.dim() == logvar.dim() + 1 && grad_z.sizes().slice(1) == logvar.sizes(),
-                    "vae_kernels.reparameterize_philox_backward: grad_z must have shape (K, ",
-                    logvar.sizes(), "), got ", grad_z.sizes());
+  check_samples_shape("reparameterize_philox_backward", "grad_z", grad_z, "logvar", logvar);
   check_seed("reparameterize_philox_backward", seed);
 }
 

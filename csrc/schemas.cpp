@@ -18,18 +18,20 @@
 TORCH_LIBRARY(vae_kernels, m) {
   // `logsigma`: the scale arguments (logvar, prior_logvar) hold log sigma instead of the
   // log-variance; the kernels read them as they are (csrc/math/sampling.h, losses.h).
+  // Samples (eps, z, grad_z) have mu's shape (one sample) or (K, *mu.shape) (K samples);
+  // reparameterize_philox draws num_samples=None as one sample of mu's shape.
   m.def("reparameterize(Tensor mu, Tensor logvar, Tensor eps, bool logsigma=False) -> Tensor");
   m.def(
       "reparameterize_backward(Tensor grad_z, Tensor logvar, Tensor eps, bool logsigma=False) "
       "-> (Tensor, Tensor)");
   m.def(
-      "reparameterize_philox(Tensor mu, Tensor logvar, Tensor seed, int num_samples, "
+      "reparameterize_philox(Tensor mu, Tensor logvar, Tensor seed, int? num_samples, "
       "bool logsigma=False) -> Tensor");
   // The same draw, also returning its noise eps: on the CPU, backward reads eps
   // (reparameterize_backward) instead of regenerating it.
   m.def(
       "reparameterize_philox_with_noise(Tensor mu, Tensor logvar, Tensor seed, "
-      "int num_samples, bool logsigma=False) -> (Tensor, Tensor)");
+      "int? num_samples, bool logsigma=False) -> (Tensor, Tensor)");
   m.def(
       "reparameterize_philox_backward(Tensor grad_z, Tensor logvar, Tensor seed, "
       "bool logsigma=False) -> (Tensor, Tensor)");

@@ -151,18 +151,18 @@ def _long(*v):
 
 
 RAW = [
-    ("reparameterize_backward-logvar-shape", lambda o: o.reparameterize_backward(torch.rand(2, 4, 6), torch.rand(4, 7), torch.rand(2, 4, 6)), ValueError, r"eps must have shape \(K, \[4, 7\]\)"),
+    ("reparameterize_backward-logvar-shape", lambda o: o.reparameterize_backward(torch.rand(2, 4, 6), torch.rand(4, 7), torch.rand(2, 4, 6)), ValueError, r"eps must have shape logvar.shape = \[4, 7\] or \(num_samples, \*logvar.shape\) = \(K, \[4, 7\]\)"),
     ("reparameterize_backward-logvar-bigger", lambda o: o.reparameterize_backward(torch.rand(2, 4, 6), torch.rand(40, 60), torch.rand(2, 4, 6)), ValueError, r"eps must have shape"),
     ("reparameterize_backward-logvar-dtype", lambda o: o.reparameterize_backward(torch.rand(2, 4, 6), torch.rand(4, 6).double(), torch.rand(2, 4, 6)), TypeError, r"logvar must have the dtype of eps"),
     ("reparameterize_backward-grad-shape", lambda o: o.reparameterize_backward(torch.rand(3, 4, 6), torch.rand(4, 6), torch.rand(2, 4, 6)), ValueError, r"grad_z must have the shape of eps"),
-    ("reparameterize_backward-0d", lambda o: o.reparameterize_backward(torch.tensor(1.0), torch.tensor(1.0), torch.tensor(1.0)), ValueError, r"eps must have shape"),
+    ("reparameterize_backward-0d", lambda o: o.reparameterize_backward(torch.rand(2, 3), torch.tensor(1.0), torch.rand(2, 3)), ValueError, r"eps must have shape"),
     ("reparameterize_backward-int", lambda o: o.reparameterize_backward(torch.ones(1, 3, dtype=torch.long), torch.ones(3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long)), TypeError, r"eps must be a floating-point tensor"),
-    ("reparameterize-eps-rank", lambda o: o.reparameterize(x2, x2, torch.rand(4, 6)), ValueError, r"eps must have shape \(num_samples, \*mu.shape\)"),
+    ("reparameterize-eps-rank", lambda o: o.reparameterize(x2, x2, torch.rand(6)), ValueError, r"eps must have shape mu.shape = \[4, 6\] or \(num_samples, \*mu.shape\)"),
     ("reparameterize-logvar-shape", lambda o: o.reparameterize(x2, torch.rand(4, 5), torch.rand(1, 4, 6)), ValueError, r"logvar must have the shape of mu"),
     ("philox-seed", lambda o: o.reparameterize_philox(x2, x2, _long(1, 2), 1), ValueError, r"seed must be an int64 tensor with one element"),
     ("philox-seed-dtype", lambda o: o.reparameterize_philox(x2, x2, torch.zeros(1), 1), ValueError, r"seed must be an int64 tensor"),
     ("philox-K", lambda o: o.reparameterize_philox(x2, x2, _long(0), 0), ValueError, r"num_samples must be >= 1, got 0"),
-    ("philox-backward-shape", lambda o: o.reparameterize_philox_backward(torch.rand(2, 4, 5), x2, _long(0)), ValueError, r"grad_z must have shape \(K, \[4, 6\]\)"),
+    ("philox-backward-shape", lambda o: o.reparameterize_philox_backward(torch.rand(2, 4, 5), x2, _long(0)), ValueError, r"grad_z must have shape logvar.shape = \[4, 6\] or \(num_samples, \*logvar.shape\) = \(K, \[4, 6\]\)"),
     ("philox-backward-logvar-int", lambda o: o.reparameterize_philox_backward(torch.rand(2, 4, 6), x2.long(), _long(0)), TypeError, r"logvar must be a floating-point tensor"),
     ("loss_backward-per_sample", lambda o: o.loss_backward(x2, torch.rand(3), 1), ValueError, r"grad_output must have 4 elements"),
     ("loss_backward-none", lambda o: o.loss_backward(x2, torch.rand(4, 5), 0), ValueError, r"grad_output must have shape \[4, 6\]"),

@@ -52,6 +52,31 @@ def test_philox_noise_is_tritons_randn_stream():
     np.testing.assert_allclose(z.numpy(), expected, rtol=2e-6, atol=2e-6)
 
 
+def test_one_sample_has_mus_shape_and_the_first_of_k_samples_values():
+    # num_samples=None (philox) and eps of mu's shape give one sample without a sample
+    # dimension: no view op on the way, and the same values as K = 1.
+    ops = torch.ops.vae_kernels
+    mu, logvar = torch.randn(4, 6), torch.randn(4, 6)
+    seed = torch.tensor([77])
+    one = ops.reparameterize_philox(mu, logvar, seed, None)
+    assert one.shape == mu.shape
+    torch.testing.assert_close(one, ops.reparameterize_philox(mu, logvar, seed, 1)[0], rtol=0, atol=0)
+    z, eps = ops.reparameterize_philox_with_noise(mu, logvar, seed, None)
+    assert z.shape == eps.shape == mu.shape
+    torch.testing.assert_close(ops.reparameterize(mu, logvar, eps), z, rtol=0, atol=0)
+    grad_z = torch.randn(4, 6)
+    for single, batched in [
+        (ops.reparameterize_backward(grad_z, logvar, eps), ops.reparameterize_backward(grad_z[None], logvar, eps[None])),
+        (ops.reparameterize_philox_backward(grad_z, logvar, seed), ops.reparameterize_philox_backward(grad_z[None], logvar, seed)),
+    ]:
+        for a, b in zip(single, batched):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # The public call builds no view node for one sample.
+    z = vk.reparameterize(mu.requires_grad_(), logvar.requires_grad_())
+    assert type(z.grad_fn).__name__ != "SqueezeBackward1" and z.grad_fn.next_functions[0][0] is not None
+    assert {type(f).__name__ for f, _ in z.grad_fn.next_functions if f is not None} == {"AccumulateGrad"}
+
+
 def test_in_kernel_noise_is_standard_normal():
     torch.manual_seed(0)
     z = vk.reparameterize(torch.zeros(400, 500), torch.zeros(400, 500))

@@ -91,17 +91,16 @@ def _check_same(ref_name: str, ref: Tensor, name: str, t: Tensor, *, shape: bool
         )
 
 
-def _compute_dtype(*tensors: object, loss: bool = True) -> torch.dtype:
+def _compute_dtype(first: Tensor, *others: object, loss: bool = True) -> torch.dtype:
     """The dtype a call computes and returns in, as torch's own losses: its floating
     tensor arguments promote (bfloat16 with float32 gives float32, float32 with float64
     gives float64); under autocast a loss (``loss``) computes and returns float32
     (float64 stays float64)."""
-    found = [t for t in tensors if isinstance(t, Tensor)]
-    dtype = found[0].dtype
-    for t in found[1:]:
-        if t.dtype != dtype:
+    dtype = first.dtype
+    for t in others:
+        if isinstance(t, Tensor) and t.dtype is not dtype:
             dtype = torch.promote_types(dtype, t.dtype)
-    if loss and dtype != torch.float64 and _autocast_enabled(found[0].device.type):
+    if loss and dtype is not torch.float64 and _autocast_enabled(first.device.type):
         return torch.float32
     return dtype
 
@@ -119,7 +118,7 @@ def _cast(dtype: torch.dtype, *tensors):
     return tuple(t.to(dtype) if isinstance(t, Tensor) and t.dtype != dtype else t for t in tensors)
 
 
-def _kernel_inputs(impl: object, dtype: torch.dtype, *tensors):
+def _kernel_inputs(impl: object, dtype: torch.dtype, first: Tensor, *others):
     """The tensor arguments of one loss call as backend ``impl`` must receive them to
     compute and return ``dtype`` (``_compute_dtype``). Kernels that read each input in its
     own dtype (float32, bfloat16 and float16 mixed give float32; every backend's) take
@@ -127,11 +126,9 @@ def _kernel_inputs(impl: object, dtype: torch.dtype, *tensors):
     autocast their ops' Autocast kernel casts the smallest argument where all share one
     lower precision (``op_autograd.register_autocast``). float64, and the reference, get
     every tensor in ``dtype``."""
-    present = [t for t in tensors if isinstance(t, Tensor)]
-    mixed_ok = present[0].device.type in getattr(impl, "mixed_dtype_devices", ())
-    if mixed_ok and dtype != torch.float64:
-        return tensors
-    return _cast(dtype, *tensors)
+    if dtype is not torch.float64 and first.device.type in getattr(impl, "mixed_dtype_devices", ()):
+        return (first, *others)
+    return _cast(dtype, first, *others)
 
 
 def _check_broadcastable(name: str, t: Tensor, to_name: str, to: Tensor) -> None:

@@ -53,8 +53,11 @@ def _runs_eagerly(args) -> bool:
     return all(type(a) in _PLAIN_TENSOR_TYPES for a in args if isinstance(a, Tensor))
 
 
-def _needs_grad(t: Optional[Tensor]) -> bool:
-    return t is not None and t.requires_grad and torch.is_grad_enabled()
+def _grad_mask(*tensors: Optional[Tensor]) -> list[bool]:
+    """Which of ``tensors`` (None: absent) need a gradient: the ops' ``grad_mask``."""
+    if not torch.is_grad_enabled():
+        return [False] * len(tensors)
+    return [t is not None and t.requires_grad for t in tensors]
 
 
 def _draw_seed(generator: Optional[torch.Generator], device: torch.device) -> Tensor:
@@ -85,17 +88,24 @@ class OpsBackend:
         self.mixed_dtype_devices = mixed_dtype_devices
         # Ops with their autograd in C++ (csrc/autograd.cpp): called directly, eagerly too.
         self.cpp_autograd_ops = frozenset(CPP_AUTOGRAD_OPS if cpp_autograd else ())
+        self._overloads: dict[str, torch._ops.OpOverload] = {}
 
     @property
     def ops(self):
         return getattr(torch.ops, self.namespace)
+
+    def _overload(self, name: str) -> torch._ops.OpOverload:
+        # Looked up once: torch.ops attribute access costs microseconds a call.
+        if name not in self._overloads:
+            self._overloads[name] = getattr(self.ops, name).default
+        return self._overloads[name]
 
     def _loss(self, name: str, *args) -> tuple[Tensor, ...]:
         """The reduced outputs of loss op ``name``; its local gradients stay internal."""
         spec = _loss_spec(self.namespace, name)
         if name not in self.cpp_autograd_ops and _runs_eagerly(args):
             return EagerLoss.apply(spec, *args)
-        return spec.op(*args)[: spec.n_reduced]
+        return self._overload(name)(*args)[: spec.n_reduced]
 
     def reparameterize(
         self,
@@ -108,16 +118,13 @@ class OpsBackend:
     ) -> Tensor:
         if eps is None:
             seed = _draw_seed(generator, mu.device)
-            z = self._sample("reparameterize_philox", mu, logvar, seed, num_samples or 1, logsigma)
-        else:
-            samples = eps if num_samples is not None else eps.unsqueeze(0)
-            z = self._sample("reparameterize", mu, logvar, samples, logsigma)
-        return z if num_samples is not None else z.squeeze(0)
+            return self._sample("reparameterize_philox", mu, logvar, seed, num_samples, logsigma)
+        return self._sample("reparameterize", mu, logvar, eps, logsigma)
 
     def _sample(self, name: str, *args) -> Tensor:
         if name not in self.cpp_autograd_ops and _runs_eagerly(args):
             return EagerSample.apply(self.ops, name, *args)
-        return getattr(self.ops, name)(*args)
+        return self._overload(name)(*args)
 
     def gaussian_kl(
         self,
@@ -137,7 +144,7 @@ class OpsBackend:
                 (mu.new_zeros(()) if p is None else p).expand_as(mu)
                 for p in (prior_mu, prior_logvar)
             ]
-        mask = [_needs_grad(t) for t in (mu, logvar, prior_mu, prior_logvar)]
+        mask = _grad_mask(mu, logvar, prior_mu, prior_logvar)
         return self._loss("gaussian_kl", mu, logvar, *priors, mode, divisor, mask, logsigma)[0]
 
     def reconstruction_nll(
@@ -157,7 +164,7 @@ class OpsBackend:
             scale_value, kind = 0.0, row.learned_kind
         else:
             scale_tensor, scale_value, kind = None, float(scale), row.kind
-        mask = [_needs_grad(input), _needs_grad(target), _needs_grad(scale_tensor)]
+        mask = _grad_mask(input, target, scale_tensor)
         return self._loss(
             "reconstruction_nll", input, target, scale_tensor, scale_value, int(kind), mode,
             divisor, mask,
@@ -167,7 +174,7 @@ class OpsBackend:
         self, params: Tensor, x: Tensor, num_bits: int, reduction: str
     ) -> Tensor:
         mode, divisor = reduction_args(reduction, x)  # "mean": per dimension of x
-        mask = [_needs_grad(params)]
+        mask = _grad_mask(params)
         return self._loss(
             "discretized_logistic_mixture_nll", params, x, num_bits, mode, divisor, mask
         )[0]
@@ -196,12 +203,18 @@ class OpsBackend:
         logsigma: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor]:
         mode, divisor = reduction_args(reduction, recon)
-        mask = [_needs_grad(t) for t in (recon, x, mu, logvar)]
+        mask = _grad_mask(recon, x, mu, logvar)
         kind = int(BY_NAME[likelihood].kind)
         loss, recon_nll, kl = self._loss(
             "elbo", recon, x, mu, logvar, kind, beta, mode, divisor, mask, logsigma
         )
         return loss, recon_nll, kl
+
+
+def samples_shape(mu: Tensor, num_samples: Optional[int]) -> tuple:
+    """The shape of a sampling op's z: mu's for one sample (num_samples None), else
+    (num_samples, *mu.shape)."""
+    return tuple(mu.shape) if num_samples is None else (num_samples, *mu.shape)
 
 
 def reduced_like(t: Tensor, reduction: int) -> Tensor:

@@ -19,6 +19,7 @@ from .op_autograd import (
     mixture_outputs_like,
     reduced_like,
     register_autocast,
+    samples_shape,
 )
 from .schema import local_grad_dtype, loss_dtype
 
@@ -70,12 +71,14 @@ def _register_fakes() -> None:
         lambda grad_z, logvar, eps, logsigma=False: (same(logvar), same(logvar))
     )
     torch.library.register_fake(lib + "reparameterize_philox")(
-        lambda mu, logvar, seed, num_samples, logsigma=False: mu.new_empty((num_samples, *mu.shape))
+        lambda mu, logvar, seed, num_samples, logsigma=False: mu.new_empty(
+            samples_shape(mu, num_samples)
+        )
     )
     torch.library.register_fake(lib + "reparameterize_philox_with_noise")(
         lambda mu, logvar, seed, num_samples, logsigma=False: (
-            mu.new_empty((num_samples, *mu.shape)),
-            mu.new_empty((num_samples, *mu.shape)),
+            mu.new_empty(samples_shape(mu, num_samples)),
+            mu.new_empty(samples_shape(mu, num_samples)),
         )
     )
     torch.library.register_fake(lib + "reparameterize_philox_backward")(

@@ -197,7 +197,7 @@ Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& eps,
   const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous(), eps_c = eps.contiguous();
   Tensor z = empty_output(eps_c);
   kernels().reparameterize(mu.scalar_type(), mu_c.const_data_ptr(), logvar_c.const_data_ptr(),
-                           eps_c.const_data_ptr(), z.data_ptr(), mu.numel(), eps.size(0),
+                           eps_c.const_data_ptr(), z.data_ptr(), mu.numel(), sample_count(eps, mu),
                            std_exponent(logsigma));
   return z;
 }
@@ -211,7 +211,7 @@ std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const T
   kernels().reparameterize_backward(logvar.scalar_type(), grad_c.const_data_ptr(),
                                     logvar_c.const_data_ptr(), eps_c.const_data_ptr(),
                                     grad_mu.data_ptr(), grad_logvar.data_ptr(), logvar.numel(),
-                                    eps.size(0), std_exponent(logsigma));
+                                    sample_count(eps, logvar), std_exponent(logsigma));
   return {grad_mu, grad_logvar};
 }
 
@@ -219,30 +219,31 @@ uint64_t read_seed(const Tensor& seed) { return static_cast<uint64_t>(seed.item<
 
 // z, and eps where `keep_noise` (else an empty tensor).
 std::tuple<Tensor, Tensor> sample_philox(const Tensor& mu, const Tensor& logvar,
-                                         const Tensor& seed, int64_t num_samples, bool logsigma,
-                                         bool keep_noise) {
-  check_reparameterize_philox_args(mu, logvar, seed, num_samples, kDevice);
+                                         const Tensor& seed, std::optional<int64_t> num_samples,
+                                         bool logsigma, bool keep_noise) {
+  const std::vector<int64_t> shape =
+      check_reparameterize_philox_args(mu, logvar, seed, num_samples, kDevice);
   const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous();
-  std::vector<int64_t> shape{num_samples};
-  shape.insert(shape.end(), mu.sizes().begin(), mu.sizes().end());
   Tensor z = at::empty(shape, mu.options());
   Tensor eps = at::empty(keep_noise ? shape : std::vector<int64_t>{0}, mu.options());
   kernels().reparameterize_philox(mu.scalar_type(), mu_c.const_data_ptr(),
                                   logvar_c.const_data_ptr(), read_seed(seed), z.data_ptr(),
-                                  keep_noise ? eps.data_ptr() : nullptr, mu.numel(), num_samples,
+                                  keep_noise ? eps.data_ptr() : nullptr, mu.numel(),
+                                  num_samples.value_or(1),
                                   std_exponent(logsigma));
   return {z, eps};
 }
 
 Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tensor& seed,
-                             int64_t num_samples, bool logsigma) {
+                             std::optional<int64_t> num_samples, bool logsigma) {
   return std::get<0>(sample_philox(mu, logvar, seed, num_samples, logsigma, false));
 }
 
 std::tuple<Tensor, Tensor> reparameterize_philox_with_noise(const Tensor& mu,
                                                             const Tensor& logvar,
                                                             const Tensor& seed,
-                                                            int64_t num_samples, bool logsigma) {
+                                                            std::optional<int64_t> num_samples,
+                                                            bool logsigma) {
   return sample_philox(mu, logvar, seed, num_samples, logsigma, true);
 }
 
@@ -255,7 +256,8 @@ std::tuple<Tensor, Tensor> reparameterize_philox_backward(const Tensor& grad_z,
   kernels().reparameterize_philox_backward(
       logvar.scalar_type(), grad_c.const_data_ptr(), logvar_c.const_data_ptr(),
       read_seed(seed), grad_mu.data_ptr(),
-      grad_logvar.data_ptr(), logvar.numel(), grad_z.size(0), std_exponent(logsigma));
+      grad_logvar.data_ptr(), logvar.numel(), sample_count(grad_z, logvar),
+      std_exponent(logsigma));
   return {grad_mu, grad_logvar};
 }
 

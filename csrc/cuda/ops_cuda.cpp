@@ -200,7 +200,7 @@ Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& eps,
   Tensor z = at::empty_like(eps_c);
   C10_CUDA_CHECK(launch_reparameterize(dtype_of("reparameterize", mu), mu_c.const_data_ptr(),
                                        logvar_c.const_data_ptr(), eps_c.const_data_ptr(),
-                                       z.data_ptr(), mu.numel(), eps.size(0),
+                                       z.data_ptr(), mu.numel(), sample_count(eps, mu),
                                        std_exponent(logsigma), stream_of(mu)));
   return z;
 }
@@ -215,7 +215,7 @@ std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const T
   C10_CUDA_CHECK(launch_reparameterize_backward(
       dtype_of("reparameterize_backward", logvar), grad_c.const_data_ptr(),
       logvar_c.const_data_ptr(), eps_c.const_data_ptr(), grad_mu.data_ptr(),
-      grad_logvar.data_ptr(), logvar.numel(), eps.size(0), std_exponent(logsigma),
+      grad_logvar.data_ptr(), logvar.numel(), sample_count(eps, logvar), std_exponent(logsigma),
       stream_of(logvar)));
   return {grad_mu, grad_logvar};
 }
@@ -228,17 +228,16 @@ Tensor seed_on_device(const Tensor& seed, const Tensor& like) {
 }
 
 Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tensor& seed,
-                             int64_t num_samples, bool logsigma) {
-  check_reparameterize_philox_args(mu, logvar, seed, num_samples, kDevice);
+                             std::optional<int64_t> num_samples, bool logsigma) {
+  const std::vector<int64_t> shape =
+      check_reparameterize_philox_args(mu, logvar, seed, num_samples, kDevice);
   const c10::cuda::CUDAGuard guard(mu.device());
   const Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous();
   const Tensor seed_d = seed_on_device(seed, mu);
-  std::vector<int64_t> shape{num_samples};
-  shape.insert(shape.end(), mu.sizes().begin(), mu.sizes().end());
   Tensor z = at::empty(shape, mu.options().memory_format(at::MemoryFormat::Contiguous));
   C10_CUDA_CHECK(launch_reparameterize_philox(
       dtype_of("reparameterize_philox", mu), mu_c.const_data_ptr(), logvar_c.const_data_ptr(),
-      seed_d.const_data_ptr<int64_t>(), z.data_ptr(), mu.numel(), num_samples,
+      seed_d.const_data_ptr<int64_t>(), z.data_ptr(), mu.numel(), num_samples.value_or(1),
       std_exponent(logsigma), stream_of(mu)));
   return z;
 }
@@ -249,7 +248,8 @@ Tensor reparameterize_philox(const Tensor& mu, const Tensor& logvar, const Tenso
 std::tuple<Tensor, Tensor> reparameterize_philox_with_noise(const Tensor& mu,
                                                             const Tensor& logvar,
                                                             const Tensor& seed,
-                                                            int64_t num_samples, bool logsigma) {
+                                                            std::optional<int64_t> num_samples,
+                                                            bool logsigma) {
   const Tensor eps = reparameterize_philox(at::zeros_like(mu), at::zeros_like(logvar), seed,
                                            num_samples, logsigma);
   return {reparameterize(mu, logvar, eps, logsigma), eps};
@@ -266,7 +266,7 @@ std::tuple<Tensor, Tensor> reparameterize_philox_backward(const Tensor& grad_z,
   C10_CUDA_CHECK(launch_reparameterize_philox_backward(
       dtype_of("reparameterize_philox_backward", logvar), grad_c.const_data_ptr(),
       logvar_c.const_data_ptr(), seed_d.const_data_ptr<int64_t>(), grad_mu.data_ptr(),
-      grad_logvar.data_ptr(), logvar.numel(), grad_z.size(0), std_exponent(logsigma),
+      grad_logvar.data_ptr(), logvar.numel(), sample_count(grad_z, logvar), std_exponent(logsigma),
       stream_of(logvar)));
   return {grad_mu, grad_logvar};
 }

@@ -68,9 +68,14 @@ class SampleRows:
     stride_col: int
 
 
+def sample_count(t: Tensor, like: Tensor) -> int:
+    """K of samples ``t`` of shape like.shape (one sample) or (K, *like.shape)."""
+    return 1 if t.dim() == like.dim() else t.shape[0]
+
+
 def as_sample_rows(t: Tensor, like: Tensor) -> SampleRows:
-    """``t`` of shape (K, *like.shape) as (K, rows, row_len) of ``like``."""
-    view = t.reshape(t.shape[0], batch_rows(like), row_length(like))
+    """``t`` of shape like.shape or (K, *like.shape) as (K, rows, row_len) of ``like``."""
+    view = t.reshape(sample_count(t, like), batch_rows(like), row_length(like))
     return SampleRows(view, view.stride(0), view.stride(1), view.stride(2))
 
 

@@ -100,10 +100,11 @@ def _check_reduction(op: str, reduction: int, allowed=(0, 1, 2)) -> None:
 
 
 def _check_samples(op: str, name: str, t: Tensor, like_name: str, like: Tensor) -> None:
-    if t.dim() != like.dim() + 1 or t.shape[1:] != like.shape:
+    if t.shape != like.shape and (t.dim() != like.dim() + 1 or t.shape[1:] != like.shape):
         raise ValueError(
-            f"{NAMESPACE}.{op}: {name} must have shape (num_samples, *{like_name}.shape) = "
-            f"(K, {', '.join(str(s) for s in like.shape)}), got {tuple(t.shape)}"
+            f"{NAMESPACE}.{op}: {name} must have shape {like_name}.shape = {tuple(like.shape)} "
+            f"or (num_samples, *{like_name}.shape) = (K, {', '.join(str(s) for s in like.shape)}), "
+            f"got {tuple(t.shape)}"
         )
 
 
@@ -172,12 +173,12 @@ def reparameterize_backward(
 
 @triton_op(f"{NAMESPACE}::reparameterize_philox", mutates_args=())
 def reparameterize_philox(
-    mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int, logsigma: bool = False
+    mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: Optional[int], logsigma: bool = False
 ) -> Tensor:
     _check_floating("reparameterize_philox", "mu", mu)
     _check_like("reparameterize_philox", "logvar", logvar, "mu", mu)
     _check_seed("reparameterize_philox", seed, mu)
-    if num_samples < 1:
+    if num_samples is not None and num_samples < 1:
         raise ValueError(
             f"{NAMESPACE}.reparameterize_philox: num_samples must be >= 1, got {num_samples}"
         )

@@ -22,7 +22,15 @@ import triton.language as tl
 from torch import Tensor
 
 from .launch import wrap_triton
-from .layout import as_rows, as_sample_rows, batch_rows, row_length, tile_indices, tile_shape
+from .layout import (
+    as_rows,
+    as_sample_rows,
+    batch_rows,
+    row_length,
+    sample_count,
+    tile_indices,
+    tile_shape,
+)
 from .math import (
     posterior_std,
     reparameterize_forward,
@@ -168,7 +176,7 @@ def launch_reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor, logsigma: boo
         logvar_rows.data, logvar_rows.stride_row, logvar_rows.stride_col,
         eps_rows.data, eps_rows.stride_sample, eps_rows.stride_row, eps_rows.stride_col,
         z,
-        rows, row_len, tile.col_blocks, mu.numel(), eps.shape[0],
+        rows, row_len, tile.col_blocks, mu.numel(), sample_count(eps, mu),
         LOGSIGMA=logsigma, BLOCK_ROWS=tile.block_rows, BLOCK_COLS=tile.block_cols, num_warps=tile.num_warps,
     )  # fmt: skip
     return z
@@ -191,7 +199,7 @@ def launch_reparameterize_backward(
             logvar_rows.data, logvar_rows.stride_row, logvar_rows.stride_col,
             eps_rows.data, eps_rows.stride_sample, eps_rows.stride_row, eps_rows.stride_col,
             grad_mu, grad_logvar,
-            rows, row_len, tile.col_blocks, grad_z.shape[0],
+            rows, row_len, tile.col_blocks, sample_count(grad_z, logvar),
             LOGSIGMA=logsigma, BLOCK_ROWS=tile.block_rows, BLOCK_COLS=tile.block_cols, num_warps=tile.num_warps,
         )  # fmt: skip
     else:
@@ -200,17 +208,17 @@ def launch_reparameterize_backward(
             logvar_rows.data, logvar_rows.stride_row, logvar_rows.stride_col,
             seed,
             grad_mu, grad_logvar,
-            rows, row_len, tile.col_blocks, logvar.numel(), grad_z.shape[0],
+            rows, row_len, tile.col_blocks, logvar.numel(), sample_count(grad_z, logvar),
             LOGSIGMA=logsigma, BLOCK_ROWS=tile.block_rows, BLOCK_COLS=tile.block_cols, num_warps=tile.num_warps,
         )  # fmt: skip
     return grad_mu, grad_logvar
 
 
 def launch_reparameterize_philox(
-    mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int, logsigma: bool
+    mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: Optional[int], logsigma: bool
 ) -> Tensor:
     rows, row_len = batch_rows(mu), row_length(mu)
-    z = _contiguous_empty(mu, (num_samples, *mu.shape))
+    z = _contiguous_empty(mu, mu.shape if num_samples is None else (num_samples, *mu.shape))
     if z.numel() == 0:
         return z
     tile = tile_shape(rows, row_len)
@@ -220,7 +228,7 @@ def launch_reparameterize_philox(
         logvar_rows.data, logvar_rows.stride_row, logvar_rows.stride_col,
         seed,
         z,
-        rows, row_len, tile.col_blocks, mu.numel(), num_samples,
+        rows, row_len, tile.col_blocks, mu.numel(), num_samples or 1,
         LOGSIGMA=logsigma, BLOCK_ROWS=tile.block_rows, BLOCK_COLS=tile.block_cols, num_warps=tile.num_warps,
     )  # fmt: skip
     return z
