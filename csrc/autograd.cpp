@@ -272,12 +272,17 @@ std::tuple<Tensor, Tensor> discretized_logistic_mixture_nll_autograd(
 struct SampleCall {
   bool philox = false;  // noise: the seed (no gradient) instead of eps
   bool logsigma = false;
+  bool differentiable = false;  // a backward can follow: mu or logvar requires grad
 };
 
 // In-kernel noise on the CPU is kept for backward, where reading eps costs less than
 // regenerating it (Philox + Box-Muller); on a GPU, where arithmetic is cheap and memory
 // is not, backward regenerates it from the seed.
 bool keeps_noise(const Tensor& mu) { return mu.device().is_cpu(); }
+
+bool differentiable(const Tensor& mu, const Tensor& logvar) {
+  return at::GradMode::is_enabled() && (mu.requires_grad() || logvar.requires_grad());
+}
 
 struct SampleFunction : public torch::autograd::Function<SampleFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar,
@@ -297,7 +302,7 @@ struct SampleFunction : public torch::autograd::Function<SampleFunction> {
       at::AutoDispatchBelowADInplaceOrView guard;
       if (!call.philox) {
         z = reparameterize.call(mu, logvar, noise, call.logsigma);
-      } else if (keeps_noise(mu)) {
+      } else if (call.differentiable && keeps_noise(mu)) {
         std::tie(z, kept_noise) = reparameterize_philox_with_noise.call(mu, logvar, noise,
                                                                         num_samples, call.logsigma);
       } else {
@@ -307,7 +312,7 @@ struct SampleFunction : public torch::autograd::Function<SampleFunction> {
     ctx->save_for_backward({logvar, kept_noise});
     // Backward from the kept eps; the seed input still gets no gradient.
     ctx->saved_data["call"] = hold(call);
-    ctx->saved_data["regenerate"] = call.philox && !keeps_noise(mu);
+    ctx->saved_data["regenerate"] = call.philox && !(call.differentiable && keeps_noise(mu));
     return z;
   }
 
@@ -344,7 +349,8 @@ Tensor reparameterize_autograd(const Tensor& mu, const Tensor& logvar, const Ten
 
 Tensor reparameterize_philox_autograd(const Tensor& mu, const Tensor& logvar, const Tensor& seed,
                                       std::optional<int64_t> num_samples, bool logsigma) {
-  return SampleFunction::apply(mu, logvar, seed, num_samples, SampleCall{true, logsigma});
+  return SampleFunction::apply(mu, logvar, seed, num_samples,
+                               SampleCall{true, logsigma, differentiable(mu, logvar)});
 }
 
 }  // namespace

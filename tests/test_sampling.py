@@ -77,6 +77,19 @@ def test_one_sample_has_mus_shape_and_the_first_of_k_samples_values():
     assert {type(f).__name__ for f, _ in z.grad_fn.next_functions if f is not None} == {"AccumulateGrad"}
 
 
+@pytest.mark.parametrize("num_samples", [None, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_backward_reads_a_broadcast_upstream_as_the_materialized_one(num_samples, dtype):
+    # z.sum().backward() hands the backward an expanded scalar (stride 0).
+    ops = torch.ops.vae_kernels
+    logvar = torch.randn(5, 7, dtype=dtype)
+    eps = torch.randn((5, 7) if num_samples is None else (num_samples, 5, 7), dtype=dtype)
+    broadcast = torch.tensor(0.75, dtype=dtype).expand(eps.shape)
+    for a, b in zip(ops.reparameterize_backward(broadcast, logvar, eps),
+                    ops.reparameterize_backward(broadcast.contiguous(), logvar, eps)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_in_kernel_noise_is_standard_normal():
     torch.manual_seed(0)
     z = vk.reparameterize(torch.zeros(400, 500), torch.zeros(400, 500))

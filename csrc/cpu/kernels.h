@@ -30,8 +30,11 @@ struct KernelTable {
   void (*reparameterize)(c10::ScalarType dtype, const void* mu, const void* logvar,
                          const void* eps, void* z, int64_t numel, int64_t num_samples,
                          double std_exponent);
-  void (*reparameterize_backward)(c10::ScalarType dtype, const void* grad_z, const void* logvar,
-                                  const void* eps, void* grad_mu, void* grad_logvar, int64_t numel,
+  // grad_z_stride: 1, or 0 for one value broadcast to every element (the gradient of a
+  // sum, z.sum().backward(), read without materializing it).
+  void (*reparameterize_backward)(c10::ScalarType dtype, const void* grad_z,
+                                  int64_t grad_z_stride, const void* logvar, const void* eps,
+                                  void* grad_mu, void* grad_logvar, int64_t numel,
                                   int64_t num_samples, double std_exponent);
   // The same, with eps[k, i] = philox_standard_normal(seed, k * numel + i), also
   // written to `eps` unless it is null.

@@ -188,6 +188,16 @@ Tensor reduce_rows(const std::vector<double>& row_sums, const Tensor& elementwis
 
 // ------------------------------------------------------------------ sampling
 
+// One value seen at every element (every stride 0: an expanded scalar, as the gradient
+// of z.sum() arrives), which the kernels read once instead of copying it out.
+bool is_broadcast_value(const Tensor& t) {
+  if (t.numel() <= 1) return false;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) != 1 && t.stride(d) != 0) return false;
+  }
+  return true;
+}
+
 double std_exponent(bool logsigma) {
   return logsigma ? kStdExponentLogSigma : kStdExponentLogVar;
 }
@@ -205,17 +215,23 @@ Tensor reparameterize(const Tensor& mu, const Tensor& logvar, const Tensor& eps,
 std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const Tensor& logvar,
                                                    const Tensor& eps, bool logsigma) {
   check_reparameterize_backward_args(grad_z, logvar, eps, kDevice);
-  const Tensor grad_c = grad_z.contiguous(), logvar_c = logvar.contiguous(),
-               eps_c = eps.contiguous();
+  const bool grad_is_broadcast = is_broadcast_value(grad_z);
+  const Tensor grad_c = grad_is_broadcast ? grad_z : grad_z.contiguous(),
+               logvar_c = logvar.contiguous(), eps_c = eps.contiguous();
   Tensor grad_mu = at::empty_like(logvar_c), grad_logvar = at::empty_like(logvar_c);
   kernels().reparameterize_backward(logvar.scalar_type(), grad_c.const_data_ptr(),
+                                    grad_is_broadcast ? 0 : 1,
                                     logvar_c.const_data_ptr(), eps_c.const_data_ptr(),
                                     grad_mu.data_ptr(), grad_logvar.data_ptr(), logvar.numel(),
                                     sample_count(eps, logvar), std_exponent(logsigma));
   return {grad_mu, grad_logvar};
 }
 
-uint64_t read_seed(const Tensor& seed) { return static_cast<uint64_t>(seed.item<int64_t>()); }
+// Read from memory: a CPU int64 with one element (checked); a dispatched item() would
+// cost more than a small draw.
+uint64_t read_seed(const Tensor& seed) {
+  return static_cast<uint64_t>(*seed.contiguous().const_data_ptr<int64_t>());
+}
 
 // z, and eps where `keep_noise` (else an empty tensor).
 std::tuple<Tensor, Tensor> sample_philox(const Tensor& mu, const Tensor& logvar,

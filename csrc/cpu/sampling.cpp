@@ -37,9 +37,10 @@ void reparameterize_typed(const scalar_t* mu, const scalar_t* logvar, const scal
 }
 
 template <typename scalar_t>
-void reparameterize_backward_typed(const scalar_t* grad_z, const scalar_t* logvar,
-                                   const scalar_t* eps, scalar_t* grad_mu, scalar_t* grad_logvar,
-                                   int64_t numel, int64_t num_samples, double std_exponent) {
+void reparameterize_backward_typed(const scalar_t* grad_z, int64_t grad_z_stride,
+                                   const scalar_t* logvar, const scalar_t* eps, scalar_t* grad_mu,
+                                   scalar_t* grad_logvar, int64_t numel, int64_t num_samples,
+                                   double std_exponent) {
   using Vec = AccVec<scalar_t>;
   using acc_t = acc_type_t<scalar_t>;
   const Vec c(static_cast<acc_t>(std_exponent));
@@ -50,7 +51,8 @@ void reparameterize_backward_typed(const scalar_t* grad_z, const scalar_t* logva
       Vec sum_grad(acc_t(0)), sum_grad_eps(acc_t(0));
       for (int64_t k = 0; k < num_samples; ++k) {  // fixed order over samples
         const int64_t at = k * numel + i;
-        const auto g = load_vec(grad_z + at, count);
+        const Vec g = grad_z_stride == 0 ? Vec(static_cast<acc_t>(grad_z[0]))
+                                         : load_vec(grad_z + at, count);
         sum_grad = sum_grad + g;
         sum_grad_eps = sum_grad_eps + g * load_vec(eps + at, count);
       }
@@ -251,12 +253,13 @@ void reparameterize(c10::ScalarType dtype, const void* mu, const void* logvar, c
   });
 }
 
-void reparameterize_backward(c10::ScalarType dtype, const void* grad_z, const void* logvar,
-                             const void* eps, void* grad_mu, void* grad_logvar, int64_t numel,
-                             int64_t num_samples, double std_exponent) {
+void reparameterize_backward(c10::ScalarType dtype, const void* grad_z, int64_t grad_z_stride,
+                             const void* logvar, const void* eps, void* grad_mu,
+                             void* grad_logvar, int64_t numel, int64_t num_samples,
+                             double std_exponent) {
   VK_DISPATCH_FLOATING(dtype, [&] {
     reparameterize_backward_typed(
-        static_cast<const scalar_t*>(grad_z), static_cast<const scalar_t*>(logvar),
+        static_cast<const scalar_t*>(grad_z), grad_z_stride, static_cast<const scalar_t*>(logvar),
         static_cast<const scalar_t*>(eps), static_cast<scalar_t*>(grad_mu),
         static_cast<scalar_t*>(grad_logvar), numel, num_samples, std_exponent);
   });
