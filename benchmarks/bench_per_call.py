@@ -7,7 +7,7 @@ output, as a training step runs it; gradients accumulate into ``.grad`` as in tr
 Providers are interleaved round by round and the median [p20, p80] over rounds is
 reported; each round times a loop of calls.
 
-    python benchmarks/bench_per_call.py   # writes benchmarks/results/cpu-amd-epyc/per_call.{json,md}
+    python benchmarks/bench_per_call.py   # writes benchmarks/results/cpu-amd-epyc/per_call_<isa>.{json,md}
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def main() -> None:
            if "ATEN_CPU_CAPABILITY" in os.environ else ""),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if "ATEN_CPU_CAPABILITY" not in os.environ else f"_{meta['isa'].lower()}"
+    suffix = f"_{meta['isa'].lower()}"  # the instruction set the kernels ran with
     (args.out / f"per_call{suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (args.out / f"per_call{suffix}.md").write_text(markdown(rows, meta))
     print(f"written to {args.out}/per_call{suffix}.md")
