@@ -240,7 +240,10 @@ def test_quick_run_rows_are_sane(quick_run):
             assert r["speedup_vs_eager"] == 1.0
         if r["provider"] == "compile":
             assert r["speedup_vs_compile"] == 1.0 and r["compile_seconds"] > 0, where
-        assert isinstance(r["kernels_per_step"], int) and r["kernels_per_step"] >= 1, where
+        # A fused loss's backward for an upstream gradient of 1 hands over the gradients
+        # its forward computed: no op at all.
+        least_ops = 0 if r["mode"] == "backward" and r["provider"] not in ("eager", "compile") else 1
+        assert isinstance(r["kernels_per_step"], int) and r["kernels_per_step"] >= least_ops, where
         assert r["peak_extra_bytes"] >= 0, where
         assert 0 <= r["other_load_cores"] <= 16, where  # others' CPU use while timed
         if r["mode"] == "forward_backward":
