@@ -80,7 +80,8 @@ inline void mul_hi_lo(IVec a, IVec m, IVec& hi, IVec& lo) {
   hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
   lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
 }
-inline IVec xor3(IVec a, IVec b, IVec c) { return _mm512_xor_si512(_mm512_xor_si512(a, b), c); }
+inline IVec xor2(IVec a, IVec b) { return _mm512_xor_si512(a, b); }
+inline IVec xor3(IVec a, IVec b, IVec c) { return xor2(xor2(a, b), c); }
 inline IVec add32(IVec a, IVec b) { return _mm512_add_epi32(a, b); }
 // high + 1 in the lanes whose low word wrapped (low < first_low, unsigned).
 inline IVec add_carry(IVec high, IVec low, uint32_t first_low) {
@@ -106,7 +107,8 @@ inline void mul_hi_lo(IVec a, IVec m, IVec& hi, IVec& lo) {
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
   lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
-inline IVec xor3(IVec a, IVec b, IVec c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
+inline IVec xor2(IVec a, IVec b) { return _mm256_xor_si256(a, b); }
+inline IVec xor3(IVec a, IVec b, IVec c) { return xor2(xor2(a, b), c); }
 inline IVec add32(IVec a, IVec b) { return _mm256_add_epi32(a, b); }
 // high + 1 in the lanes whose low word wrapped (low < first_low, unsigned: compared with
 // the sign bits flipped).
@@ -124,33 +126,63 @@ inline void store_uniform(IVec bits, float* out, bool floor_at_tiny) {
 }
 #endif
 
-// u1[j], u2[j] of philox_uniform_pair(seed, first + j) for j < kPhiloxLanes.
-inline void philox_uniform_lanes(uint64_t seed, uint64_t first, float* u1, float* u2) {
+// The ten round keys of a seed, broadcast to the lanes once per block of draws.
+struct PhiloxRoundKeys {
+  IVec k0[10], k1[10];
+  explicit PhiloxRoundKeys(uint64_t seed) {
+    uint32_t a = static_cast<uint32_t>(seed), b = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      k0[round] = broadcast(a);
+      k1[round] = broadcast(b);
+      a += 0x9E3779B9u;
+      b += 0xBB67AE85u;
+    }
+  }
+};
+
+// Philox lane groups computed together: a round's multiplies are a chain of dependent
+// steps, and two independent groups keep the multiplier busy while the other waits.
+constexpr int kPhiloxGroups = 2;
+constexpr int64_t kPhiloxDraws = kPhiloxGroups * kPhiloxLanes;
+
+// u1[j], u2[j] of philox_uniform_pair(seed, first + j) for j < kPhiloxDraws.
+inline void philox_uniform_lanes(const PhiloxRoundKeys& keys, uint64_t first, float* u1,
+                                 float* u2) {
   // The 64-bit counters first + j, built in registers (lanes stored one by one and then
   // loaded as a vector would stall store forwarding): low words, and high words with the
   // carry of a low word that wrapped.
   alignas(64) static constexpr uint32_t kLaneIndex[16] = {0, 1, 2,  3,  4,  5,  6,  7,
                                                           8, 9, 10, 11, 12, 13, 14, 15};
   const uint32_t first_low = static_cast<uint32_t>(first);
-  const IVec c0_start = add32(broadcast(first_low), load_lanes(kLaneIndex));
-  IVec c0 = c0_start;
-  IVec c1 = add_carry(broadcast(static_cast<uint32_t>(first >> 32)), c0_start, first_low);
-  IVec c2 = broadcast(0), c3 = broadcast(0);
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   const IVec m0 = broadcast(0xCD9E8D57u), m1 = broadcast(0xD2511F53u);
-  for (int round = 0; round < 10; ++round) {
-    IVec hi0, lo0, hi1, lo1;
-    mul_hi_lo(c2, m0, hi0, lo0);
-    mul_hi_lo(c0, m1, hi1, lo1);
-    c0 = xor3(hi0, c1, broadcast(k0));
-    c2 = xor3(hi1, c3, broadcast(k1));
-    c1 = lo0;
-    c3 = lo1;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+  IVec c0[kPhiloxGroups], c1[kPhiloxGroups], c2[kPhiloxGroups], c3[kPhiloxGroups];
+  for (int g = 0; g < kPhiloxGroups; ++g) {
+    const IVec low = add32(broadcast(first_low + static_cast<uint32_t>(g * kPhiloxLanes)),
+                           load_lanes(kLaneIndex));
+    const IVec high = add_carry(broadcast(static_cast<uint32_t>(first >> 32)), low, first_low);
+    // Round 0 with c2 = c3 = 0: the products of c2 vanish.
+    IVec hi1, lo1;
+    mul_hi_lo(low, m1, hi1, lo1);
+    c0[g] = xor2(high, keys.k0[0]);
+    c2[g] = xor2(hi1, keys.k1[0]);
+    c1[g] = broadcast(0);
+    c3[g] = lo1;
   }
-  store_uniform(c0, u1, /*floor_at_tiny=*/true);
-  store_uniform(c1, u2, /*floor_at_tiny=*/false);
+  for (int round = 1; round < 10; ++round) {
+    for (int g = 0; g < kPhiloxGroups; ++g) {
+      IVec hi0, lo0, hi1, lo1;
+      mul_hi_lo(c2[g], m0, hi0, lo0);
+      mul_hi_lo(c0[g], m1, hi1, lo1);
+      c0[g] = xor3(hi0, c1[g], keys.k0[round]);
+      c2[g] = xor3(hi1, c3[g], keys.k1[round]);
+      c1[g] = lo0;
+      c3[g] = lo1;
+    }
+  }
+  for (int g = 0; g < kPhiloxGroups; ++g) {
+    store_uniform(c0[g], u1 + g * kPhiloxLanes, /*floor_at_tiny=*/true);
+    store_uniform(c1[g], u2 + g * kPhiloxLanes, /*floor_at_tiny=*/false);
+  }
 }
 #endif
 
@@ -163,8 +195,9 @@ void philox_normal_block(uint64_t seed, uint64_t first, int64_t count, acc_t* ep
   alignas(64) float u1[kNoiseBlock], u2[kNoiseBlock];
   int64_t drawn = 0;
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-  for (; drawn + kPhiloxLanes <= count; drawn += kPhiloxLanes) {
-    philox_uniform_lanes(seed, first + drawn, u1 + drawn, u2 + drawn);
+  const PhiloxRoundKeys keys(seed);
+  for (; drawn + kPhiloxDraws <= count; drawn += kPhiloxDraws) {
+    philox_uniform_lanes(keys, first + drawn, u1 + drawn, u2 + drawn);
   }
 #endif
   for (; drawn < count; ++drawn) philox_uniform_pair(seed, first + drawn, u1[drawn], u2[drawn]);

@@ -25,8 +25,10 @@ struct Math<at::vec::Vectorized<T>> {
   static V log(const V& x) { return x.log(); }
   static V log1p(const V& x) { return x.log1p(); }
   static V log1p_unit(const V& x) { return x.log1p(); }
+  static V log_uniform(const V& x) { return x.log(); }
   static V sqrt(const V& x) { return x.sqrt(); }
   static V cos(const V& x) { return x.cos(); }
+  static V cos_turn(const V& u) { return (V(T(6.283185307179586f)) * u).cos(); }
   static V tanh(const V& x) { return x.tanh(); }
   static V abs(const V& x) { return x.abs(); }
   static V sign(const V& x) {  // -1, 0 or 1; NaN stays NaN
@@ -36,10 +38,11 @@ struct Math<at::vec::Vectorized<T>> {
   static V where_nonneg(const V& c, const V& a, const V& b) { return V::blendv(b, a, c >= V(T(0))); }
 };
 
-// float32, the type nearly all training runs in: exp and log1p written out inline,
-// because the Sleef calls behind Vectorized<float>::exp/log1p cost more than the
-// memory traffic of the loss kernels. Both are within a few ULP (tests compare them
-// with the float64 oracle).
+// float32, the type nearly all training runs in: exp, log1p and Box-Muller's log and
+// cos written out inline, because the Sleef calls behind Vectorized<float> cost more
+// than the memory traffic of the loss kernels (and than torch.randn_like's noise). All
+// are within a few ULP (tests compare them with the float64 oracle and with Triton's
+// randn stream).
 template <>
 struct Math<at::vec::Vectorized<float>> {
   using V = at::vec::Vectorized<float>;
@@ -76,6 +79,55 @@ struct Math<at::vec::Vectorized<float>> {
     y = V::blendv(y, V(std::numeric_limits<float>::infinity()), x > V(88.72283f));
     y = V::blendv(y, V(0.f), x < V(-87.33654f));  // results below FLT_MIN flush to zero
     return V::blendv(y, x, x != x);                // NaN in, NaN out
+  }
+
+  // Cephes logf for x in [1e-7, 1] (normal, positive: no special cases): x = m * 2^e
+  // with m in [sqrt(1/2), sqrt(2)), log(1 + (m - 1)) by a degree-9 polynomial, and
+  // e * ln2 added in two parts. ~1 ULP.
+  static V log_uniform(const V& x) {
+    const VInt bits = at::vec::cast<int32_t>(x);
+    V e = at::vec::convert_to_fp_of_same_size<float>((bits >> VInt(23)) - VInt(126));
+    V m = at::vec::cast<float>((bits & VInt(0x007fffff)) | VInt(0x3f000000));  // [0.5, 1)
+    const V small = m < V(0.707106781186547524f);  // all ones where true
+    e = e - (small & V(1.f));
+    m = m + (small & m) - V(1.f);
+    const V z = m * m;
+    V p = V(7.0376836292e-2f);
+    p = at::vec::fmadd(p, m, V(-1.1514610310e-1f));
+    p = at::vec::fmadd(p, m, V(1.1676998740e-1f));
+    p = at::vec::fmadd(p, m, V(-1.2420140846e-1f));
+    p = at::vec::fmadd(p, m, V(1.4249322787e-1f));
+    p = at::vec::fmadd(p, m, V(-1.6668057665e-1f));
+    p = at::vec::fmadd(p, m, V(2.0000714765e-1f));
+    p = at::vec::fmadd(p, m, V(-2.4999993993e-1f));
+    p = at::vec::fmadd(p, m, V(3.3333331174e-1f));
+    V y = p * m * z;
+    y = at::vec::fmadd(e, V(-2.12194440e-4f), y);
+    y = at::vec::fmadd(z, V(-0.5f), y);
+    return at::vec::fmadd(e, V(0.693359375f), m + y);
+  }
+
+  // Cephes cosf for u in [0, 1]: theta = 2 pi u (rounded as the scalar path rounds it),
+  // theta = q pi/2 + r with |r| <= pi/4 (pi/2 in three parts, exact for q <= 4), and the
+  // sine or cosine polynomial of r by quadrant. ~1 ULP.
+  static V cos_turn(const V& u) {
+    const V theta = V(6.283185307179586f) * u;
+    const V q = (theta * V(0.636619772367581343f)).round();
+    V r = at::vec::fmadd(q, V(-1.5703125f), theta);
+    r = at::vec::fmadd(q, V(-4.837512969970703125e-4f), r);
+    r = at::vec::fmadd(q, V(-7.54978995489188216e-8f), r);
+    const V z = r * r;
+    V s = at::vec::fmadd(V(-1.9515295891e-4f), z, V(8.3321608736e-3f));
+    s = at::vec::fmadd(s, z, V(-1.6666654611e-1f));
+    s = at::vec::fmadd(s * z, r, r);
+    V c = at::vec::fmadd(V(2.443315711809948e-5f), z, V(-1.388731625493765e-3f));
+    c = at::vec::fmadd(c, z, V(4.166664568298827e-2f));
+    c = at::vec::fmadd(c * z, z, at::vec::fmadd(z, V(-0.5f), V(1.f)));
+    // cos(q pi/2 + r): quadrant 0 cos r, 1 -sin r, 2 -cos r, 3 sin r.
+    const VInt quadrant = at::vec::convert_to_int_of_same_size(q);
+    const V odd = at::vec::cast<float>(VInt(0) - (quadrant & VInt(1)));        // all ones if odd
+    const V negate = at::vec::cast<float>(((quadrant + VInt(1)) & VInt(2)) << VInt(30));
+    return V::blendv(c, s, odd) ^ negate;  // the sign bit flipped in quadrants 1 and 2
   }
 
   // log1p(x) = x * Q(x) on [0, 1], Q a degree-9 least-relative-error polynomial

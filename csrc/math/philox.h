@@ -51,7 +51,7 @@ VK_INLINE void philox_uniform_pair(uint64_t seed, uint64_t index, float& u1, flo
 // Box-Muller (the cosine half, as tl.randn): a standard normal from two uniforms.
 template <typename V>
 VK_INLINE V box_muller(V u1, V u2) {
-  return Math<V>::sqrt(V(-2.0f) * Math<V>::log(u1)) * Math<V>::cos(V(6.283185307179586f) * u2);
+  return Math<V>::sqrt(V(-2.0f) * Math<V>::log_uniform(u1)) * Math<V>::cos_turn(u2);
 }
 
 // The standard normal number at position `index` of the stream keyed by `seed`.

@@ -20,7 +20,8 @@ namespace vae_kernels {
 constexpr double kLog2 = 0.6931471805599453;
 
 template <typename V>
-struct Math;  // Scalar, exp, log, log1p, log1p_unit, sqrt, cos, tanh, abs, sign, maximum, where_nonneg
+struct Math;  // Scalar, exp, log, log1p, log1p_unit, log_uniform, sqrt, cos, cos_turn, tanh, abs,
+              // sign, maximum, where_nonneg
 
 template <typename T>
 struct ScalarMath {
@@ -30,8 +31,13 @@ struct ScalarMath {
   static VK_INLINE T log1p(T x) { return ::log1p(x); }
   // log1p for x in [0, 1] only; SIMD types evaluate a short polynomial there.
   static VK_INLINE T log1p_unit(T x) { return log1p(x); }
+  // log for x in [1e-7, 1] only (Box-Muller's uniforms); SIMD float evaluates it inline.
+  static VK_INLINE T log_uniform(T x) { return log(x); }
   static VK_INLINE T sqrt(T x) { return ::sqrt(x); }
   static VK_INLINE T cos(T x) { return ::cos(x); }
+  // cos(2 pi u) for u in [0, 1] only, the angle rounded to T first; SIMD float
+  // evaluates it inline.
+  static VK_INLINE T cos_turn(T u) { return cos(T(6.283185307179586f) * u); }
   static VK_INLINE T tanh(T x) { return ::tanh(x); }
   static VK_INLINE T abs(T x) { return ::fabs(x); }
   // -1, 0 or 1; NaN stays NaN.
@@ -48,8 +54,10 @@ struct Math<float> : ScalarMath<float> {
   static VK_INLINE float log(float x) { return ::logf(x); }
   static VK_INLINE float log1p(float x) { return ::log1pf(x); }
   static VK_INLINE float log1p_unit(float x) { return ::log1pf(x); }
+  static VK_INLINE float log_uniform(float x) { return ::logf(x); }
   static VK_INLINE float sqrt(float x) { return ::sqrtf(x); }
   static VK_INLINE float cos(float x) { return ::cosf(x); }
+  static VK_INLINE float cos_turn(float u) { return ::cosf(6.283185307179586f * u); }
   static VK_INLINE float tanh(float x) { return ::tanhf(x); }
   static VK_INLINE float abs(float x) { return ::fabsf(x); }
 };
