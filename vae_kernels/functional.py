@@ -178,11 +178,42 @@ def _check_input_and_target(input_name: str, input: object, target: object, redu
     _check_batch_dim(input_name, input, reduction)
 
 
+# The reductions that need no batch dimension.
+_SCALAR_OK = ("none", "sum", "mean")
+
+
 def _check_batch_dim(name: str, t: Tensor, reduction: str) -> None:
-    if reduction in ("batchmean", "per_sample") and t.dim() == 0:
+    if reduction not in _SCALAR_OK and t.dim() == 0:
         raise ValueError(
             f"reduction={reduction!r} needs a batch dimension, but {name} is a 0-d tensor"
         )
+
+
+# Exact types: a tensor subclass (and its __torch_function__) takes the checked path.
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+_FLOATING = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _native_cpu_call(backend: str, *tensors: Tensor) -> Optional[object]:
+    """The C++ CPU backend, when a call's tensors are ones it takes as they are and every
+    check of this module would accept: dense CPU tensors of type Tensor or Parameter,
+    one floating dtype (no promotion, no cast). None otherwise: the call takes the
+    checked path, which also names what is wrong. Shapes and the other arguments are
+    the caller's to check. The cheap test first, for the call a training step makes at
+    every step, where the checks would cost as much as the kernel."""
+    if backend != "auto" and backend != "cpu":
+        return None
+    for t in tensors:
+        if type(t) not in _PLAIN_TYPES:
+            return None
+    dtype = tensors[0].dtype
+    for t in tensors:
+        if not t.is_cpu or t.dtype is not dtype or t.layout is not torch.strided:
+            return None
+    if dtype not in _FLOATING:
+        return None
+    impl = backends.resolve(backend, tensors[0].device)
+    return impl if "cpu" in getattr(impl, "mixed_dtype_devices", ()) else None
 
 
 # ------------------------------------------------------------------ public API
@@ -222,6 +253,15 @@ def reparameterize(
     Returns:
         z, differentiable with respect to ``mu`` and ``logvar``.
     """
+    if num_samples is None and scale in SCALES:
+        if eps is None and (generator is None or type(generator) is torch.Generator):
+            impl = _native_cpu_call(backend, mu, logvar)
+            if impl is not None and mu.shape == logvar.shape:
+                return impl.reparameterize(mu, logvar, None, None, generator, scale == "logsigma")
+        elif eps is not None and generator is None:
+            impl = _native_cpu_call(backend, mu, logvar, eps)
+            if impl is not None and mu.shape == logvar.shape == eps.shape:
+                return impl.reparameterize(mu, logvar, eps, None, None, scale == "logsigma")
     _check_scale_name(scale)
     _check_float_tensor("mu", mu)
     _check_float_tensor("logvar", logvar)
@@ -277,6 +317,10 @@ def gaussian_kl(
             ``gaussian_analytical_kl(mu1, mu2, s1, s2)``.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
+    if prior_mu is None and prior_logvar is None and scale in SCALES and reduction in REDUCTIONS:
+        impl = _native_cpu_call(backend, mu, logvar)
+        if impl is not None and mu.shape == logvar.shape and (mu.dim() > 0 or reduction in _SCALAR_OK):
+            return impl.gaussian_kl(mu, logvar, None, None, reduction, scale == "logsigma")
     _check_scale_name(scale)
     _check_float_tensor("mu", mu)
     _check_float_tensor("logvar", logvar)
@@ -646,6 +690,27 @@ def elbo_loss(
     ``elbo_loss(recon, x, mu, logvar, likelihood="bernoulli_probs", reduction="sum")``
     is the ``loss_function`` of pytorch/examples ``vae/main.py``.
     """
+    if (
+        recon_scale is None
+        and likelihood in LIKELIHOODS
+        and type(beta) in (float, int)
+        and beta >= 0
+        and reduction in ELBO_REDUCTIONS
+        and scale in SCALES
+    ):
+        impl = _native_cpu_call(backend, recon, x, mu, logvar)
+        if (
+            impl is not None
+            and x.shape == recon.shape
+            and mu.shape == logvar.shape
+            and recon.dim() > 0
+            and mu.dim() > 0
+            and recon.shape[0] == mu.shape[0]
+        ):
+            loss, recon_nll, kl = impl.elbo_loss(
+                recon, x, mu, logvar, likelihood, float(beta), reduction, scale == "logsigma"
+            )
+            return (loss, recon_nll, kl) if return_components else loss
     _check_scale_name(scale)
     for name, t in (("recon", recon), ("x", x), ("mu", mu), ("logvar", logvar)):
         _check_float_tensor(name, t)

@@ -101,11 +101,14 @@ class OpsBackend:
         return self._overloads[name]
 
     def _loss(self, name: str, *args) -> tuple[Tensor, ...]:
-        """The reduced outputs of loss op ``name``; its local gradients stay internal."""
+        """The outputs of loss op ``name``, its reduced losses first (the local gradients
+        after them, if any, are not the caller's to use)."""
+        if name in self.cpp_autograd_ops:
+            return self._overload(name)(*args)
         spec = _loss_spec(self.namespace, name)
-        if name not in self.cpp_autograd_ops and _runs_eagerly(args):
+        if _runs_eagerly(args):
             return EagerLoss.apply(spec, *args)
-        return self._overload(name)(*args)[: spec.n_reduced]
+        return spec.op(*args)
 
     def reparameterize(
         self,
@@ -207,7 +210,7 @@ class OpsBackend:
         kind = int(BY_NAME[likelihood].kind)
         loss, recon_nll, kl = self._loss(
             "elbo", recon, x, mu, logvar, kind, beta, mode, divisor, mask, logsigma
-        )
+        )[:3]
         return loss, recon_nll, kl
 
 
