@@ -219,6 +219,17 @@ def _native_cpu_call(backend: str, *tensors: Tensor) -> Optional[object]:
     return impl if "cpu" in getattr(impl, "mixed_dtype_devices", ()) else None
 
 
+def _native_cpu_pair(backend: str, input: Tensor, target: Tensor, reduction: str) -> Optional[object]:
+    """``_native_cpu_call`` for a reconstruction likelihood's input and target: also one
+    shape and a valid reduction (``_check_input_and_target`` would accept them)."""
+    if reduction not in REDUCTIONS:
+        return None
+    impl = _native_cpu_call(backend, input, target)
+    if impl is None or input.shape != target.shape:
+        return None
+    return impl if input.dim() > 0 or reduction in _SCALAR_OK else None
+
+
 # ------------------------------------------------------------------ public API
 
 
@@ -363,6 +374,9 @@ def bernoulli_nll(
     Values outside [0, 1] (probabilities or targets) raise ValueError; the C++
     kernels check this inside the same pass that computes the loss.
     """
+    impl = _native_cpu_pair(backend, input, target, reduction) if type(logits) is bool else None
+    if impl is not None:
+        return impl.bernoulli_nll(input, target, logits, reduction)
     _check_input_and_target("input", input, target, reduction)
     if not isinstance(logits, bool):
         raise TypeError(f"logits must be a bool, got {type(logits).__name__}")
@@ -419,6 +433,9 @@ def mse_loss(
         reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
+    impl = _native_cpu_pair(backend, input, target, reduction)
+    if impl is not None:
+        return impl.mse_loss(input, target, reduction)
     _check_input_and_target("input", input, target, reduction)
     impl = backends.resolve(backend, input.device)
     input, target = _kernel_inputs(impl, _compute_dtype(input, target), input, target)
@@ -463,6 +480,9 @@ def _likelihood_with_scale(
     backend: str,
 ) -> Tensor:
     """A ``LIKELIHOODS`` row with a scale argument (named by the row), checked and run."""
+    impl = _native_cpu_pair(backend, input, target, reduction) if type(scale) in (float, int) else None
+    if impl is not None:
+        return impl.reconstruction_nll(likelihood, input, target, float(scale), reduction)
     _check_input_and_target("input", input, target, reduction)
     scale = _check_scale(BY_NAME[likelihood].scale_name, scale, input)
     impl = backends.resolve(backend, input.device)
@@ -495,6 +515,9 @@ def continuous_bernoulli_nll(
         reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
+    impl = _native_cpu_pair(backend, logits, target, reduction)
+    if impl is not None:
+        return impl.reconstruction_nll("continuous_bernoulli", logits, target, 0.0, reduction)
     _check_input_and_target("logits", logits, target, reduction)
     impl = backends.resolve(backend, logits.device)
     logits, target = _kernel_inputs(impl, _compute_dtype(logits, target), logits, target)
