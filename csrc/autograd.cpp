@@ -297,12 +297,14 @@ struct SampleFunction : public torch::autograd::Function<SampleFunction> {
         find_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                            std::optional<int64_t>, bool)>(
             "vae_kernels::reparameterize_philox_with_noise");
+    // In-kernel noise kept for a backward that can follow, else regenerated there.
+    const bool keep_noise = call.philox && call.differentiable && keeps_noise(mu);
     Tensor z, kept_noise = noise;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
       if (!call.philox) {
         z = reparameterize.call(mu, logvar, noise, call.logsigma);
-      } else if (call.differentiable && keeps_noise(mu)) {
+      } else if (keep_noise) {
         std::tie(z, kept_noise) = reparameterize_philox_with_noise.call(mu, logvar, noise,
                                                                         num_samples, call.logsigma);
       } else {
@@ -312,7 +314,7 @@ struct SampleFunction : public torch::autograd::Function<SampleFunction> {
     ctx->save_for_backward({logvar, kept_noise});
     // Backward from the kept eps; the seed input still gets no gradient.
     ctx->saved_data["call"] = hold(call);
-    ctx->saved_data["regenerate"] = call.philox && !(call.differentiable && keeps_noise(mu));
+    ctx->saved_data["regenerate"] = call.philox && !keep_noise;
     return z;
   }
 

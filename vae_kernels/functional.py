@@ -220,8 +220,8 @@ def _native_cpu_call(backend: str, *tensors: Tensor) -> Optional[object]:
 
 
 def _native_cpu_pair(backend: str, input: Tensor, target: Tensor, reduction: str) -> Optional[object]:
-    """``_native_cpu_call`` for a reconstruction likelihood's input and target: also one
-    shape and a valid reduction (``_check_input_and_target`` would accept them)."""
+    """``_native_cpu_call`` for the two tensors of an elementwise loss (a likelihood's
+    input and target, the KL's mu and logvar): also one shape and a valid reduction."""
     if reduction not in REDUCTIONS:
         return None
     impl = _native_cpu_call(backend, input, target)
@@ -331,9 +331,9 @@ def gaussian_kl(
             ``gaussian_analytical_kl(mu1, mu2, s1, s2)``.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
-    if prior_mu is None and prior_logvar is None and scale in SCALES and reduction in REDUCTIONS:
-        impl = _native_cpu_call(backend, mu, logvar)
-        if impl is not None and mu.shape == logvar.shape and (mu.dim() > 0 or reduction in _SCALAR_OK):
+    if prior_mu is None and prior_logvar is None and scale in SCALES:
+        impl = _native_cpu_pair(backend, mu, logvar, reduction)
+        if impl is not None:
             return impl.gaussian_kl(mu, logvar, None, None, reduction, scale == "logsigma")
     _check_scale_name(scale)
     _check_float_tensor("mu", mu)

@@ -230,7 +230,7 @@ std::tuple<Tensor, Tensor> reparameterize_backward(const Tensor& grad_z, const T
 // Read from memory: a CPU int64 with one element (checked); a dispatched item() would
 // cost more than a small draw.
 uint64_t read_seed(const Tensor& seed) {
-  return static_cast<uint64_t>(*seed.contiguous().const_data_ptr<int64_t>());
+  return static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
 }
 
 // z, and eps where `keep_noise` (else an empty tensor).
