@@ -63,8 +63,10 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, const c10::ScalarTyp
 
   const Vec grad_scale(static_cast<acc_t>(buffers.grad_scale));
   Vec sum(acc_t(0));
-  Vec outside[N];
-  for (int k = 0; k < N; ++k) outside[k] = Vec(acc_t(0));
+  // The least and greatest value of each [0, 1] input. clamp_max(low, x) keeps `low` where
+  // x is NaN (the NaN passes through the check) on every instruction set.
+  Vec low[N], high[N];
+  for (int k = 0; k < N; ++k) low[k] = high[k] = Vec(acc_t(0));
   // One vector (`count` valid lanes): the loss, added to `sum`, the local gradients
   // into `grad` (scaled) and the [0, 1] checks.
   auto compute = [&](const Vec* in, Vec* grad, int64_t count) {
@@ -78,27 +80,36 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, const c10::ScalarTyp
     if (count < W) loss = Vec::set(Vec(acc_t(0)), loss, count);  // padding lanes add nothing
     sum = sum + loss;
     for (int k = 0; k < N; ++k) {
-      if (Op::unit_interval(k)) {  // zero padding lies inside [0, 1]; NaN passes through
-        outside[k] = outside[k] | (in[k] < Vec(acc_t(0))) | (in[k] > Vec(acc_t(1)));
+      if (Op::unit_interval(k)) {  // zero padding lies inside [0, 1]
+        low[k] = at::vec::clamp_max(low[k], in[k]);
+        high[k] = at::vec::clamp_min(high[k], in[k]);
       }
     }
     return loss;
   };
 
+  // Two vectors per step: two independent chains of dependent FMAs (each formula is one
+  // long chain) for the out-of-order core to overlap, and for bfloat16/half each
+  // float -> 16-bit store converts a pair (the costly step). The sum sees the same
+  // vectors in the same order as one vector per step would.
+  const auto load_two = [&](int k, int64_t i, Vec& lo, Vec& hi) {
+    if constexpr (kMixed) {
+      lo = load_as_float(buffers.inputs[k], input_dtypes[k], i, W);
+      hi = load_as_float(buffers.inputs[k], input_dtypes[k], i + W, W);
+    } else {
+      load_pair(in_ptr[k] + i, lo, hi);
+    }
+  };
   int64_t i = begin;
-  if constexpr (at::vec::is_reduced_floating_point_v<scalar_t>) {
-    // Two vectors per step, so each float -> bfloat16/half store converts a pair (the
-    // costly step). The sum sees the same vectors in the same order as below.
-    for (; i + 2 * W <= end; i += 2 * W) {
-      Vec in_lo[N], in_hi[N], grad_lo[N], grad_hi[N];
-      for (int k = 0; k < N; ++k) load_pair(in_ptr[k] + i, in_lo[k], in_hi[k]);
-      const Vec loss_lo = compute(in_lo, grad_lo, W);
-      const Vec loss_hi = compute(in_hi, grad_hi, W);
-      if (loss_ptr) store_pair(loss_ptr + i, loss_lo, loss_hi);
-      if constexpr (kWithGrad) {
-        for (int k = 0; k < N; ++k) {
-          if (grad_ptr[k]) store_pair(grad_ptr[k] + i, grad_lo[k], grad_hi[k]);
-        }
+  for (; i + 2 * W <= end; i += 2 * W) {
+    Vec in_lo[N], in_hi[N], grad_lo[N], grad_hi[N];
+    for (int k = 0; k < N; ++k) load_two(k, i, in_lo[k], in_hi[k]);
+    const Vec loss_lo = compute(in_lo, grad_lo, W);
+    const Vec loss_hi = compute(in_hi, grad_hi, W);
+    if (loss_ptr) store_pair(loss_ptr + i, loss_lo, loss_hi);
+    if constexpr (kWithGrad) {
+      for (int k = 0; k < N; ++k) {
+        if (grad_ptr[k]) store_pair(grad_ptr[k] + i, grad_lo[k], grad_hi[k]);
       }
     }
   }
@@ -119,9 +130,11 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, const c10::ScalarTyp
   alignas(64) acc_t lanes[W];
   for (int k = 0; k < N; ++k) {
     if (!Op::unit_interval(k)) continue;
-    outside[k].store(lanes);
-    // A set lane is all ones (a NaN), an unset lane is +0.0.
-    out_of_unit_interval[k] = std::any_of(lanes, lanes + W, [](acc_t v) { return v != acc_t(0); });
+    low[k].store(lanes);
+    bool outside = std::any_of(lanes, lanes + W, [](acc_t v) { return v < acc_t(0); });
+    high[k].store(lanes);
+    outside = outside || std::any_of(lanes, lanes + W, [](acc_t v) { return v > acc_t(1); });
+    out_of_unit_interval[k] = outside;
   }
   sum.store(lanes);
   double total = 0;

@@ -58,12 +58,25 @@ struct Math<at::vec::Vectorized<float>> {
     return V::blendv(V::blendv(x * V(0.f), V(-1.f), x < V(0.f)), V(1.f), x > V(0.f));
   }
   static V maximum(const V& a, const V& b) { return at::vec::maximum(a, b); }
-  static V where_nonneg(const V& c, const V& a, const V& b) { return V::blendv(b, a, c >= V(0.f)); }
+  static V where_nonneg(const V& c, const V& a, const V& b) {
+#if defined(CPU_CAPABILITY_AVX512)
+    // A compare into a mask register and a blend: V::blendv would turn the mask into a
+    // vector and back, three more instructions in every formula's select.
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(c, _mm512_setzero_ps(), _CMP_GE_OQ), b, a);
+#else
+    return V::blendv(b, a, c >= V(0.f));
+#endif
+  }
 
   // Cephes expf: x = n*ln2 + r with |r| <= ln2/2 (ln2 in two parts, Cody-Waite), a
-  // degree-6 polynomial for exp(r), and 2^n built in the exponent bits. ~1 ULP.
+  // degree-6 polynomial for exp(r), and 2^n applied by scalef (AVX512: overflow to inf,
+  // denormals and 0 below) or built in the exponent bits. ~1 ULP.
   static V exp(const V& x) {
+#if defined(CPU_CAPABILITY_AVX512)
+    const V clamped = at::vec::clamp(x, V(-104.f), V(89.f));  // x86 min/max keep NaN
+#else
     const V clamped = at::vec::clamp(x, V(-87.33654f), V(88.37626f));  // keeps n in [-126, 127]
+#endif
     const V n = (clamped * V(1.44269504088896341f)).round();
     V r = at::vec::fmadd(n, V(-0.693359375f), clamped);
     r = at::vec::fmadd(n, V(2.12194440e-4f), r);
@@ -74,11 +87,19 @@ struct Math<at::vec::Vectorized<float>> {
     p = at::vec::fmadd(p, r, V(1.6666665459e-1f));
     p = at::vec::fmadd(p, r, V(5.0000001201e-1f));
     p = at::vec::fmadd(p, r * r, r + V(1.f));
+#if defined(CPU_CAPABILITY_AVX512)
+    return _mm512_scalef_ps(p, n);
+#else
     const VInt exponent_bits = (at::vec::convert_to_int_of_same_size(n) + VInt(127)) << VInt(23);
     V y = p * at::vec::cast<float>(exponent_bits);
     y = V::blendv(y, V(std::numeric_limits<float>::infinity()), x > V(88.72283f));
     y = V::blendv(y, V(0.f), x < V(-87.33654f));  // results below FLT_MIN flush to zero
-    return V::blendv(y, x, x != x);                // NaN in, NaN out
+#if defined(CPU_CAPABILITY_AVX2)
+    return y;  // a NaN passed the clamp (x86 min/max) and made p NaN
+#else
+    return V::blendv(y, x, x != x);  // NaN in, NaN out
+#endif
+#endif
   }
 
   // Cephes logf for x in [1e-7, 1] (normal, positive: no special cases): x = m * 2^e
@@ -131,19 +152,22 @@ struct Math<at::vec::Vectorized<float>> {
   }
 
   // log1p(x) = x * Q(x) on [0, 1], Q a degree-9 least-relative-error polynomial
-  // (fitted in float64; <= 3.1 ULP in float32 over [0, 1], tiny x included).
+  // (fitted in float64; <= 3.1 ULP in float32 over [0, 1], tiny x included), evaluated
+  // by Estrin's scheme: a chain of 4 dependent steps instead of Horner's 10, which the
+  // loss kernels' throughput waits on.
   static V log1p_unit(const V& x) {
-    V q = V(-0.003244017483666539f);
-    q = at::vec::fmadd(q, x, V(0.019851427525281906f));
-    q = at::vec::fmadd(q, x, V(-0.05695946887135506f));
-    q = at::vec::fmadd(q, x, V(0.1060364842414856f));
-    q = at::vec::fmadd(q, x, V(-0.15305589139461517f));
-    q = at::vec::fmadd(q, x, V(0.19675937294960022f));
-    q = at::vec::fmadd(q, x, V(-0.24954132735729218f));
-    q = at::vec::fmadd(q, x, V(0.3332996368408203f));
-    q = at::vec::fmadd(q, x, V(-0.4999990165233612f));
-    q = at::vec::fmadd(q, x, V(1.f));
-    return x * q;
+    using at::vec::fmadd;
+    const V x2 = x * x;
+    const V x4 = x2 * x2;
+    const V q01 = fmadd(V(-0.4999990165233612f), x, V(1.f));
+    const V q23 = fmadd(V(-0.24954132735729218f), x, V(0.3332996368408203f));
+    const V q45 = fmadd(V(-0.15305589139461517f), x, V(0.19675937294960022f));
+    const V q67 = fmadd(V(-0.05695946887135506f), x, V(0.1060364842414856f));
+    const V q89 = fmadd(V(-0.003244017483666539f), x, V(0.019851427525281906f));
+    const V q03 = fmadd(q23, x2, q01);
+    const V q47 = fmadd(q67, x2, q45);
+    const V q49 = fmadd(q89, x4, q47);
+    return x * fmadd(q49, x4, q03);
   }
 };
 
@@ -192,26 +216,24 @@ inline void store_vec(scalar_t* ptr, const AccVec<scalar_t>& v, int64_t count) {
   }
 }
 
-// Two float32 vectors from 2 * W elements (one conversion for bfloat16/half).
+// Two vectors from 2 * W elements (float32 for bfloat16/half: one conversion).
 template <typename T>
-inline void load_pair(const T* ptr, at::vec::Vectorized<float>& low,
-                      at::vec::Vectorized<float>& high) {
-  if constexpr (std::is_same_v<T, float>) {
-    low = at::vec::Vectorized<float>::loadu(ptr);
-    high = at::vec::Vectorized<float>::loadu(ptr + at::vec::Vectorized<float>::size());
+inline void load_pair(const T* ptr, AccVec<T>& low, AccVec<T>& high) {
+  if constexpr (std::is_same_v<T, acc_type_t<T>>) {
+    low = AccVec<T>::loadu(ptr);
+    high = AccVec<T>::loadu(ptr + kVecWidth<T>);
   } else {
     at::vec::load_to_float(ptr, low, high);
   }
 }
 
-// Two float32 vectors stored as 2 * W elements. For bfloat16/half the float rounding
-// is the costly step, and converting a pair at once halves it.
+// Two vectors stored as 2 * W elements. For bfloat16/half the float rounding is the
+// costly step, and converting a pair at once halves it.
 template <typename T>
-inline void store_pair(T* ptr, const at::vec::Vectorized<float>& low,
-                       const at::vec::Vectorized<float>& high) {
-  if constexpr (std::is_same_v<T, float>) {
+inline void store_pair(T* ptr, const AccVec<T>& low, const AccVec<T>& high) {
+  if constexpr (std::is_same_v<T, acc_type_t<T>>) {
     low.store(ptr);
-    high.store(ptr + at::vec::Vectorized<float>::size());
+    high.store(ptr + kVecWidth<T>);
   } else {
     at::vec::convert_from_float<T>(low, high).store(ptr);
   }

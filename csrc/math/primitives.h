@@ -68,6 +68,19 @@ VK_HOST_DEVICE constexpr double inverse_factorial(int k) {
   return k <= 1 ? 1.0 : inverse_factorial(k - 1) / k;
 }
 
+// sum over k = First..Last of x^(k - First) / k!, by Horner. The coefficients are
+// template constants: a constexpr call with a loop's k is not always folded, and a call
+// per term in a kernel's inner loop costs more than the rest of the formula.
+template <int First, int Last, typename V>
+VK_INLINE V inverse_factorial_series(V x) {
+  constexpr typename Math<V>::Scalar coefficient(inverse_factorial(First));
+  if constexpr (First == Last) {
+    return V(coefficient);
+  } else {
+    return inverse_factorial_series<First + 1, Last>(x) * x + V(coefficient);
+  }
+}
+
 // e^x - 1 - x, returned, and e^x - 1 in `exp_minus_one`, each accurate relative to its
 // own size: e^lv - 1 - lv is the Gaussian KL's variance term, ~lv^2/2 near the prior,
 // where exp(lv) - 1 - lv in float32 leaves only rounding error (KL per element wrong
@@ -79,11 +92,7 @@ template <typename V>
 VK_INLINE V exp_minus_one_minus_x(V x, V& exp_minus_one) {
   using S = typename Math<V>::Scalar;
   constexpr int kLastTerm = sizeof(S) == sizeof(double) ? 18 : 11;
-  V series = V(S(inverse_factorial(kLastTerm)));
-  for (int k = kLastTerm - 1; k >= 2; --k) {
-    series = series * x + V(S(inverse_factorial(k)));
-  }
-  series = series * x * x;
+  const V series = inverse_factorial_series<2, kLastTerm>(x) * x * x;
   const V exp_x = Math<V>::exp(x);
   const V series_holds = V(S(1)) - Math<V>::abs(x);  // >= 0 where |x| <= 1; NaN takes exp
   exp_minus_one = Math<V>::where_nonneg(series_holds, series + x, exp_x - V(S(1)));
