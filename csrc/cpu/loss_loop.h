@@ -94,8 +94,8 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, const c10::ScalarTyp
   // vectors in the same order as one vector per step would.
   const auto load_two = [&](int k, int64_t i, Vec& lo, Vec& hi) {
     if constexpr (kMixed) {
-      lo = load_as_float(buffers.inputs[k], input_dtypes[k], i, W);
-      hi = load_as_float(buffers.inputs[k], input_dtypes[k], i + W, W);
+      lo = load_input(k, i, W);
+      hi = load_input(k, i + W, W);
     } else {
       load_pair(in_ptr[k] + i, lo, hi);
     }
