@@ -138,8 +138,12 @@ def run_logged(command: list[str], cwd: Path, log_path: Path) -> None:
 
 
 class CMakeExtension(Extension):
-    def __init__(self, name: str) -> None:
+    """A file of the CMake build: its CMake target and the file the target builds."""
+
+    def __init__(self, name: str, target: str, built_file: str) -> None:
         super().__init__(name, sources=[])
+        self.target = target
+        self.built_file = built_file
 
 
 class CMakeBuild(build_ext):
@@ -185,6 +189,7 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             *launcher,
             *cuda_options(torch),
+            "-DVK_PYTHON_MODULE=ON",
         ]
         # Configure only when the options changed (or never ran): find_package(Torch) takes
         # seconds, and the build step re-runs CMake by itself when CMakeLists.txt changes.
@@ -199,21 +204,30 @@ class CMakeBuild(build_ext):
             stamp.write_text(wanted)
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         run_logged(
-            [cmake, "--build", ".", "--target", "vae_kernels_C", "--parallel", jobs],
+            [cmake, "--build", ".", "--target", ext.target, "--parallel", jobs],
             build_dir,
             log_path,
         )
-        target = Path(self.get_ext_fullpath(ext.name))  # vae_kernels/libvae_kernels_C.so
+        target = Path(self.get_ext_fullpath(ext.name))
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Copy then rename: a process that has the old library loaded keeps its mapping
+        # Copy then rename: a process that has the old file loaded keeps its mapping
         # (overwriting the file in place would change the code under it).
         partial = target.with_name(target.name + ".partial")
-        shutil.copyfile(build_dir / LIBRARY_FILE, partial)
+        shutil.copyfile(build_dir / ext.built_file, partial)
         os.replace(partial, target)
 
     def get_ext_filename(self, ext_name: str) -> str:
-        # A plain shared library (loaded with torch.ops.load_library), not a Python module.
-        return os.path.join(*ext_name.split(".")[:-1], LIBRARY_FILE)
+        # Called with the full name and with its last part alone.
+        if ext_name.split(".")[-1] == LIBRARY.name.split(".")[-1]:
+            # A plain shared library (loaded with torch.ops.load_library), not a Python module.
+            return os.path.join(*ext_name.split(".")[:-1], LIBRARY_FILE)
+        return super().get_ext_filename(ext_name)
+
+
+# The library of the ops, and the Python module of the public API's eager calls
+# (csrc/python/eager_calls.cpp).
+LIBRARY = CMakeExtension("vae_kernels._C", "vae_kernels_C", LIBRARY_FILE)
+EAGER_CALLS = CMakeExtension("vae_kernels._eager_calls", "vae_kernels_eager_calls", "_eager_calls.so")
 
 
 setup(
@@ -226,7 +240,7 @@ setup(
     install_requires=["torch>=2.4"],
     extras_require={"app": APP_REQUIRES},
     entry_points={"console_scripts": ["vae-kernels=vae_kernels.app.cli:main"]},
-    ext_modules=[CMakeExtension("vae_kernels._C")],
+    ext_modules=[LIBRARY, EAGER_CALLS],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,
 )

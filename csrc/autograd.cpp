@@ -15,7 +15,6 @@
 // the CPU, in-kernel noise is kept for backward (reparameterize_philox_with_noise).
 //
 // No second derivatives: a backward with create_graph=True raises.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -23,6 +22,8 @@
 #include <functional>
 #include <optional>
 #include <vector>
+
+#include "op_handles.h"
 
 namespace vae_kernels {
 namespace {
@@ -32,11 +33,6 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 constexpr int64_t kReductionNone = 0, kReductionPerSample = 1;
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
 
 // Fake and functional tensors (torch.compile's tracing) carry the Python or Functionalize
 // key: no values to read.
@@ -121,8 +117,6 @@ Tensor term_upstream(const LossCall& call, const variable_list& grad_outputs, in
 // needs no pass: the local gradient is the input's gradient, where their dtypes agree
 // (not float16's float32 local gradients).
 Tensor chain(const LossCall& call, const Tensor& local, const Tensor& upstream) {
-  static const auto loss_backward =
-      find_op<Tensor(const Tensor&, const Tensor&, int64_t)>("vae_kernels::loss_backward");
   if (!is_traced(local) && is_one(upstream) && local.scalar_type() == upstream.scalar_type()) {
     return local;
   }
@@ -131,7 +125,7 @@ Tensor chain(const LossCall& call, const Tensor& local, const Tensor& upstream) 
     if (call.reduction == kReductionPerSample) return local.mul(upstream.view({-1, 1, 1, 1}));
     return local.mul(upstream);
   }
-  return loss_backward.call(local, upstream, call.reduction);
+  return op_handles::loss_backward().call(local, upstream, call.reduction);
 }
 
 struct LossFunction : public torch::autograd::Function<LossFunction> {
@@ -197,14 +191,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl_autograd(
     const Tensor& mu, const Tensor& logvar, const std::optional<Tensor>& prior_mu,
     const std::optional<Tensor>& prior_logvar, int64_t reduction, c10::SymInt divisor,
     std::array<bool, 4> grad_mask, bool logsigma) {
-  static const auto op = find_op<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-      const Tensor&, const Tensor&, const std::optional<Tensor>&, const std::optional<Tensor>&,
-      int64_t, c10::SymInt, std::array<bool, 4>, bool)>("vae_kernels::gaussian_kl");
   LossCall call;
   call.reduction = reduction;
   call.run = [=](const std::vector<Tensor>& in) {
-    auto [loss, g0, g1, g2, g3] = op.call(in[0], in[1], optional(in[2]), optional(in[3]),
-                                          reduction, divisor, grad_mask, logsigma);
+    auto [loss, g0, g1, g2, g3] =
+        op_handles::gaussian_kl().call(in[0], in[1], optional(in[2]), optional(in[3]),
+                                       reduction, divisor, grad_mask, logsigma);
     return variable_list{loss, g0, g1, g2, g3};
   };
   const auto out = LossFunction::apply(mu, logvar, prior_mu, prior_logvar, std::move(call));
@@ -215,14 +207,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> reconstruction_nll_autograd(
     const Tensor& input, const Tensor& target, const std::optional<Tensor>& scale,
     double scale_value, int64_t kind, int64_t reduction, c10::SymInt divisor,
     std::array<bool, 3> grad_mask) {
-  static const auto op = find_op<std::tuple<Tensor, Tensor, Tensor, Tensor>(
-      const Tensor&, const Tensor&, const std::optional<Tensor>&, double, int64_t, int64_t,
-      c10::SymInt, std::array<bool, 3>)>("vae_kernels::reconstruction_nll");
   LossCall call;
   call.reduction = reduction;
   call.run = [=](const std::vector<Tensor>& in) {
-    auto [loss, g0, g1, g2] = op.call(in[0], in[1], optional(in[2]), scale_value, kind,
-                                      reduction, divisor, grad_mask);
+    auto [loss, g0, g1, g2] = op_handles::reconstruction_nll().call(
+        in[0], in[1], optional(in[2]), scale_value, kind, reduction, divisor, grad_mask);
     return variable_list{loss, g0, g1, g2};
   };
   const auto out = LossFunction::apply(input, target, scale, std::nullopt, std::move(call));
@@ -233,17 +222,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo_autograd
     const Tensor& recon, const Tensor& x, const Tensor& mu, const Tensor& logvar, int64_t kind,
     double beta, int64_t reduction, c10::SymInt divisor, std::array<bool, 4> grad_mask,
     bool logsigma) {
-  static const auto op =
-      find_op<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-          const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, double, int64_t,
-          c10::SymInt, std::array<bool, 4>, bool)>("vae_kernels::elbo");
   LossCall call;
   call.reduction = reduction;
   call.reduced_outputs = 3;
   call.elbo_beta = beta;
   call.run = [=](const std::vector<Tensor>& in) {
-    auto [loss, recon_nll, kl, g0, g1, g2, g3] = op.call(in[0], in[1], in[2], in[3], kind, beta,
-                                                          reduction, divisor, grad_mask, logsigma);
+    auto [loss, recon_nll, kl, g0, g1, g2, g3] = op_handles::elbo().call(
+        in[0], in[1], in[2], in[3], kind, beta, reduction, divisor, grad_mask, logsigma);
     return variable_list{loss, recon_nll, kl, g0, g1, g2, g3};
   };
   const auto out = LossFunction::apply(recon, x, mu, logvar, std::move(call));
@@ -253,14 +238,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo_autograd
 std::tuple<Tensor, Tensor> discretized_logistic_mixture_nll_autograd(
     const Tensor& params, const Tensor& x, int64_t num_bits, int64_t reduction,
     c10::SymInt divisor, std::array<bool, 1> grad_mask) {
-  static const auto op = find_op<std::tuple<Tensor, Tensor>(
-      const Tensor&, const Tensor&, int64_t, int64_t, c10::SymInt, std::array<bool, 1>)>(
-      "vae_kernels::discretized_logistic_mixture_nll");
   LossCall call;
   call.reduction = reduction;
   call.per_pixel = true;
   call.run = [=](const std::vector<Tensor>& in) {
-    auto [loss, grad] = op.call(in[0], in[1], num_bits, reduction, divisor, grad_mask);
+    auto [loss, grad] = op_handles::discretized_logistic_mixture_nll().call(
+        in[0], in[1], num_bits, reduction, divisor, grad_mask);
     return variable_list{loss, grad};
   };
   const auto out = LossFunction::apply(params, x, std::nullopt, std::nullopt, std::move(call));
@@ -287,28 +270,18 @@ bool differentiable(const Tensor& mu, const Tensor& logvar) {
 struct SampleFunction : public torch::autograd::Function<SampleFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar,
                         const Tensor& noise, std::optional<int64_t> num_samples, SampleCall call) {
-    static const auto reparameterize =
-        find_op<Tensor(const Tensor&, const Tensor&, const Tensor&, bool)>(
-            "vae_kernels::reparameterize");
-    static const auto reparameterize_philox =
-        find_op<Tensor(const Tensor&, const Tensor&, const Tensor&, std::optional<int64_t>,
-                       bool)>("vae_kernels::reparameterize_philox");
-    static const auto reparameterize_philox_with_noise =
-        find_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                           std::optional<int64_t>, bool)>(
-            "vae_kernels::reparameterize_philox_with_noise");
     // In-kernel noise kept for a backward that can follow, else regenerated there.
     const bool keep_noise = call.philox && call.differentiable && keeps_noise(mu);
     Tensor z, kept_noise = noise;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
       if (!call.philox) {
-        z = reparameterize.call(mu, logvar, noise, call.logsigma);
+        z = op_handles::reparameterize().call(mu, logvar, noise, call.logsigma);
       } else if (keep_noise) {
-        std::tie(z, kept_noise) = reparameterize_philox_with_noise.call(mu, logvar, noise,
-                                                                        num_samples, call.logsigma);
+        std::tie(z, kept_noise) = op_handles::reparameterize_philox_with_noise().call(
+            mu, logvar, noise, num_samples, call.logsigma);
       } else {
-        z = reparameterize_philox.call(mu, logvar, noise, num_samples, call.logsigma);
+        z = op_handles::reparameterize_philox().call(mu, logvar, noise, num_samples, call.logsigma);
       }
     }
     ctx->save_for_backward({logvar, kept_noise});
@@ -320,12 +293,6 @@ struct SampleFunction : public torch::autograd::Function<SampleFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     refuse_double_backward();
-    static const auto reparameterize_backward =
-        find_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, bool)>(
-            "vae_kernels::reparameterize_backward");
-    static const auto reparameterize_philox_backward =
-        find_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, bool)>(
-            "vae_kernels::reparameterize_philox_backward");
     at::AutoDispatchBelowADInplaceOrView guard;  // nothing here is differentiated again
     variable_list grads(5);  // mu, logvar, noise, num_samples, call
     const Tensor& grad_z = grad_outputs[0];
@@ -335,8 +302,8 @@ struct SampleFunction : public torch::autograd::Function<SampleFunction> {
     const Tensor &logvar = saved[0], &noise = saved[1];  // noise: eps, or the seed
     std::tie(grads[0], grads[1]) =
         ctx->saved_data["regenerate"].toBool()
-            ? reparameterize_philox_backward.call(grad_z, logvar, noise, call.logsigma)
-            : reparameterize_backward.call(grad_z, logvar, noise, call.logsigma);
+            ? op_handles::reparameterize_philox_backward().call(grad_z, logvar, noise, call.logsigma)
+            : op_handles::reparameterize_backward().call(grad_z, logvar, noise, call.logsigma);
     if (!call.philox && ctx->needs_input_grad(2)) {  // eps that itself requires grad: dz/deps = std
       grads[2] = grad_z.mul((call.logsigma ? logvar : logvar.mul(0.5)).exp());
     }

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+from types import ModuleType
 from typing import Optional, Union
 
 import torch
@@ -48,6 +49,7 @@ from torch import Tensor
 
 from . import backends
 from .schema import BY_NAME, ELBO_REDUCTIONS, REDUCTIONS, SCALES
+from .schema import LIKELIHOODS as LIKELIHOOD_ROWS
 from .schema import LIKELIHOOD_NAMES as LIKELIHOODS
 
 __all__ = [
@@ -219,6 +221,38 @@ def _native_cpu_call(backend: str, *tensors: Tensor) -> Optional[object]:
     return impl if "cpu" in getattr(impl, "mixed_dtype_devices", ()) else None
 
 
+@functools.cache
+def _eager_calls() -> Optional[ModuleType]:
+    from . import ops  # loads the compiled library
+
+    return ops.EAGER_CALLS
+
+
+def _direct_calls() -> Optional[ModuleType]:
+    """The C++ direct path (csrc/python/eager_calls.cpp): the calls a training step
+    makes, recognized and run in one call from Python; each returns None where it does
+    not apply, and the caller goes on with ``_native_cpu_call``'s path, which torch.compile
+    traces. None while torch.compile traces, or where the module was not built."""
+    if torch.compiler.is_compiling():
+        return None
+    return _eager_calls()
+
+
+# The LossKind of each likelihood at a fixed scale, for the direct path.
+_FIXED_SCALE_KINDS = {row.name: int(row.kind) for row in LIKELIHOOD_ROWS}
+
+
+def _direct_nll(
+    likelihood: str, input: Tensor, target: Tensor, scale_value: float, reduction: str, backend: str
+) -> Optional[Tensor]:
+    direct = _direct_calls()
+    if direct is None:
+        return None
+    return direct.direct_reconstruction_nll(
+        input, target, scale_value, _FIXED_SCALE_KINDS[likelihood], reduction, backend
+    )
+
+
 def _native_cpu_pair(backend: str, input: Tensor, target: Tensor, reduction: str) -> Optional[object]:
     """``_native_cpu_call`` for the two tensors of an elementwise loss (a likelihood's
     input and target, the KL's mu and logvar): also one shape and a valid reduction."""
@@ -268,6 +302,12 @@ def reparameterize(
         z, differentiable with respect to ``mu`` and ``logvar``.
     """
     if num_samples is None and scale in SCALES:
+        if (generator is None or (eps is None and type(generator) is torch.Generator)) and (
+            direct := _direct_calls()
+        ) is not None:
+            z = direct.direct_reparameterize(mu, logvar, eps, generator, scale == "logsigma", backend)
+            if z is not None:
+                return z
         if eps is None and (generator is None or type(generator) is torch.Generator):
             impl = _native_cpu_call(backend, mu, logvar)
             if impl is not None and mu.shape == logvar.shape:
@@ -332,6 +372,11 @@ def gaussian_kl(
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
     if prior_mu is None and prior_logvar is None and scale in SCALES:
+        direct = _direct_calls()
+        if direct is not None:
+            loss = direct.direct_gaussian_kl(mu, logvar, reduction, scale == "logsigma", backend)
+            if loss is not None:
+                return loss
         impl = _native_cpu_pair(backend, mu, logvar, reduction)
         if impl is not None:
             return impl.gaussian_kl(mu, logvar, None, None, reduction, scale == "logsigma")
@@ -374,6 +419,11 @@ def bernoulli_nll(
     Values outside [0, 1] (probabilities or targets) raise ValueError; the C++
     kernels check this inside the same pass that computes the loss.
     """
+    if type(logits) is bool:
+        likelihood = "bernoulli" if logits else "bernoulli_probs"
+        loss = _direct_nll(likelihood, input, target, 0.0, reduction, backend)
+        if loss is not None:
+            return loss
     impl = _native_cpu_pair(backend, input, target, reduction) if type(logits) is bool else None
     if impl is not None:
         return impl.bernoulli_nll(input, target, logits, reduction)
@@ -433,6 +483,9 @@ def mse_loss(
         reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
+    loss = _direct_nll("mse", input, target, 0.0, reduction, backend)
+    if loss is not None:
+        return loss
     impl = _native_cpu_pair(backend, input, target, reduction)
     if impl is not None:
         return impl.mse_loss(input, target, reduction)
@@ -480,6 +533,10 @@ def _likelihood_with_scale(
     backend: str,
 ) -> Tensor:
     """A ``LIKELIHOODS`` row with a scale argument (named by the row), checked and run."""
+    if type(scale) in (float, int):
+        loss = _direct_nll(likelihood, input, target, float(scale), reduction, backend)
+        if loss is not None:
+            return loss
     impl = _native_cpu_pair(backend, input, target, reduction) if type(scale) in (float, int) else None
     if impl is not None:
         return impl.reconstruction_nll(likelihood, input, target, float(scale), reduction)
@@ -515,6 +572,9 @@ def continuous_bernoulli_nll(
         reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"`` or ``"per_sample"``.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``.
     """
+    loss = _direct_nll("continuous_bernoulli", logits, target, 0.0, reduction, backend)
+    if loss is not None:
+        return loss
     impl = _native_cpu_pair(backend, logits, target, reduction)
     if impl is not None:
         return impl.reconstruction_nll("continuous_bernoulli", logits, target, 0.0, reduction)
@@ -724,6 +784,14 @@ def elbo_loss(
         and reduction in ELBO_REDUCTIONS
         and scale in SCALES
     ):
+        direct = _direct_calls()
+        if direct is not None:
+            components = direct.direct_elbo(
+                recon, x, mu, logvar, _FIXED_SCALE_KINDS[likelihood], float(beta), reduction,
+                scale == "logsigma", backend,
+            )  # fmt: skip
+            if components is not None:
+                return components if return_components else components[0]
         impl = _native_cpu_call(backend, recon, x, mu, logvar)
         if (
             impl is not None

@@ -27,6 +27,7 @@ key, so an eager call is one dispatcher call. The Triton ops have the same rules
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Optional, Sequence, Union
 
 import torch
@@ -82,12 +83,18 @@ class OpsBackend:
     """
 
     def __init__(
-        self, namespace: str, mixed_dtype_devices: tuple[str, ...] = (), cpp_autograd: bool = False
+        self,
+        namespace: str,
+        mixed_dtype_devices: tuple[str, ...] = (),
+        cpp_autograd: bool = False,
+        eager_calls: Optional[ModuleType] = None,
     ) -> None:
         self.namespace = namespace
         self.mixed_dtype_devices = mixed_dtype_devices
         # Ops with their autograd in C++ (csrc/autograd.cpp): called directly, eagerly too.
         self.cpp_autograd_ops = frozenset(CPP_AUTOGRAD_OPS if cpp_autograd else ())
+        # Their eager calls without torch.ops' generic path (csrc/python/eager_calls.cpp).
+        self.eager_calls = eager_calls
         self._overloads: dict[str, torch._ops.OpOverload] = {}
 
     @property
@@ -104,6 +111,10 @@ class OpsBackend:
         """The outputs of loss op ``name``, its reduced losses first (the local gradients
         after them, if any, are not the caller's to use)."""
         if name in self.cpp_autograd_ops:
+            if self._eager_calls_apply():
+                reduced = getattr(self.eager_calls, name)(*args)
+                if reduced is not None:
+                    return reduced
             return self._overload(name)(*args)
         spec = _loss_spec(self.namespace, name)
         if _runs_eagerly(args):
@@ -120,14 +131,28 @@ class OpsBackend:
         logsigma: bool = False,
     ) -> Tensor:
         if eps is None:
+            if self._eager_calls_apply():
+                z = self.eager_calls.reparameterize_philox(mu, logvar, generator, num_samples, logsigma)
+                if z is not None:
+                    return z
             seed = _draw_seed(generator, mu.device)
             return self._sample("reparameterize_philox", mu, logvar, seed, num_samples, logsigma)
         return self._sample("reparameterize", mu, logvar, eps, logsigma)
 
     def _sample(self, name: str, *args) -> Tensor:
-        if name not in self.cpp_autograd_ops and _runs_eagerly(args):
-            return EagerSample.apply(self.ops, name, *args)
+        if name not in self.cpp_autograd_ops:
+            if _runs_eagerly(args):
+                return EagerSample.apply(self.ops, name, *args)
+        elif self._eager_calls_apply():
+            z = getattr(self.eager_calls, name)(*args)
+            if z is not None:
+                return z
         return self._overload(name)(*args)
+
+    def _eager_calls_apply(self) -> bool:
+        """Whether a call may take ``eager_calls``, which returns None where it cannot
+        take the call's arguments as they are; never while torch.compile traces."""
+        return self.eager_calls is not None and not torch.compiler.is_compiling()
 
     def gaussian_kl(
         self,

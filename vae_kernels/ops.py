@@ -10,6 +10,7 @@ registrations.
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Optional
 
 import torch
@@ -40,13 +41,30 @@ def _load_library() -> Optional[str]:
 LIBRARY_ERROR: Optional[str] = _load_library()
 
 
+def _load_eager_calls() -> Optional[ModuleType]:
+    """The module of the public API's eager calls of the ops (csrc/python/eager_calls.cpp),
+    or None where it was not built: the calls then take torch.ops' path."""
+    if LIBRARY_ERROR is not None:
+        return None
+    try:
+        from . import _eager_calls
+    except ImportError:
+        return None
+    return _eager_calls
+
+
+EAGER_CALLS: Optional[ModuleType] = _load_eager_calls()
+
+
 def cpu_kernel_isa() -> str:
     """The instruction set the CPU kernels run with: "AVX512", "AVX2" or "DEFAULT"."""
     return torch.ops.vae_kernels.cpu_kernel_isa()
 
 
 # One set of ops for both devices: the dispatcher picks the CPU or the CUDA kernels.
-cpu = cuda = OpsBackend("vae_kernels", mixed_dtype_devices=("cpu", "cuda"), cpp_autograd=True)
+cpu = cuda = OpsBackend(
+    "vae_kernels", mixed_dtype_devices=("cpu", "cuda"), cpp_autograd=True, eager_calls=EAGER_CALLS
+)
 
 
 def has_cuda_kernels() -> bool:
