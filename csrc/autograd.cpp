@@ -14,8 +14,13 @@
 // Sampling. reparameterize and reparameterize_philox have backward ops of their own. On
 // the CPU, in-kernel noise is kept for backward (reparameterize_philox_with_noise).
 //
+// Each call's backward is a node of its own (LossBackward, SampleBackward), holding
+// what it needs as members: less per call than torch::autograd::Function's context.
+//
 // No second derivatives: a backward with create_graph=True raises.
+#include <ATen/FuncTorchTLS.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include <array>
@@ -29,7 +34,7 @@ namespace vae_kernels {
 namespace {
 
 using at::Tensor;
-using torch::autograd::AutogradContext;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
 constexpr int64_t kReductionNone = 0, kReductionPerSample = 1;
@@ -66,23 +71,6 @@ std::optional<Tensor> optional(const Tensor& t) {
   return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
 }
 
-// An IValue holding any C++ object, for AutogradContext::saved_data.
-template <typename T>
-struct Held : torch::CustomClassHolder {
-  explicit Held(T v) : value(std::move(v)) {}
-  T value;
-};
-
-template <typename T>
-c10::IValue hold(T value) {
-  return c10::IValue::make_capsule(c10::make_intrusive<Held<T>>(std::move(value)));
-}
-
-template <typename T>
-const T& held(const c10::IValue& v) {
-  return static_cast<Held<T>*>(v.toCapsule().get())->value;
-}
-
 // ------------------------------------------------------------------ losses
 
 // One call of a loss op: how to run it (below autograd) on its inputs, and how its
@@ -98,6 +86,7 @@ struct LossCall {
   // The mixture likelihood: the loss is per pixel (B, H, W) for a (B, P, H, W) local
   // gradient, so the upstream gradient is broadcast over P.
   bool per_pixel = false;
+  const char* backward_name = "";  // the node's name (grad_fn)
 };
 
 Tensor add_defined(const Tensor& a, const Tensor& b) {
@@ -128,70 +117,96 @@ Tensor chain(const LossCall& call, const Tensor& local, const Tensor& upstream) 
   return op_handles::loss_backward().call(local, upstream, call.reduction);
 }
 
-struct LossFunction : public torch::autograd::Function<LossFunction> {
-  // Up to four tensor inputs (an absent one: nullopt, which makes no input edge).
-  static variable_list forward(AutogradContext* ctx, const Tensor& a,
-                               const std::optional<Tensor>& b, const std::optional<Tensor>& c,
-                               const std::optional<Tensor>& d, LossCall call) {
-    const std::vector<Tensor> inputs{a, b.value_or(Tensor()), c.value_or(Tensor()),
-                                     d.value_or(Tensor())};
-    variable_list outputs;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      outputs = call.run(inputs);
-    }
-    const std::vector<Tensor> local(outputs.begin() + call.reduced_outputs, outputs.end());
-    ctx->mark_non_differentiable(local);
-    ctx->set_materialize_grads(false);
-    ctx->save_for_backward(inputs);
-    ctx->saved_data["local_grads"] = local;
-    ctx->saved_data["call"] = hold(std::move(call));
-    return outputs;
+// Under torch.func transforms a hand-written node would be silently wrong: refuse, as
+// torch::autograd::Function does.
+void refuse_functorch() {
+  if (const auto& functorch_tls = at::functorch::functorchTLSAccessor()) {
+    functorch_tls->checkSupportsCppAutogradFunction();
+  }
+}
+
+// The backward node of one loss op call: an input edge per given input (up to four;
+// an absent optional input has none), a gradient input per reduced output.
+struct LossBackward : public torch::autograd::Node {
+  LossCall call;
+  std::array<SavedVariable, 4> inputs;  // undefined where absent
+  std::vector<Tensor> local;            // the forward's local gradients, until consumed
+
+  std::string name() const override { return call.backward_name; }
+
+  void release_variables() override {
+    for (auto& input : inputs) input.reset_data();
+    local.clear();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+  variable_list apply(variable_list&& grad_outputs) override {
     refuse_double_backward();
     at::AutoDispatchBelowADInplaceOrView guard;  // nothing here is differentiated again
-    variable_list grads(5);  // a, b, c, d, call
-    const LossCall& call = held<LossCall>(ctx->saved_data["call"]);
-    grad_outputs.resize(call.reduced_outputs);
+    variable_list grads(num_outputs());
     bool any_upstream = false;
     for (const auto& g : grad_outputs) any_upstream = any_upstream || g.defined();
     if (!any_upstream) return grads;
 
-    const std::vector<Tensor> inputs = ctx->get_saved_variables();
-    std::vector<Tensor> local;
-    auto& kept = ctx->saved_data["local_grads"];
-    if (kept.isTensorList()) {
-      local = kept.toTensorVector();
-      kept = c10::IValue();  // consumed: a repeated backward recomputes them
+    std::vector<Tensor> in(4);
+    for (int k = 0; k < 4; ++k) in[k] = inputs[k].unpack();
+    std::vector<Tensor> local_grads;
+    if (!local.empty()) {
+      local_grads = std::move(local);  // consumed: a repeated backward recomputes them
+      local.clear();
     } else {
-      const variable_list outputs = call.run(inputs);
-      local.assign(outputs.begin() + call.reduced_outputs, outputs.end());
+      const variable_list outputs = call.run(in);
+      local_grads.assign(outputs.begin() + call.reduced_outputs, outputs.end());
     }
-
 
     int edge = 0;
     for (int k = 0; k < 4; ++k) {
-      if (!inputs[k].defined()) continue;  // an absent input has no edge
-      if (!ctx->needs_input_grad(edge++)) continue;
+      if (!in[k].defined()) continue;  // an absent input has no edge
+      const int e = edge++;
+      if (!should_compute_output(e)) continue;
       const Tensor upstream = term_upstream(call, grad_outputs, k);
       if (!upstream.defined()) continue;
-      TORCH_CHECK(k < static_cast<int>(local.size()) &&
-                      local[k].sym_sizes().equals(inputs[k].sym_sizes()),
+      TORCH_CHECK(k < static_cast<int>(local_grads.size()) &&
+                      local_grads[k].sym_sizes().equals(in[k].sym_sizes()),
                   "vae_kernels: an input needs a gradient that the forward pass was not asked "
                   "to compute (grad_mask); call the public vae_kernels functions, not the raw op");
-      grads[k] = chain(call, local[k], upstream);
+      grads[e] = chain(call, local_grads[k], upstream);
     }
     return grads;
   }
 };
+
+// Runs a loss op below autograd on `inputs` (undefined: absent) and, where a gradient
+// can flow, makes its reduced outputs the outputs of a LossBackward node.
+variable_list run_loss(LossCall call, const std::vector<Tensor>& inputs) {
+  refuse_functorch();
+  variable_list outputs;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    outputs = call.run(inputs);
+  }
+  variable_list given;
+  for (const auto& t : inputs) {
+    if (t.defined()) given.push_back(t);
+  }
+  if (!torch::autograd::compute_requires_grad(given)) return outputs;
+  auto node = c10::make_intrusive<LossBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(given));
+  for (int k = 0; k < 4; ++k) {
+    if (inputs[k].defined()) node->inputs[k] = SavedVariable(inputs[k], /*is_output=*/false);
+  }
+  node->local.assign(outputs.begin() + call.reduced_outputs, outputs.end());
+  const int reduced = call.reduced_outputs;
+  node->call = std::move(call);
+  for (int i = 0; i < reduced; ++i) torch::autograd::set_history(outputs[i], node);
+  return outputs;
+}
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl_autograd(
     const Tensor& mu, const Tensor& logvar, const std::optional<Tensor>& prior_mu,
     const std::optional<Tensor>& prior_logvar, int64_t reduction, c10::SymInt divisor,
     std::array<bool, 4> grad_mask, bool logsigma) {
   LossCall call;
+  call.backward_name = "GaussianKlBackward";
   call.reduction = reduction;
   call.run = [=](const std::vector<Tensor>& in) {
     auto [loss, g0, g1, g2, g3] =
@@ -199,7 +214,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_kl_autograd(
                                        reduction, divisor, grad_mask, logsigma);
     return variable_list{loss, g0, g1, g2, g3};
   };
-  const auto out = LossFunction::apply(mu, logvar, prior_mu, prior_logvar, std::move(call));
+  const auto out = run_loss(std::move(call), {mu, logvar, prior_mu.value_or(Tensor()),
+                                              prior_logvar.value_or(Tensor())});
   return {out[0], out[1], out[2], out[3], out[4]};
 }
 
@@ -208,13 +224,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> reconstruction_nll_autograd(
     double scale_value, int64_t kind, int64_t reduction, c10::SymInt divisor,
     std::array<bool, 3> grad_mask) {
   LossCall call;
+  call.backward_name = "ReconstructionNllBackward";
   call.reduction = reduction;
   call.run = [=](const std::vector<Tensor>& in) {
     auto [loss, g0, g1, g2] = op_handles::reconstruction_nll().call(
         in[0], in[1], optional(in[2]), scale_value, kind, reduction, divisor, grad_mask);
     return variable_list{loss, g0, g1, g2};
   };
-  const auto out = LossFunction::apply(input, target, scale, std::nullopt, std::move(call));
+  const auto out = run_loss(std::move(call), {input, target, scale.value_or(Tensor()), Tensor()});
   return {out[0], out[1], out[2], out[3]};
 }
 
@@ -223,6 +240,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo_autograd
     double beta, int64_t reduction, c10::SymInt divisor, std::array<bool, 4> grad_mask,
     bool logsigma) {
   LossCall call;
+  call.backward_name = "ElboBackward";
   call.reduction = reduction;
   call.reduced_outputs = 3;
   call.elbo_beta = beta;
@@ -231,7 +249,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> elbo_autograd
         in[0], in[1], in[2], in[3], kind, beta, reduction, divisor, grad_mask, logsigma);
     return variable_list{loss, recon_nll, kl, g0, g1, g2, g3};
   };
-  const auto out = LossFunction::apply(recon, x, mu, logvar, std::move(call));
+  const auto out = run_loss(std::move(call), {recon, x, mu, logvar});
   return {out[0], out[1], out[2], out[3], out[4], out[5], out[6]};
 }
 
@@ -239,6 +257,7 @@ std::tuple<Tensor, Tensor> discretized_logistic_mixture_nll_autograd(
     const Tensor& params, const Tensor& x, int64_t num_bits, int64_t reduction,
     c10::SymInt divisor, std::array<bool, 1> grad_mask) {
   LossCall call;
+  call.backward_name = "DiscretizedLogisticMixtureNllBackward";
   call.reduction = reduction;
   call.per_pixel = true;
   call.run = [=](const std::vector<Tensor>& in) {
@@ -246,7 +265,7 @@ std::tuple<Tensor, Tensor> discretized_logistic_mixture_nll_autograd(
         in[0], in[1], num_bits, reduction, divisor, grad_mask);
     return variable_list{loss, grad};
   };
-  const auto out = LossFunction::apply(params, x, std::nullopt, std::nullopt, std::move(call));
+  const auto out = run_loss(std::move(call), {params, x, Tensor(), Tensor()});
   return {out[0], out[1]};
 }
 
@@ -255,7 +274,6 @@ std::tuple<Tensor, Tensor> discretized_logistic_mixture_nll_autograd(
 struct SampleCall {
   bool philox = false;  // noise: the seed (no gradient) instead of eps
   bool logsigma = false;
-  bool differentiable = false;  // a backward can follow: mu or logvar requires grad
 };
 
 // In-kernel noise on the CPU is kept for backward, where reading eps costs less than
@@ -263,63 +281,77 @@ struct SampleCall {
 // is not, backward regenerates it from the seed.
 bool keeps_noise(const Tensor& mu) { return mu.device().is_cpu(); }
 
-bool differentiable(const Tensor& mu, const Tensor& logvar) {
-  return at::GradMode::is_enabled() && (mu.requires_grad() || logvar.requires_grad());
-}
+// The backward node of one sampling call: input edges mu, logvar and the noise (eps,
+// which may itself require grad, or the seed, which never does).
+struct SampleBackward : public torch::autograd::Node {
+  SampleCall call;
+  bool regenerate = false;  // from the seed; else from eps (given, or kept by the forward)
+  SavedVariable logvar, noise;
 
-struct SampleFunction : public torch::autograd::Function<SampleFunction> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& mu, const Tensor& logvar,
-                        const Tensor& noise, std::optional<int64_t> num_samples, SampleCall call) {
-    // In-kernel noise kept for a backward that can follow, else regenerated there.
-    const bool keep_noise = call.philox && call.differentiable && keeps_noise(mu);
-    Tensor z, kept_noise = noise;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      if (!call.philox) {
-        z = op_handles::reparameterize().call(mu, logvar, noise, call.logsigma);
-      } else if (keep_noise) {
-        std::tie(z, kept_noise) = op_handles::reparameterize_philox_with_noise().call(
-            mu, logvar, noise, num_samples, call.logsigma);
-      } else {
-        z = op_handles::reparameterize_philox().call(mu, logvar, noise, num_samples, call.logsigma);
-      }
-    }
-    ctx->save_for_backward({logvar, kept_noise});
-    // Backward from the kept eps; the seed input still gets no gradient.
-    ctx->saved_data["call"] = hold(call);
-    ctx->saved_data["regenerate"] = call.philox && !keep_noise;
-    return z;
+  std::string name() const override { return "ReparameterizeBackward"; }
+
+  void release_variables() override {
+    logvar.reset_data();
+    noise.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+  variable_list apply(variable_list&& grad_outputs) override {
     refuse_double_backward();
     at::AutoDispatchBelowADInplaceOrView guard;  // nothing here is differentiated again
-    variable_list grads(5);  // mu, logvar, noise, num_samples, call
+    variable_list grads(3);
     const Tensor& grad_z = grad_outputs[0];
     if (!grad_z.defined()) return grads;
-    const SampleCall& call = held<SampleCall>(ctx->saved_data["call"]);
-    const auto saved = ctx->get_saved_variables();
-    const Tensor &logvar = saved[0], &noise = saved[1];  // noise: eps, or the seed
+    const Tensor logvar_t = logvar.unpack(), noise_t = noise.unpack();
     std::tie(grads[0], grads[1]) =
-        ctx->saved_data["regenerate"].toBool()
-            ? op_handles::reparameterize_philox_backward().call(grad_z, logvar, noise, call.logsigma)
-            : op_handles::reparameterize_backward().call(grad_z, logvar, noise, call.logsigma);
-    if (!call.philox && ctx->needs_input_grad(2)) {  // eps that itself requires grad: dz/deps = std
-      grads[2] = grad_z.mul((call.logsigma ? logvar : logvar.mul(0.5)).exp());
+        regenerate
+            ? op_handles::reparameterize_philox_backward().call(grad_z, logvar_t, noise_t,
+                                                                call.logsigma)
+            : op_handles::reparameterize_backward().call(grad_z, logvar_t, noise_t, call.logsigma);
+    if (!call.philox && should_compute_output(2)) {  // eps requires grad: dz/deps = std
+      grads[2] = grad_z.mul((call.logsigma ? logvar_t : logvar_t.mul(0.5)).exp());
     }
     return grads;
   }
 };
 
+// `noise`: eps, or the seed of in-kernel noise.
+Tensor run_sample(const Tensor& mu, const Tensor& logvar, const Tensor& noise,
+                  std::optional<int64_t> num_samples, SampleCall call) {
+  refuse_functorch();
+  const bool differentiable = torch::autograd::compute_requires_grad(mu, logvar, noise);
+  // In-kernel noise kept for a backward that can follow, else regenerated there.
+  const bool keep_noise = call.philox && differentiable && keeps_noise(mu);
+  Tensor z, kept_noise = noise;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    if (!call.philox) {
+      z = op_handles::reparameterize().call(mu, logvar, noise, call.logsigma);
+    } else if (keep_noise) {
+      std::tie(z, kept_noise) = op_handles::reparameterize_philox_with_noise().call(
+          mu, logvar, noise, num_samples, call.logsigma);
+    } else {
+      z = op_handles::reparameterize_philox().call(mu, logvar, noise, num_samples, call.logsigma);
+    }
+  }
+  if (!differentiable) return z;
+  auto node = c10::make_intrusive<SampleBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(mu, logvar, noise));
+  node->call = call;
+  node->regenerate = call.philox && !keep_noise;
+  node->logvar = SavedVariable(logvar, /*is_output=*/false);
+  node->noise = SavedVariable(kept_noise, /*is_output=*/false);
+  torch::autograd::set_history(z, node);
+  return z;
+}
+
 Tensor reparameterize_autograd(const Tensor& mu, const Tensor& logvar, const Tensor& eps,
                                bool logsigma) {
-  return SampleFunction::apply(mu, logvar, eps, std::optional<int64_t>(), SampleCall{false, logsigma});
+  return run_sample(mu, logvar, eps, std::nullopt, SampleCall{false, logsigma});
 }
 
 Tensor reparameterize_philox_autograd(const Tensor& mu, const Tensor& logvar, const Tensor& seed,
                                       std::optional<int64_t> num_samples, bool logsigma) {
-  return SampleFunction::apply(mu, logvar, seed, num_samples,
-                               SampleCall{true, logsigma, differentiable(mu, logvar)});
+  return run_sample(mu, logvar, seed, num_samples, SampleCall{true, logsigma});
 }
 
 }  // namespace

@@ -272,4 +272,24 @@ def test_the_cpp_ops_have_their_autograd_in_cpp():
     for name in CPP_AUTOGRAD_OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vae_kernels::{name}", "Autograd")
     mu = torch.randn(4, 3, requires_grad=True)
-    assert "LossFunction" in vk.gaussian_kl(mu, mu.detach()).grad_fn.name()
+    assert vk.gaussian_kl(mu, mu.detach()).grad_fn.name() == "GaussianKlBackward"
+
+
+def test_backward_nodes_free_their_inputs_and_check_in_place_changes():
+    """The hand-written nodes (csrc/autograd.cpp) behave as torch's own: a second
+    backward without retain_graph raises, and so does an input changed in place after
+    the forward that saved it."""
+    mu, logvar = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    for loss in (vk.gaussian_kl(mu, logvar), vk.reparameterize(mu, logvar).sum()):
+        loss.backward()
+        with pytest.raises(RuntimeError, match="second time"):
+            loss.backward()
+    x = torch.rand(4, 3)
+    loss = vk.bernoulli_nll(mu, x, reduction="sum")
+    with torch.no_grad():
+        x.add_(0.0)  # a new version of a saved input
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    z = vk.reparameterize(mu, logvar)
+    assert z.grad_fn.name() == "ReparameterizeBackward"
+    assert [type(f).__name__ for f, _ in z.grad_fn.next_functions[:2]] == ["AccumulateGrad"] * 2
