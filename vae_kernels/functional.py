@@ -3,9 +3,10 @@
 Every function validates its arguments here, once, with errors that name the
 argument, what was expected and what was given; the backends
 (``vae_kernels.backends``) receive only valid input. The calls a training step makes at
-every step (plain CPU tensors of one dtype, ``_native_cpu_call``) are recognized by a few
-attribute reads and go straight to the C++ ops, whose glue checks them again; at
-MNIST sizes the full checks would cost as much as the kernel.
+every step (plain CPU tensors of one dtype) are recognized and run by one C++ call
+(``_direct_calls``; under torch.compile, ``_native_cpu_call``'s path) and go straight
+to the C++ ops, whose glue checks them again; at MNIST sizes the full checks would cost
+as much as the kernel.
 
 Numerics at the extremes (every backend; tests/test_hardening_numerics.py):
 
