@@ -16,6 +16,9 @@ namespace vae_kernels::cpu::CPU_CAPABILITY {
 namespace {
 
 constexpr int64_t kSampleGrain = 8192;
+// Draws per thread: a draw costs ~20x a sample from caller noise, so even a batch of
+// 2560 latents is worth splitting.
+constexpr int64_t kPhiloxGrain = 1024;
 
 template <typename scalar_t>
 void reparameterize_typed(const scalar_t* mu, const scalar_t* logvar, const scalar_t* eps,
@@ -66,27 +69,25 @@ void reparameterize_backward_typed(const scalar_t* grad_z, int64_t grad_z_stride
 constexpr int64_t kNoiseBlock = 256;
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-// Philox4x32-10 (csrc/math/philox.h) on a register of lanes, bit for bit: each round's
-// two 32x32 -> 64-bit products come from vpmuludq on the even and the odd lanes, which
-// give the high and the low halves at once.
+// Philox4x32-10 (csrc/math/philox.h) in SIMD registers, bit for bit. One counter per
+// 64-bit lane, each word in the lane's low half: vpmuludq multiplies the low halves into
+// the full 64-bit product, whose low half is the next round's low product and whose
+// high half, moved down by one shuffle, the high product. The lanes' high halves carry
+// garbage that nothing reads (vpmuludq reads low halves; the outputs are packed from
+// them), so a round costs 2 multiplies, 2 shuffles and 4 xors per register of counters.
 #if defined(CPU_CAPABILITY_AVX512)
 using IVec = __m512i;
-constexpr int kPhiloxLanes = 16;
+constexpr int kCounterLanes = 8;
 inline IVec broadcast(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
-inline IVec load_lanes(const uint32_t* p) { return _mm512_loadu_si512(p); }
-inline void mul_hi_lo(IVec a, IVec m, IVec& hi, IVec& lo) {
-  const IVec even = _mm512_mul_epu32(a, m);
-  const IVec odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+inline IVec counters(uint64_t first, const int64_t* lanes) {
+  return _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(first)), _mm512_load_si512(lanes));
 }
+inline IVec mul_wide(IVec a, IVec m) { return _mm512_mul_epu32(a, m); }
+inline IVec high_half(IVec a) { return _mm512_shuffle_epi32(a, static_cast<_MM_PERM_ENUM>(0xF5)); }
 inline IVec xor2(IVec a, IVec b) { return _mm512_xor_si512(a, b); }
-inline IVec xor3(IVec a, IVec b, IVec c) { return xor2(xor2(a, b), c); }
-inline IVec add32(IVec a, IVec b) { return _mm512_add_epi32(a, b); }
-// high + 1 in the lanes whose low word wrapped (low < first_low, unsigned).
-inline IVec add_carry(IVec high, IVec low, uint32_t first_low) {
-  const __mmask16 wrapped = _mm512_cmplt_epu32_mask(low, broadcast(first_low));
-  return _mm512_mask_add_epi32(high, wrapped, high, broadcast(1));
+// The low halves of a's and b's lanes as 32-bit lanes, in each 128-bit block a0 a1 b0 b1.
+inline IVec pack_low_halves(IVec a, IVec b) {
+  return _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b), 0x88));
 }
 inline void store_uniform(IVec bits, float* out, bool floor_at_tiny) {
   const IVec x = _mm512_xor_si512(bits, _mm512_srai_epi32(bits, 31));  // x < 0 ? ~x : x
@@ -96,27 +97,18 @@ inline void store_uniform(IVec bits, float* out, bool floor_at_tiny) {
 }
 #else
 using IVec = __m256i;
-constexpr int kPhiloxLanes = 8;
+constexpr int kCounterLanes = 4;
 inline IVec broadcast(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
-inline IVec load_lanes(const uint32_t* p) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+inline IVec counters(uint64_t first, const int64_t* lanes) {
+  return _mm256_add_epi64(_mm256_set1_epi64x(static_cast<int64_t>(first)),
+                          _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes)));
 }
-inline void mul_hi_lo(IVec a, IVec m, IVec& hi, IVec& lo) {
-  const IVec even = _mm256_mul_epu32(a, m);
-  const IVec odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-}
+inline IVec mul_wide(IVec a, IVec m) { return _mm256_mul_epu32(a, m); }
+inline IVec high_half(IVec a) { return _mm256_shuffle_epi32(a, 0xF5); }
 inline IVec xor2(IVec a, IVec b) { return _mm256_xor_si256(a, b); }
-inline IVec xor3(IVec a, IVec b, IVec c) { return xor2(xor2(a, b), c); }
-inline IVec add32(IVec a, IVec b) { return _mm256_add_epi32(a, b); }
-// high + 1 in the lanes whose low word wrapped (low < first_low, unsigned: compared with
-// the sign bits flipped).
-inline IVec add_carry(IVec high, IVec low, uint32_t first_low) {
-  const IVec flip = broadcast(0x80000000u);
-  const IVec wrapped = _mm256_cmpgt_epi32(_mm256_xor_si256(broadcast(first_low), flip),
-                                          _mm256_xor_si256(low, flip));  // all ones: wrapped
-  return _mm256_sub_epi32(high, wrapped);
+// The low halves of a's and b's lanes as 32-bit lanes, in each 128-bit block a0 a1 b0 b1.
+inline IVec pack_low_halves(IVec a, IVec b) {
+  return _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), 0x88));
 }
 inline void store_uniform(IVec bits, float* out, bool floor_at_tiny) {
   const IVec x = _mm256_xor_si256(bits, _mm256_srai_epi32(bits, 31));  // x < 0 ? ~x : x
@@ -140,48 +132,60 @@ struct PhiloxRoundKeys {
   }
 };
 
-// Philox lane groups computed together: a round's multiplies are a chain of dependent
-// steps, and two independent groups keep the multiplier busy while the other waits.
-constexpr int kPhiloxGroups = 2;
-constexpr int64_t kPhiloxDraws = kPhiloxGroups * kPhiloxLanes;
+// Registers of counters computed together: a round is a chain of dependent steps
+// (multiply, shuffle, xor), and four independent chains keep the ports busy.
+constexpr int kPhiloxChains = 4;
+constexpr int64_t kPhiloxDraws = kPhiloxChains * kCounterLanes;
+
+// The draw of each lane of chain `chain`, chosen so that pack_low_halves of chains 2p
+// and 2p+1 lists draws 2p * kCounterLanes ... in order.
+struct LaneDraws {
+  alignas(64) int64_t of[kPhiloxChains][kCounterLanes];
+  constexpr LaneDraws() : of{} {
+    for (int chain = 0; chain < kPhiloxChains; ++chain) {
+      for (int lane = 0; lane < kCounterLanes; ++lane) {
+        of[chain][lane] = (chain / 2) * 2 * kCounterLanes + (lane / 2) * 4 + (chain % 2) * 2 + lane % 2;
+      }
+    }
+  }
+};
+constexpr LaneDraws kLaneDraws;
 
 // u1[j], u2[j] of philox_uniform_pair(seed, first + j) for j < kPhiloxDraws.
 inline void philox_uniform_lanes(const PhiloxRoundKeys& keys, uint64_t first, float* u1,
                                  float* u2) {
-  // The 64-bit counters first + j, built in registers (lanes stored one by one and then
-  // loaded as a vector would stall store forwarding): low words, and high words with the
-  // carry of a low word that wrapped.
-  alignas(64) static constexpr uint32_t kLaneIndex[16] = {0, 1, 2,  3,  4,  5,  6,  7,
-                                                          8, 9, 10, 11, 12, 13, 14, 15};
-  const uint32_t first_low = static_cast<uint32_t>(first);
   const IVec m0 = broadcast(0xCD9E8D57u), m1 = broadcast(0xD2511F53u);
-  IVec c0[kPhiloxGroups], c1[kPhiloxGroups], c2[kPhiloxGroups], c3[kPhiloxGroups];
-  for (int g = 0; g < kPhiloxGroups; ++g) {
-    const IVec low = add32(broadcast(first_low + static_cast<uint32_t>(g * kPhiloxLanes)),
-                           load_lanes(kLaneIndex));
-    const IVec high = add_carry(broadcast(static_cast<uint32_t>(first >> 32)), low, first_low);
-    // Round 0 with c2 = c3 = 0: the products of c2 vanish.
-    IVec hi1, lo1;
-    mul_hi_lo(low, m1, hi1, lo1);
-    c0[g] = xor2(high, keys.k0[0]);
-    c2[g] = xor2(hi1, keys.k1[0]);
-    c1[g] = broadcast(0);
-    c3[g] = lo1;
+  IVec c0[kPhiloxChains], c1[kPhiloxChains], c2[kPhiloxChains], c3[kPhiloxChains];
+  for (int g = 0; g < kPhiloxChains; ++g) {
+    // Round 0 (c2 = c3 = 0: the products of c2 vanish) and round 1 (c1 = 0).
+    const IVec counter = counters(first, kLaneDraws.of[g]);  // low half c0, high half c1
+    const IVec p1 = mul_wide(counter, m1);
+    const IVec r0_c0 = xor2(high_half(counter), keys.k0[0]);
+    const IVec r0_c2 = xor2(high_half(p1), keys.k1[0]);
+    const IVec q0 = mul_wide(r0_c2, m0), q1 = mul_wide(r0_c0, m1);
+    c0[g] = xor2(high_half(q0), keys.k0[1]);
+    c2[g] = xor2(xor2(high_half(q1), p1), keys.k1[1]);
+    c1[g] = q0;
+    c3[g] = q1;
   }
-  for (int round = 1; round < 10; ++round) {
-    for (int g = 0; g < kPhiloxGroups; ++g) {
-      IVec hi0, lo0, hi1, lo1;
-      mul_hi_lo(c2[g], m0, hi0, lo0);
-      mul_hi_lo(c0[g], m1, hi1, lo1);
-      c0[g] = xor3(hi0, c1[g], keys.k0[round]);
-      c2[g] = xor3(hi1, c3[g], keys.k1[round]);
-      c1[g] = lo0;
-      c3[g] = lo1;
+  for (int round = 2; round < 9; ++round) {
+    for (int g = 0; g < kPhiloxChains; ++g) {
+      const IVec p0 = mul_wide(c2[g], m0), p1 = mul_wide(c0[g], m1);
+      c0[g] = xor2(xor2(high_half(p0), c1[g]), keys.k0[round]);
+      c2[g] = xor2(xor2(high_half(p1), c3[g]), keys.k1[round]);
+      c1[g] = p0;
+      c3[g] = p1;
     }
   }
-  for (int g = 0; g < kPhiloxGroups; ++g) {
-    store_uniform(c0[g], u1 + g * kPhiloxLanes, /*floor_at_tiny=*/true);
-    store_uniform(c1[g], u2 + g * kPhiloxLanes, /*floor_at_tiny=*/false);
+  // Round 9 needs only the words kept, c0 and c1, so only the product of c2.
+  for (int g = 0; g < kPhiloxChains; ++g) {
+    const IVec p0 = mul_wide(c2[g], m0);
+    c0[g] = xor2(xor2(high_half(p0), c1[g]), keys.k0[9]);
+    c1[g] = p0;
+  }
+  for (int g = 0; g < kPhiloxChains; g += 2) {
+    store_uniform(pack_low_halves(c0[g], c0[g + 1]), u1 + g * kCounterLanes, /*floor_at_tiny=*/true);
+    store_uniform(pack_low_halves(c1[g], c1[g + 1]), u2 + g * kCounterLanes, /*floor_at_tiny=*/false);
   }
 }
 #endif
@@ -221,7 +225,7 @@ void reparameterize_philox_typed(const scalar_t* mu, const scalar_t* logvar, uin
   using acc_t = acc_type_t<scalar_t>;
   const AccVec<scalar_t> c(static_cast<acc_t>(std_exponent));
   constexpr int64_t W = kVecWidth<scalar_t>;
-  at::parallel_for(0, numel, kSampleGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, numel, std::max<int64_t>(1, kPhiloxGrain / num_samples), [&](int64_t begin, int64_t end) {
     alignas(64) acc_t eps[kNoiseBlock];
     for (int64_t block = begin; block < end; block += kNoiseBlock) {
       const int64_t count = std::min(kNoiseBlock, end - block);
@@ -248,7 +252,7 @@ void reparameterize_philox_backward_typed(const scalar_t* grad_z, const scalar_t
   using acc_t = acc_type_t<scalar_t>;
   const Vec c(static_cast<acc_t>(std_exponent));
   constexpr int64_t W = kVecWidth<scalar_t>;
-  at::parallel_for(0, numel, kSampleGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, numel, std::max<int64_t>(1, kPhiloxGrain / num_samples), [&](int64_t begin, int64_t end) {
     alignas(64) acc_t eps[kNoiseBlock];
     alignas(64) acc_t sum_grad[kNoiseBlock], sum_grad_eps[kNoiseBlock];
     for (int64_t block = begin; block < end; block += kNoiseBlock) {
