@@ -16,6 +16,9 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <ATen/PythonTorchFunctionTLS.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/DistributionsHelper.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/randint.h>
 
 #include "../op_handles.h"
@@ -115,8 +118,30 @@ py::object reparameterize(py::handle mu, py::handle logvar, py::handle eps, bool
   return py::cast(std::move(z));
 }
 
-// In-kernel noise. The seed is drawn here as vae_kernels/op_autograd.py's _draw_seed
-// draws it (the same generator state gives the same seed on every backend).
+// torch.randint(0, 2**62, (1,), generator=generator) on mu's device, as
+// vae_kernels/op_autograd.py's _draw_seed draws it (the same generator state gives the
+// same seed on every backend). On the CPU, without randint's dispatch and iterator: the
+// same draw as ATen's uniform_int_from_to_distribution, random64() under the
+// generator's lock, modulo the range.
+Tensor draw_seed(const Tensor& mu, std::optional<at::Generator> generator) {
+  constexpr uint64_t kSeedRange = uint64_t(1) << 62;
+  if (!mu.device().is_cpu()) {
+    return at::randint(0, static_cast<int64_t>(kSeedRange), {1}, generator,
+                       mu.options().dtype(at::kLong));
+  }
+  auto* cpu_generator = at::get_generator_or_default<at::CPUGeneratorImpl>(
+      generator, at::detail::getDefaultCPUGenerator());
+  int64_t value;
+  {
+    std::lock_guard<std::mutex> lock(cpu_generator->mutex_);
+    value = at::uniform_int_from_to_distribution<int64_t>(kSeedRange, 0)(cpu_generator);
+  }
+  Tensor seed = at::empty({1}, at::kLong);
+  seed.data_ptr<int64_t>()[0] = value;
+  return seed;
+}
+
+// In-kernel noise, with the seed of draw_seed.
 py::object reparameterize_philox(py::handle mu, py::handle logvar,
                                  std::optional<at::Generator> generator,
                                  std::optional<int64_t> num_samples, bool logsigma) {
@@ -125,10 +150,8 @@ py::object reparameterize_philox(py::handle mu, py::handle logvar,
   {
     py::gil_scoped_release no_gil;
     const Tensor& mu_t = tensor(mu);
-    const Tensor seed = at::randint(0, int64_t(1) << 62, {1}, generator,
-                                    mu_t.options().dtype(at::kLong).requires_grad(false));
-    z = op_handles::reparameterize_philox().call(mu_t, tensor(logvar), seed, num_samples,
-                                                 logsigma);
+    z = op_handles::reparameterize_philox().call(mu_t, tensor(logvar), draw_seed(mu_t, generator),
+                                                 num_samples, logsigma);
   }
   return py::cast(std::move(z));
 }
