@@ -26,14 +26,22 @@ void reparameterize_typed(const scalar_t* mu, const scalar_t* logvar, const scal
   using Vec = AccVec<scalar_t>;
   const Vec c(static_cast<acc_type_t<scalar_t>>(std_exponent));
   constexpr int64_t W = kVecWidth<scalar_t>;
+  // Two vectors a step (load_two/store_two): one float16/bfloat16 conversion per pair,
+  // and two independent chains through exp.
   at::parallel_for(0, numel, kSampleGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; i += W) {
-      const int64_t count = std::min(W, end - i);
-      const auto m = load_vec(mu + i, count);
-      const auto std = posterior_std(load_vec(logvar + i, count), c);
+    for (int64_t i = begin; i < end; i += 2 * W) {
+      const int64_t count = std::min(2 * W, end - i);
+      Vec m[2], std[2];
+      load_two(mu + i, count, m[0], m[1]);
+      load_two(logvar + i, count, std[0], std[1]);
+      std[0] = posterior_std(std[0], c);
+      std[1] = posterior_std(std[1], c);
       for (int64_t k = 0; k < num_samples; ++k) {
         const int64_t at = k * numel + i;
-        store_vec(z + at, reparameterize_forward(m, std, load_vec(eps + at, count)), count);
+        Vec e[2];
+        load_two(eps + at, count, e[0], e[1]);
+        store_two(z + at, count, reparameterize_forward(m[0], std[0], e[0]),
+                  reparameterize_forward(m[1], std[1], e[1]));
       }
     }
   });
@@ -49,19 +57,30 @@ void reparameterize_backward_typed(const scalar_t* grad_z, int64_t grad_z_stride
   const Vec c(static_cast<acc_t>(std_exponent));
   constexpr int64_t W = kVecWidth<scalar_t>;
   at::parallel_for(0, numel, kSampleGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; i += W) {
-      const int64_t count = std::min(W, end - i);
-      Vec sum_grad(acc_t(0)), sum_grad_eps(acc_t(0));
+    for (int64_t i = begin; i < end; i += 2 * W) {  // vector pairs: see reparameterize_typed
+      const int64_t count = std::min(2 * W, end - i);
+      Vec sum_grad[2] = {Vec(acc_t(0)), Vec(acc_t(0))};
+      Vec sum_grad_eps[2] = {Vec(acc_t(0)), Vec(acc_t(0))};
       for (int64_t k = 0; k < num_samples; ++k) {  // fixed order over samples
         const int64_t at = k * numel + i;
-        const Vec g = grad_z_stride == 0 ? Vec(static_cast<acc_t>(grad_z[0]))
-                                         : load_vec(grad_z + at, count);
-        sum_grad = sum_grad + g;
-        sum_grad_eps = sum_grad_eps + g * load_vec(eps + at, count);
+        Vec g[2], e[2];
+        if (grad_z_stride == 0) {
+          g[0] = g[1] = Vec(static_cast<acc_t>(grad_z[0]));
+        } else {
+          load_two(grad_z + at, count, g[0], g[1]);
+        }
+        load_two(eps + at, count, e[0], e[1]);
+        for (int h = 0; h < 2; ++h) {
+          sum_grad[h] = sum_grad[h] + g[h];
+          sum_grad_eps[h] = sum_grad_eps[h] + g[h] * e[h];
+        }
       }
-      const auto std = posterior_std(load_vec(logvar + i, count), c);
-      store_vec(grad_mu + i, sum_grad, count);
-      store_vec(grad_logvar + i, reparameterize_scale_backward(std, sum_grad_eps, c), count);
+      Vec std[2];
+      load_two(logvar + i, count, std[0], std[1]);
+      store_two(grad_mu + i, count, sum_grad[0], sum_grad[1]);
+      store_two(grad_logvar + i, count,
+                reparameterize_scale_backward(posterior_std(std[0], c), sum_grad_eps[0], c),
+                reparameterize_scale_backward(posterior_std(std[1], c), sum_grad_eps[1], c));
     }
   });
 }

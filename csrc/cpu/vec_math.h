@@ -209,10 +209,20 @@ inline AccVec<scalar_t> load_vec(const scalar_t* ptr, int64_t count) {
 
 template <typename scalar_t>
 inline void store_vec(scalar_t* ptr, const AccVec<scalar_t>& v, int64_t count) {
+  constexpr int64_t W = kVecWidth<scalar_t>;
   if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
     v.store(ptr, count);
   } else {
-    at::vec::convert_from_float<scalar_t>(v, v).store(ptr, count);
+    // One vector's conversion (the first W of the 2 * W narrow lanes), stored through a
+    // buffer with a copy of constant size when the vector is whole: Vectorized's
+    // partial store copies a run-time size, a libc call per vector.
+    alignas(64) scalar_t buf[2 * W];
+    at::vec::convert<scalar_t>(v).store(buf);
+    if (count == W) {
+      std::memcpy(ptr, buf, W * sizeof(scalar_t));
+    } else {
+      std::memcpy(ptr, buf, count * sizeof(scalar_t));
+    }
   }
 }
 
@@ -236,6 +246,30 @@ inline void store_pair(T* ptr, const AccVec<T>& low, const AccVec<T>& high) {
     high.store(ptr + kVecWidth<T>);
   } else {
     at::vec::convert_from_float<T>(low, high).store(ptr);
+  }
+}
+
+// `count` <= 2 * W elements as two vectors (zeros past count): a whole pair through
+// load_pair/store_pair (one conversion for float16/bfloat16), a tail vector by vector.
+template <typename T>
+inline void load_two(const T* ptr, int64_t count, AccVec<T>& low, AccVec<T>& high) {
+  constexpr int64_t W = kVecWidth<T>;
+  if (count == 2 * W) {
+    load_pair(ptr, low, high);
+  } else {
+    low = load_vec(ptr, std::min(W, count));
+    high = count > W ? load_vec(ptr + W, count - W) : AccVec<T>(0);
+  }
+}
+
+template <typename T>
+inline void store_two(T* ptr, int64_t count, const AccVec<T>& low, const AccVec<T>& high) {
+  constexpr int64_t W = kVecWidth<T>;
+  if (count == 2 * W) {
+    store_pair(ptr, low, high);
+  } else {
+    store_vec(ptr, low, std::min(W, count));
+    if (count > W) store_vec(ptr + W, high, count - W);
   }
 }
 
