@@ -253,6 +253,32 @@ def test_probabilities_exactly_zero_and_one_match_binary_cross_entropy(backend, 
     assert xa.grad.isfinite().all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_probability_logs_are_accurate_across_the_unit_interval(backend):
+    # log p and log(1 - p) over all of [0, 1] in float32: subnormal p, p within ulps of
+    # 0 and 1, p where 1 - p rounds (the CPU kernels evaluate both logs inline, with
+    # log(1 - p) corrected for that rounding), against float64 on the same inputs.
+    g = torch.Generator().manual_seed(5)
+    tiny = torch.logspace(-45, -1, 2000, dtype=torch.float64)
+    p = torch.cat([tiny, 1 - tiny, torch.rand(4000, generator=g, dtype=torch.float64),
+                   torch.tensor([0.0, 1.0, 0.5])]).float()
+    p = p[(p >= 0) & (p <= 1)]
+    x = torch.rand(p.shape, generator=g)
+    x[::3], x[1::3] = 0.0, 1.0  # the loss is one log alone, at its own relative accuracy
+    x.requires_grad_()
+    ours = vk.bernoulli_nll(p, x, logits=False, reduction="none", backend=backend)
+    ours.sum().backward()
+    log_p = torch.log(p.double()).clamp_min(-100)
+    log_1mp = torch.log1p(-p.double()).clamp_min(-100)
+    expected = -(x.detach().double() * log_p + (1 - x.detach().double()) * log_1mp)
+    # atol: float32's subnormal results (p < 1e-38 with x = 0), which eager flushes.
+    torch.testing.assert_close(ours.detach().double(), expected, rtol=2e-6, atol=1e-37)
+    # The target gradient log(1 - p) - log p cancels near p = 1/2: error relative to
+    # the terms' sizes.
+    scale = log_p.abs() + log_1mp.abs()
+    assert ((x.grad.double() - (log_1mp - log_p)).abs() <= 2e-6 * scale + 1e-30).all()
+
+
 def _nan_cases():
     shape = (3, 5)
     g = torch.Generator().manual_seed(0)
