@@ -92,7 +92,7 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, const c10::ScalarTyp
   // long chain) for the out-of-order core to overlap, and for bfloat16/half each
   // float -> 16-bit store converts a pair (the costly step). The sum sees the same
   // vectors in the same order as one vector per step would.
-  const auto load_two = [&](int k, int64_t i, Vec& lo, Vec& hi) {
+  const auto load_input_pair = [&](int k, int64_t i, Vec& lo, Vec& hi) {
     if constexpr (kMixed) {
       lo = load_input(k, i, W);
       hi = load_input(k, i + W, W);
@@ -103,7 +103,7 @@ double loss_chunk(const Op& op, const LossBuffers& buffers, const c10::ScalarTyp
   int64_t i = begin;
   for (; i + 2 * W <= end; i += 2 * W) {
     Vec in_lo[N], in_hi[N], grad_lo[N], grad_hi[N];
-    for (int k = 0; k < N; ++k) load_two(k, i, in_lo[k], in_hi[k]);
+    for (int k = 0; k < N; ++k) load_input_pair(k, i, in_lo[k], in_hi[k]);
     const Vec loss_lo = compute(in_lo, grad_lo, W);
     const Vec loss_hi = compute(in_hi, grad_hi, W);
     if (loss_ptr) store_pair(loss_ptr + i, loss_lo, loss_hi);
