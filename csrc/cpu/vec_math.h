@@ -22,6 +22,7 @@ struct Math<at::vec::Vectorized<T>> {
   using V = at::vec::Vectorized<T>;
   using Scalar = T;
   static V exp(const V& x) { return x.exp(); }
+  static V exp_minus_abs(const V& x) { return (V(T(0)) - x.abs()).exp(); }
   static V log(const V& x) { return x.log(); }
   static V log1p(const V& x) { return x.log1p(); }
   static V log1p_unit(const V& x) { return x.log1p(); }
@@ -36,6 +37,7 @@ struct Math<at::vec::Vectorized<T>> {
   }
   static V maximum(const V& a, const V& b) { return at::vec::maximum(a, b); }
   static V where_nonneg(const V& c, const V& a, const V& b) { return V::blendv(b, a, c >= V(T(0))); }
+  static V nonneg_indicator(const V& x) { return (x >= V(T(0))) & V(T(1)); }
 };
 
 // float32, the type nearly all training runs in: exp, log1p and Box-Muller's log and
@@ -67,32 +69,51 @@ struct Math<at::vec::Vectorized<float>> {
     return V::blendv(b, a, c >= V(0.f));
 #endif
   }
+  // A compare's all-ones lanes masked to the bits of 1.0.
+  static V nonneg_indicator(const V& x) { return (x >= V(0.f)) & V(1.f); }
 
   // Cephes expf: x = n*ln2 + r with |r| <= ln2/2 (ln2 in two parts, Cody-Waite), a
-  // degree-6 polynomial for exp(r), and 2^n applied by scalef (AVX512: overflow to inf,
+  // degree-6 polynomial for exp(r) (by Estrin's scheme: the loss kernels wait on its
+  // chain of dependent steps), and 2^n applied by scalef (AVX512: overflow to inf,
   // denormals and 0 below) or built in the exponent bits. ~1 ULP.
-  static V exp(const V& x) {
+  static V exp(const V& x) { return exp_in_range<true>(x); }
+  static V exp_minus_abs(const V& x) { return exp_in_range<false>(x | V(-0.f)); }  // sign bit set
+
+  // kMayOverflow false: x <= 0 or NaN.
+  template <bool kMayOverflow>
+  static V exp_in_range(const V& x) {
+    using at::vec::fmadd;
 #if defined(CPU_CAPABILITY_AVX512)
-    const V clamped = at::vec::clamp(x, V(-104.f), V(89.f));  // x86 min/max keep NaN
-#else
-    const V clamped = at::vec::clamp(x, V(-87.33654f), V(88.37626f));  // keeps n in [-126, 127]
-#endif
+    // x86 min/max keep NaN
+    const V clamped = kMayOverflow ? at::vec::clamp(x, V(-104.f), V(89.f))
+                                   : at::vec::clamp_min(x, V(-104.f));
     const V n = (clamped * V(1.44269504088896341f)).round();
-    V r = at::vec::fmadd(n, V(-0.693359375f), clamped);
-    r = at::vec::fmadd(n, V(2.12194440e-4f), r);
-    V p = V(1.9875691500e-4f);
-    p = at::vec::fmadd(p, r, V(1.3981999507e-3f));
-    p = at::vec::fmadd(p, r, V(8.3334519073e-3f));
-    p = at::vec::fmadd(p, r, V(4.1665795894e-2f));
-    p = at::vec::fmadd(p, r, V(1.6666665459e-1f));
-    p = at::vec::fmadd(p, r, V(5.0000001201e-1f));
-    p = at::vec::fmadd(p, r * r, r + V(1.f));
+#else
+    // The clamp keeps n in [-126, 127], a normal 2^n. Below -87.34 the result is
+    // replaced by 0 at the end, so an x <= 0 needs no clamp.
+    const V clamped = kMayOverflow ? at::vec::clamp(x, V(-87.33654f), V(88.37626f)) : x;
+    // n = round(x / ln2) by adding 1.5 * 2^23 + 127: the float sum's low mantissa bits
+    // then hold n + 127, the exponent field of 2^n, and subtracting the shift gives n.
+    // Two instructions instead of a round (two), a conversion and an integer add.
+    constexpr float kRoundingShift = 12583039.f;
+    const V shifted = fmadd(clamped, V(1.44269504088896341f), V(kRoundingShift));
+    const V n = shifted - V(kRoundingShift);
+#endif
+    V r = fmadd(n, V(-0.693359375f), clamped);
+    r = fmadd(n, V(2.12194440e-4f), r);
+    const V r2 = r * r;
+    const V c12 = fmadd(V(1.6666665459e-1f), r, V(5.0000001201e-1f));
+    const V c34 = fmadd(V(8.3334519073e-3f), r, V(4.1665795894e-2f));
+    const V c56 = fmadd(V(1.9875691500e-4f), r, V(1.3981999507e-3f));
+    const V c36 = fmadd(c56, r2, c34);
+    const V p = fmadd(fmadd(c36, r2, c12), r2, r + V(1.f));
 #if defined(CPU_CAPABILITY_AVX512)
     return _mm512_scalef_ps(p, n);
 #else
-    const VInt exponent_bits = (at::vec::convert_to_int_of_same_size(n) + VInt(127)) << VInt(23);
-    V y = p * at::vec::cast<float>(exponent_bits);
-    y = V::blendv(y, V(std::numeric_limits<float>::infinity()), x > V(88.72283f));
+    V y = p * at::vec::cast<float>(at::vec::cast<int32_t>(shifted) << VInt(23));
+    if constexpr (kMayOverflow) {
+      y = V::blendv(y, V(std::numeric_limits<float>::infinity()), x > V(88.72283f));
+    }
     y = V::blendv(y, V(0.f), x < V(-87.33654f));  // results below FLT_MIN flush to zero
 #if defined(CPU_CAPABILITY_AVX2)
     return y;  // a NaN passed the clamp (x86 min/max) and made p NaN

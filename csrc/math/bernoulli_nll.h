@@ -2,8 +2,9 @@
 //
 // From logits l:        nll = max(l, 0) - l*x + log1p(exp(-|l|))
 //                       d l = sigmoid(l) - x,  d x = -l
-//   One exp(-|l|) in (0, 1] serves both the loss and the sigmoid. max(l, 0) - l*x is
-//   evaluated as l*(1 - x) for l >= 0 and -(l*x) below: equal for finite l, and at
+//   One e = exp(-|l|) in (0, 1] serves both the loss and the sigmoid, (1 or e) / (1 + e)
+//   by the sign of l. max(l, 0) - l*x is evaluated as l * ([l >= 0] - x), that is
+//   l*(1 - x) for l >= 0 and l*(-x) below: equal for finite l, and at
 //   l = +inf the loss is +inf for x < 1 (as in F.binary_cross_entropy_with_logits), not
 //   inf - inf = NaN; at l = -inf it is +inf for x > 0. NaN remains only for the
 //   0 * inf limits (l = +inf with x = 1, l = -inf with x = 0), as in PyTorch.
@@ -25,20 +26,19 @@ constexpr double kBceGradEpsilon = static_cast<double>(1e-12f);
 
 template <typename V>
 VK_INLINE V bernoulli_logits_linear_part(V logits, V target) {  // max(l, 0) - l*x
-  return Math<V>::where_nonneg(logits, logits * (V(1) - target), V(0) - logits * target);
+  return logits * (Math<V>::nonneg_indicator(logits) - target);
 }
 
 template <typename V>
 VK_INLINE V bernoulli_logits_nll(V logits, V target) {
-  const V e = Math<V>::exp(V(0) - Math<V>::abs(logits));
+  const V e = Math<V>::exp_minus_abs(logits);
   return bernoulli_logits_linear_part(logits, target) + Math<V>::log1p_unit(e);
 }
 
 template <typename V>
 VK_INLINE V bernoulli_logits_nll_and_grad(V logits, V target, V& d_logits, V& d_target) {
-  const V e = Math<V>::exp(V(0) - Math<V>::abs(logits));
-  const V inv = V(1) / (V(1) + e);
-  const V sigmoid = Math<V>::where_nonneg(logits, inv, e * inv);
+  const V e = Math<V>::exp_minus_abs(logits);
+  const V sigmoid = Math<V>::where_nonneg(logits, V(1), e) / (V(1) + e);
   d_logits = sigmoid - target;
   d_target = V(0) - logits;
   return bernoulli_logits_linear_part(logits, target) + Math<V>::log1p_unit(e);

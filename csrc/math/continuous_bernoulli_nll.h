@@ -62,7 +62,7 @@ VK_INLINE V continuous_bernoulli_log_norm(V logits, V& d_logits) {
   slope = slope * logits;
   // Far from 0.
   const V a = Math<V>::abs(logits);
-  const V e = Math<V>::exp(V(0) - a);
+  const V e = Math<V>::exp_minus_abs(logits);
   const V far_value = Math<V>::log(a) - Math<V>::log1p(V(0) - e) + Math<V>::log1p(e) - V(S(kLog2));
   const V far_slope =
       V(S(1)) / logits - Math<V>::sign(logits) * (V(S(2)) * e / (V(S(1)) - e * e));

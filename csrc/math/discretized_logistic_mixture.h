@@ -51,7 +51,7 @@ inline MixtureBins mixture_bins(int64_t num_bits) {
 template <typename V>
 VK_INLINE V softplus_and_sigmoid(V y, V& sig) {
   using S = typename Math<V>::Scalar;
-  const V e = Math<V>::exp(V(S(0)) - Math<V>::abs(y));  // in (0, 1]
+  const V e = Math<V>::exp_minus_abs(y);  // in (0, 1]
   const V inv_one_plus_e = V(S(1)) / (V(S(1)) + e);
   sig = Math<V>::where_nonneg(y, inv_one_plus_e, e * inv_one_plus_e);
   return Math<V>::maximum(y, V(S(0))) + Math<V>::log1p_unit(e);
@@ -135,7 +135,7 @@ struct RunningLogSumExp {
   VK_INLINE void add(V v) {
     using S = typename Math<V>::Scalar;
     const V above = v - max;
-    const V e = Math<V>::exp(V(S(0)) - Math<V>::abs(above));
+    const V e = Math<V>::exp_minus_abs(above);
     sum = Math<V>::where_nonneg(above, sum * e + V(S(1)), sum + e);
     max = Math<V>::maximum(max, v);
   }

@@ -20,13 +20,16 @@ namespace vae_kernels {
 constexpr double kLog2 = 0.6931471805599453;
 
 template <typename V>
-struct Math;  // Scalar, exp, log, log1p, log1p_unit, log_uniform, sqrt, cos, cos_turn, tanh, abs,
-              // sign, maximum, where_nonneg
+struct Math;  // Scalar, exp, exp_minus_abs, log, log1p, log1p_unit, log_uniform, sqrt, cos,
+              // cos_turn, tanh, abs, sign, maximum, where_nonneg, nonneg_indicator
 
 template <typename T>
 struct ScalarMath {
   using Scalar = T;
   static VK_INLINE T exp(T x) { return ::exp(x); }
+  // e^-|x|, in (0, 1]: the softplus and sigmoid term of logit likelihoods. SIMD float
+  // has no overflow to handle there.
+  static VK_INLINE T exp_minus_abs(T x) { return exp(T(0) - abs(x)); }
   static VK_INLINE T log(T x) { return ::log(x); }
   static VK_INLINE T log1p(T x) { return ::log1p(x); }
   // log1p for x in [0, 1] only; SIMD types evaluate a short polynomial there.
@@ -46,11 +49,14 @@ struct ScalarMath {
   static VK_INLINE T maximum(T a, T b) { return (a != a) ? a : ((b != b) ? b : (a > b ? a : b)); }
   // c >= 0 ? a : b
   static VK_INLINE T where_nonneg(T c, T a, T b) { return c >= T(0) ? a : b; }
+  // 1 where x >= 0, else 0 (NaN: 0).
+  static VK_INLINE T nonneg_indicator(T x) { return x >= T(0) ? T(1) : T(0); }
 };
 
 template <>
 struct Math<float> : ScalarMath<float> {
   static VK_INLINE float exp(float x) { return ::expf(x); }
+  static VK_INLINE float exp_minus_abs(float x) { return ::expf(-::fabsf(x)); }
   static VK_INLINE float log(float x) { return ::logf(x); }
   static VK_INLINE float log1p(float x) { return ::log1pf(x); }
   static VK_INLINE float log1p_unit(float x) { return ::log1pf(x); }
