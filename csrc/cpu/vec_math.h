@@ -27,6 +27,8 @@ struct Math<at::vec::Vectorized<T>> {
   static V log1p(const V& x) { return x.log1p(); }
   static V log1p_unit(const V& x) { return x.log1p(); }
   static V log_uniform(const V& x) { return x.log(); }
+  static V log_unit(const V& x) { return x.log(); }
+  static V log1m_unit(const V& p) { return (V(T(0)) - p).log1p(); }
   static V sqrt(const V& x) { return x.sqrt(); }
   static V cos(const V& x) { return x.cos(); }
   static V cos_turn(const V& u) { return (V(T(6.283185307179586f)) * u).cos(); }
@@ -36,6 +38,7 @@ struct Math<at::vec::Vectorized<T>> {
     return V::blendv(V::blendv(x * V(T(0)), V(T(-1)), x < V(T(0))), V(T(1)), x > V(T(0)));
   }
   static V maximum(const V& a, const V& b) { return at::vec::maximum(a, b); }
+  static V at_least(const V& x, const V& floor) { return at::vec::clamp_min(x, floor); }
   static V where_nonneg(const V& c, const V& a, const V& b) { return V::blendv(b, a, c >= V(T(0))); }
   static V nonneg_indicator(const V& x) { return (x >= V(T(0))) & V(T(1)); }
 };
@@ -60,6 +63,8 @@ struct Math<at::vec::Vectorized<float>> {
     return V::blendv(V::blendv(x * V(0.f), V(-1.f), x < V(0.f)), V(1.f), x > V(0.f));
   }
   static V maximum(const V& a, const V& b) { return at::vec::maximum(a, b); }
+  // One max instruction: x86's max returns its second operand when either is NaN.
+  static V at_least(const V& x, const V& floor) { return at::vec::clamp_min(x, floor); }
   static V where_nonneg(const V& c, const V& a, const V& b) {
 #if defined(CPU_CAPABILITY_AVX512)
     // A compare into a mask register and a blend: V::blendv would turn the mask into a
@@ -123,30 +128,49 @@ struct Math<at::vec::Vectorized<float>> {
 #endif
   }
 
-  // Cephes logf for x in [1e-7, 1] (normal, positive: no special cases): x = m * 2^e
-  // with m in [sqrt(1/2), sqrt(2)), log(1 + (m - 1)) by a degree-9 polynomial, and
-  // e * ln2 added in two parts. ~1 ULP.
-  static V log_uniform(const V& x) {
+  static V log_uniform(const V& x) { return log_of_normal<0>(x); }
+
+  // x * 2^24 is normal for every x in (0, 1], and exactly scaled.
+  static V log_unit(const V& x) {
+    return log_of_normal<24>(x * V(16777216.f)) + (x - x);  // + NaN for a NaN x, else + 0
+  }
+
+  // 1 - p rounds (p < 1/2), but the rounding error t = (1 - q) - p is exact (q = the
+  // rounded 1 - p), and log(q + t) = log q + t/q + O(t^2), with 1/q ~ 2 - q for q in
+  // [1/2, 1] (t = 0 below): within ~1 ULP where log1p(-p) ~ -p is small. A NaN p makes
+  // t NaN.
+  static V log1m_unit(const V& p) {
+    const V q = V(1.f) - p;
+    const V t = (V(1.f) - q) - p;
+    return at::vec::fmadd(t, V(2.f) - q, log_of_normal<24>(q * V(16777216.f)));
+  }
+
+  // Cephes logf for a normal x > 0 that is the argument times 2^kScaled (no special
+  // cases): x = z * 2^k with z in [sqrt(1/2), sqrt(2)), found by integer arithmetic on
+  // the bits (no compare), log(1 + m) for m = z - 1 (exact) by a degree-9 polynomial
+  // (by Estrin's scheme: a chain of 4 dependent steps, not 9), and (k - kScaled) * ln2
+  // added in two parts. ~1 ULP.
+  template <int kScaled>
+  static V log_of_normal(const V& x) {
+    using at::vec::fmadd;
     const VInt bits = at::vec::cast<int32_t>(x);
-    V e = at::vec::convert_to_fp_of_same_size<float>((bits >> VInt(23)) - VInt(126));
-    V m = at::vec::cast<float>((bits & VInt(0x007fffff)) | VInt(0x3f000000));  // [0.5, 1)
-    const V small = m < V(0.707106781186547524f);  // all ones where true
-    e = e - (small & V(1.f));
-    m = m + (small & m) - V(1.f);
+    const VInt above_sqrt_half = bits - VInt(0x3f3504f3);  // the bits of sqrt(1/2)
+    const VInt k = (above_sqrt_half >> VInt(23)) - VInt(kScaled);  // arithmetic shift
+    const VInt exponent_bits = above_sqrt_half & VInt(static_cast<int32_t>(0xff800000));
+    const V e = at::vec::convert_to_fp_of_same_size<float>(k);
+    const V m = at::vec::cast<float>(bits - exponent_bits) - V(1.f);
     const V z = m * m;
-    V p = V(7.0376836292e-2f);
-    p = at::vec::fmadd(p, m, V(-1.1514610310e-1f));
-    p = at::vec::fmadd(p, m, V(1.1676998740e-1f));
-    p = at::vec::fmadd(p, m, V(-1.2420140846e-1f));
-    p = at::vec::fmadd(p, m, V(1.4249322787e-1f));
-    p = at::vec::fmadd(p, m, V(-1.6668057665e-1f));
-    p = at::vec::fmadd(p, m, V(2.0000714765e-1f));
-    p = at::vec::fmadd(p, m, V(-2.4999993993e-1f));
-    p = at::vec::fmadd(p, m, V(3.3333331174e-1f));
+    const V z2 = z * z;
+    const V p01 = fmadd(V(-2.4999993993e-1f), m, V(3.3333331174e-1f));
+    const V p23 = fmadd(V(-1.6668057665e-1f), m, V(2.0000714765e-1f));
+    const V p45 = fmadd(V(-1.2420140846e-1f), m, V(1.4249322787e-1f));
+    const V p67 = fmadd(V(-1.1514610310e-1f), m, V(1.1676998740e-1f));
+    const V p07 = fmadd(fmadd(p67, z, p45), z2, fmadd(p23, z, p01));
+    const V p = fmadd(V(7.0376836292e-2f) * z2, z2, p07);
     V y = p * m * z;
-    y = at::vec::fmadd(e, V(-2.12194440e-4f), y);
-    y = at::vec::fmadd(z, V(-0.5f), y);
-    return at::vec::fmadd(e, V(0.693359375f), m + y);
+    y = fmadd(e, V(-2.12194440e-4f), y);
+    y = fmadd(z, V(-0.5f), y);
+    return fmadd(e, V(0.693359375f), m + y);
   }
 
   // Cephes cosf for u in [0, 1]: theta = 2 pi u (rounded as the scalar path rounds it),

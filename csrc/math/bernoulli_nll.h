@@ -46,16 +46,16 @@ VK_INLINE V bernoulli_logits_nll_and_grad(V logits, V target, V& d_logits, V& d_
 
 template <typename V>
 VK_INLINE V bernoulli_probs_nll(V probs, V target) {
-  const V log_p = Math<V>::maximum(Math<V>::log(probs), V(kBceLogClamp));
-  const V log_1mp = Math<V>::maximum(Math<V>::log1p(V(0) - probs), V(kBceLogClamp));
+  const V log_p = Math<V>::at_least(Math<V>::log_unit(probs), V(kBceLogClamp));
+  const V log_1mp = Math<V>::at_least(Math<V>::log1m_unit(probs), V(kBceLogClamp));
   return V(0) - (target * log_p + (V(1) - target) * log_1mp);
 }
 
 template <typename V>
 VK_INLINE V bernoulli_probs_nll_and_grad(V probs, V target, V& d_probs, V& d_target) {
-  const V log_p = Math<V>::maximum(Math<V>::log(probs), V(kBceLogClamp));
-  const V log_1mp = Math<V>::maximum(Math<V>::log1p(V(0) - probs), V(kBceLogClamp));
-  d_probs = (probs - target) / Math<V>::maximum((V(1) - probs) * probs, V(kBceGradEpsilon));
+  const V log_p = Math<V>::at_least(Math<V>::log_unit(probs), V(kBceLogClamp));
+  const V log_1mp = Math<V>::at_least(Math<V>::log1m_unit(probs), V(kBceLogClamp));
+  d_probs = (probs - target) / Math<V>::at_least((V(1) - probs) * probs, V(kBceGradEpsilon));
   d_target = log_1mp - log_p;
   return V(0) - (target * log_p + (V(1) - target) * log_1mp);
 }

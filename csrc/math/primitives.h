@@ -8,20 +8,24 @@
 
 #include <cmath>
 
+// The formulas are always inlined into the kernels' loops: a call per element (or per
+// vector, whose arguments then pass through memory) costs more than the formula.
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define VK_HOST_DEVICE __host__ __device__
+#define VK_INLINE VK_HOST_DEVICE __forceinline__
 #else
 #define VK_HOST_DEVICE
+#define VK_INLINE inline __attribute__((always_inline))
 #endif
-#define VK_INLINE VK_HOST_DEVICE inline
 
 namespace vae_kernels {
 
 constexpr double kLog2 = 0.6931471805599453;
 
 template <typename V>
-struct Math;  // Scalar, exp, exp_minus_abs, log, log1p, log1p_unit, log_uniform, sqrt, cos,
-              // cos_turn, tanh, abs, sign, maximum, where_nonneg, nonneg_indicator
+struct Math;  // Scalar, exp, exp_minus_abs, log, log1p, log1p_unit, log_uniform, log_unit,
+              // log1m_unit, sqrt, cos, cos_turn, tanh, abs, sign, maximum, at_least,
+              // where_nonneg, nonneg_indicator
 
 template <typename T>
 struct ScalarMath {
@@ -36,6 +40,11 @@ struct ScalarMath {
   static VK_INLINE T log1p_unit(T x) { return log1p(x); }
   // log for x in [1e-7, 1] only (Box-Muller's uniforms); SIMD float evaluates it inline.
   static VK_INLINE T log_uniform(T x) { return log(x); }
+  // log x and log(1 - x) for x in [0, 1] only (the Bernoulli NLL from probabilities);
+  // SIMD float evaluates them inline, and its log_unit(0) is finite, below -103.9 (the
+  // log of the least subnormal) instead of -inf.
+  static VK_INLINE T log_unit(T x) { return log(x); }
+  static VK_INLINE T log1m_unit(T x) { return log1p(-x); }
   static VK_INLINE T sqrt(T x) { return ::sqrt(x); }
   static VK_INLINE T cos(T x) { return ::cos(x); }
   // cos(2 pi u) for u in [0, 1] only, the angle rounded to T first; SIMD float
@@ -47,6 +56,8 @@ struct ScalarMath {
   static VK_INLINE T sign(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x * T(0)); }
   // NaN-propagating, like at::vec::maximum and torch.maximum.
   static VK_INLINE T maximum(T a, T b) { return (a != a) ? a : ((b != b) ? b : (a > b ? a : b)); }
+  // max(x, floor) for a floor that is not NaN; a NaN x stays NaN (cheaper than maximum).
+  static VK_INLINE T at_least(T x, T floor) { return x < floor ? floor : x; }
   // c >= 0 ? a : b
   static VK_INLINE T where_nonneg(T c, T a, T b) { return c >= T(0) ? a : b; }
   // 1 where x >= 0, else 0 (NaN: 0).
@@ -61,6 +72,8 @@ struct Math<float> : ScalarMath<float> {
   static VK_INLINE float log1p(float x) { return ::log1pf(x); }
   static VK_INLINE float log1p_unit(float x) { return ::log1pf(x); }
   static VK_INLINE float log_uniform(float x) { return ::logf(x); }
+  static VK_INLINE float log_unit(float x) { return ::logf(x); }
+  static VK_INLINE float log1m_unit(float x) { return ::log1pf(-x); }
   static VK_INLINE float sqrt(float x) { return ::sqrtf(x); }
   static VK_INLINE float cos(float x) { return ::cosf(x); }
   static VK_INLINE float cos_turn(float u) { return ::cosf(6.283185307179586f * u); }
