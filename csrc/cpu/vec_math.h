@@ -43,11 +43,11 @@ struct Math<at::vec::Vectorized<T>> {
   static V nonneg_indicator(const V& x) { return (x >= V(T(0))) & V(T(1)); }
 };
 
-// float32, the type nearly all training runs in: exp, log1p and Box-Muller's log and
-// cos written out inline, because the Sleef calls behind Vectorized<float> cost more
-// than the memory traffic of the loss kernels (and than torch.randn_like's noise). All
-// are within a few ULP (tests compare them with the float64 oracle and with Triton's
-// randn stream).
+// float32, the type nearly all training runs in: exp, log1p on [0, 1], the logs of
+// [0, 1] and Box-Muller's cos written out inline, because the Sleef calls behind
+// Vectorized<float> cost more than the memory traffic of the loss kernels (and than
+// torch.randn_like's noise). All are within a few ULP (tests compare them with the
+// float64 oracle and with Triton's randn stream).
 template <>
 struct Math<at::vec::Vectorized<float>> {
   using V = at::vec::Vectorized<float>;
