@@ -63,7 +63,8 @@ VK_INLINE V continuous_bernoulli_log_norm(V logits, V& d_logits) {
   // Far from 0.
   const V a = Math<V>::abs(logits);
   const V e = Math<V>::exp_minus_abs(logits);
-  const V far_value = Math<V>::log(a) - Math<V>::log1p(V(0) - e) + Math<V>::log1p(e) - V(S(kLog2));
+  const V far_value =
+      Math<V>::log(a) - Math<V>::log1m_unit(e) + Math<V>::log1p_unit(e) - V(S(kLog2));
   const V far_slope =
       V(S(1)) / logits - Math<V>::sign(logits) * (V(S(2)) * e / (V(S(1)) - e * e));
   const V series_holds = V(S(1)) - a;  // >= 0 where |l| <= 1; NaN takes the far branch
@@ -79,7 +80,9 @@ VK_INLINE V bernoulli_logits_nll_minus_log2(V logits, V target) {
   using S = typename Math<V>::Scalar;
   V e_minus_one;
   exp_minus_one_minus_x(V(0) - Math<V>::abs(logits), e_minus_one);
-  return bernoulli_logits_linear_part(logits, target) + Math<V>::log1p(e_minus_one * V(S(0.5)));
+  // log((1 + e) / 2) = log(1 - (1 - e) / 2), with (1 - e) / 2 in [0, 1/2).
+  return bernoulli_logits_linear_part(logits, target) +
+         Math<V>::log1m_unit(e_minus_one * V(S(-0.5)));
 }
 
 template <typename V>
