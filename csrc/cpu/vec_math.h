@@ -132,7 +132,7 @@ struct Math<at::vec::Vectorized<float>> {
 
   // x * 2^24 is normal for every x in (0, 1], and exactly scaled.
   static V log_unit(const V& x) {
-    return log_of_normal<24>(x * V(16777216.f)) + (x - x);  // + NaN for a NaN x, else + 0
+    return log_of_normal<24>(x) + (x - x);  // + NaN for a NaN x, else + 0
   }
 
   // 1 - p rounds (p < 1/2), but the rounding error t = (1 - q) - p is exact (q = the
@@ -142,18 +142,18 @@ struct Math<at::vec::Vectorized<float>> {
   static V log1m_unit(const V& p) {
     const V q = V(1.f) - p;
     const V t = (V(1.f) - q) - p;
-    return at::vec::fmadd(t, V(2.f) - q, log_of_normal<24>(q * V(16777216.f)));
+    return at::vec::fmadd(t, V(2.f) - q, log_of_normal<24>(q));
   }
 
-  // Cephes logf for a normal x > 0 that is the argument times 2^kScaled (no special
-  // cases): x = z * 2^k with z in [sqrt(1/2), sqrt(2)), found by integer arithmetic on
-  // the bits (no compare), log(1 + m) for m = z - 1 (exact) by a degree-9 polynomial
-  // (by Estrin's scheme: a chain of 4 dependent steps, not 9), and (k - kScaled) * ln2
-  // added in two parts. ~1 ULP.
+  // Cephes logf for an x > 0 that is normal once scaled by 2^kScaled (exactly; no
+  // special cases): x * 2^kScaled = z * 2^k with z in [sqrt(1/2), sqrt(2)), found by
+  // integer arithmetic on the bits (no compare), log(1 + m) for m = z - 1 (exact) by a
+  // degree-9 polynomial (by Estrin's scheme: a chain of 4 dependent steps, not 9), and
+  // (k - kScaled) * ln2 added in two parts. ~1 ULP.
   template <int kScaled>
   static V log_of_normal(const V& x) {
     using at::vec::fmadd;
-    const VInt bits = at::vec::cast<int32_t>(x);
+    const VInt bits = at::vec::cast<int32_t>(kScaled == 0 ? x : x * V(float(1 << kScaled)));
     const VInt above_sqrt_half = bits - VInt(0x3f3504f3);  // the bits of sqrt(1/2)
     const VInt k = (above_sqrt_half >> VInt(23)) - VInt(kScaled);  // arithmetic shift
     const VInt exponent_bits = above_sqrt_half & VInt(static_cast<int32_t>(0xff800000));

@@ -38,8 +38,7 @@ VK_INLINE V bernoulli_logits_nll(V logits, V target) {
 template <typename V>
 VK_INLINE V bernoulli_logits_nll_and_grad(V logits, V target, V& d_logits, V& d_target) {
   const V e = Math<V>::exp_minus_abs(logits);
-  const V sigmoid = Math<V>::where_nonneg(logits, V(1), e) / (V(1) + e);
-  d_logits = sigmoid - target;
+  d_logits = sigmoid_from_exp_minus_abs(logits, e) - target;
   d_target = V(0) - logits;
   return bernoulli_logits_linear_part(logits, target) + Math<V>::log1p_unit(e);
 }

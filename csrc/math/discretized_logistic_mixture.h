@@ -52,8 +52,7 @@ template <typename V>
 VK_INLINE V softplus_and_sigmoid(V y, V& sig) {
   using S = typename Math<V>::Scalar;
   const V e = Math<V>::exp_minus_abs(y);  // in (0, 1]
-  const V inv_one_plus_e = V(S(1)) / (V(S(1)) + e);
-  sig = Math<V>::where_nonneg(y, inv_one_plus_e, e * inv_one_plus_e);
+  sig = sigmoid_from_exp_minus_abs(y, e);
   return Math<V>::maximum(y, V(S(0))) + Math<V>::log1p_unit(e);
 }
 

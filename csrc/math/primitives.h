@@ -83,6 +83,13 @@ struct Math<float> : ScalarMath<float> {
 template <>
 struct Math<double> : ScalarMath<double> {};
 
+// sigmoid(x) from e = exp(-|x|): (1 or e) / (1 + e) by the sign of x, one division.
+template <typename V>
+VK_INLINE V sigmoid_from_exp_minus_abs(V x, V e) {
+  using S = typename Math<V>::Scalar;
+  return Math<V>::where_nonneg(x, V(S(1)), e) / (V(S(1)) + e);
+}
+
 VK_HOST_DEVICE constexpr double inverse_factorial(int k) {
   return k <= 1 ? 1.0 : inverse_factorial(k - 1) / k;
 }
