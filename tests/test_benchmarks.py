@@ -464,5 +464,7 @@ def test_gpu_timing_keeps_prepare_outside_the_events(monkeypatch):
 
     samples = harness.time_gpu_steps([step("a"), step("b")], warmup_ms=1, rep_ms=20, min_runs=4)
     assert 4 <= len(samples) <= 10  # ~20 ms of ~4.5 ms calls
-    assert all(0.4 < ms < 3.5 for ms in samples), samples  # run's 0.5 ms, not prepare's 4 ms
+    # run's 0.5 ms, not prepare's 4 ms: with prepare inside the events every sample would
+    # exceed 4 ms; a busy host may still stretch one sleep, so the median decides.
+    assert min(samples) > 0.4 and sorted(samples)[len(samples) // 2] < 3.5, samples
     assert set(used) == {"a", "b"}

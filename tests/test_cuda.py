@@ -267,13 +267,13 @@ def test_elbo_gradcheck_on_cuda(likelihood, reduction):
 # ---------------------------------------------------------------- sampling
 
 
-def test_philox_noise_is_tritons_randn_stream():
-    from test_sampling import triton_randn  # the stream's spec, in numpy
+def test_philox_noise_is_tritons_randn4x_stream():
+    from test_sampling import triton_randn4x  # the stream's spec, in numpy
 
     seed = 0x1234_5678_9ABC
     mu = torch.zeros(3, 1000, device=DEVICE)
     z = OPS.reparameterize_philox(mu, torch.zeros_like(mu), torch.tensor([seed], device=DEVICE), 2)
-    expected = triton_randn(seed, np.arange(z.numel(), dtype=np.int64)).reshape(z.shape)
+    expected = triton_randn4x(seed, np.arange(z.numel(), dtype=np.int64)).reshape(z.shape)
     np.testing.assert_allclose(z.cpu().numpy(), expected, rtol=2e-6, atol=2e-6)
     # A seed passed as a CPU tensor gives the same stream.
     z_cpu_seed = OPS.reparameterize_philox(mu, torch.zeros_like(mu), torch.tensor([seed]), 2)

@@ -67,6 +67,9 @@ def _lower_isas() -> list[str]:
 def _environment(isa: str) -> dict[str, str]:
     env = dict(os.environ, ATEN_CPU_CAPABILITY=isa.lower(), **EXTRA_ENV[isa])
     env[IN_SUBPROCESS] = isa
+    # This process's inductor cache holds code built for its own instruction set, which
+    # fails to compile under another: the subprocess's conftest picks one of its own.
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     return env
 
 

@@ -1,4 +1,4 @@
-"""reparameterize: caller noise and in-kernel Philox noise (pinned to Triton's tl.randn
+"""reparameterize: caller noise and in-kernel Philox noise (pinned to Triton's tl.randn4x
 stream), K samples, reproducibility, statistics, and gradients."""
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from conftest import ALL_DTYPES, assert_close_to_oracle, requires_cpu_backend, u
 pytestmark = requires_cpu_backend
 
 
-def triton_randn(seed: int, index: np.ndarray, exact: bool = False) -> np.ndarray:
-    """tl.randn(seed, index) of triton/language/random.py, in numpy (the stream's spec).
-    ``exact``: Box-Muller of the same float32 uniforms and angle in float64."""
+def triton_randn4x(seed: int, index: np.ndarray, exact: bool = False) -> np.ndarray:
+    """Normal ``index`` of the stream: output index % 4 of tl.randn4x(seed, index // 4) of
+    triton/language/random.py, in numpy (the stream's spec). ``exact``: Box-Muller of the
+    same float32 uniforms and angle in float64."""
     mask = np.uint64(0xFFFFFFFF)
-    c0 = (index.astype(np.uint64) & mask).astype(np.uint64)
-    c1 = (index.astype(np.uint64) >> np.uint64(32)) & mask
+    counter = index.astype(np.uint64) >> np.uint64(2)
+    c0 = counter & mask
+    c1 = (counter >> np.uint64(32)) & mask
     c2 = np.zeros_like(c0)
     c3 = np.zeros_like(c0)
     k0 = np.uint64(seed & 0xFFFFFFFF)
@@ -40,18 +42,32 @@ def triton_randn(seed: int, index: np.ndarray, exact: bool = False) -> np.ndarra
         x = np.where(x < 0, ~x, x)
         return x.astype(np.float32) * np.float32(4.6566127342e-10)
 
-    u1 = np.maximum(np.float32(1e-7), uniform(c0))
-    theta = np.float32(6.283185307179586) * uniform(c1)
+    second_pair = (index & 2) != 0
+    sine = (index & 1) != 0
+    u1 = np.maximum(np.float32(1e-7), uniform(np.where(second_pair, c2, c0)))
+    theta = np.float32(6.283185307179586) * uniform(np.where(second_pair, c3, c1))
     if exact:
-        return np.sqrt(-2.0 * np.log(u1.astype(np.float64))) * np.cos(theta.astype(np.float64))
-    return np.sqrt(np.float32(-2.0) * np.log(u1)) * np.cos(theta)
+        u1, theta = u1.astype(np.float64), theta.astype(np.float64)
+        return np.sqrt(-2.0 * np.log(u1)) * np.where(sine, np.sin(theta), np.cos(theta))
+    return np.sqrt(np.float32(-2.0) * np.log(u1)) * np.where(sine, np.sin(theta), np.cos(theta))
 
 
-def test_philox_noise_is_tritons_randn_stream():
+@pytest.mark.parametrize("shape, num_samples", [((3, 1000), 2), ((7, 37), 3), ((2, 1, 4099), 2)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_philox_noise_is_tritons_randn4x_stream(shape, num_samples, threads):
+    # Odd sizes start samples and threads' ranges in mid-counter (index % 4 != 0), and
+    # leave counters to the scalar Philox loop.
     seed = 0x1234_5678_9ABC
-    mu = torch.zeros(3, 1000)
-    z = torch.ops.vae_kernels.reparameterize_philox(mu, torch.zeros_like(mu), torch.tensor([seed]), 2)
-    expected = triton_randn(seed, np.arange(z.numel(), dtype=np.int64)).reshape(z.shape)
+    mu = torch.zeros(shape)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        z = torch.ops.vae_kernels.reparameterize_philox(
+            mu, torch.zeros_like(mu), torch.tensor([seed]), num_samples
+        )
+    finally:
+        torch.set_num_threads(previous)
+    expected = triton_randn4x(seed, np.arange(z.numel(), dtype=np.int64)).reshape(z.shape)
     np.testing.assert_allclose(z.numpy(), expected, rtol=2e-6, atol=2e-6)
 
 
@@ -63,7 +79,7 @@ def test_in_kernel_noise_is_within_a_few_ulp_of_exact_box_muller():
     z = torch.ops.vae_kernels.reparameterize_philox(
         torch.zeros(n), torch.zeros(n), torch.tensor([seed]), None
     ).double().numpy()
-    exact = triton_randn(seed, np.arange(n, dtype=np.int64), exact=True)
+    exact = triton_randn4x(seed, np.arange(n, dtype=np.int64), exact=True)
     radius = np.abs(exact) + 6e-7 * np.sqrt(-2 * np.log(np.float64(1e-7)))
     assert np.all(np.abs(z - exact) <= 4 * np.spacing(radius.astype(np.float32)))
 

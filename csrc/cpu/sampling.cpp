@@ -85,15 +85,65 @@ void reparameterize_backward_typed(const scalar_t* grad_z, int64_t grad_z_stride
   });
 }
 
+// In-kernel noise, a block of at most kNoiseBlock normals at a time. Normal i is word
+// i % 4 of the Philox block of counter i / 4 (csrc/math/philox.h), so a block of normals
+// needs a quarter as many counters, plus one when it starts mid-counter.
 constexpr int64_t kNoiseBlock = 256;
+
+using FVec = at::vec::Vectorized<float>;
+
+// Uniforms are laid out in packed vectors of kVecCounters counters, one vector per
+// Philox word. Lane 4k + p of a vector holds counter p * kVecCounters / 4 + k: then
+// interleaving the four normals of each lane within 128-bit blocks (store_interleaved)
+// lists the vector's 4 * kVecCounters normals in stream order.
+constexpr int64_t kVecCounters = FVec::size();
+static_assert(kVecCounters % 4 == 0, "a vector of uniforms must fill whole 128-bit blocks");
+
+constexpr int64_t counter_of_lane(int64_t lane) {
+  return (lane % 4) * (kVecCounters / 4) + lane / 4;
+}
+constexpr int64_t lane_of_counter(int64_t counter) {
+  return (counter % (kVecCounters / 4)) * 4 + counter / (kVecCounters / 4);
+}
+
+// out[4 * counter_of_lane(l) + w] = n_w[l]: four vectors of normals, one per Philox
+// word, as 4 * kVecCounters consecutive normals of the stream.
+inline void store_interleaved(const FVec& n0, const FVec& n1, const FVec& n2, const FVec& n3,
+                              float* out) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
+#define VK_PS(name) _mm512_##name##_ps
+#else
+#define VK_PS(name) _mm256_##name##_ps
+#endif
+  // Per 128-bit block: lo01 = n0[0] n1[0] n0[1] n1[1], hi01 = n0[2] n1[2] n0[3] n1[3].
+  const auto lo01 = VK_PS(unpacklo)(n0, n1), hi01 = VK_PS(unpackhi)(n0, n1);
+  const auto lo23 = VK_PS(unpacklo)(n2, n3), hi23 = VK_PS(unpackhi)(n2, n3);
+  VK_PS(storeu)(out, VK_PS(shuffle)(lo01, lo23, 0x44));  // the 4 words of lanes 4k
+  VK_PS(storeu)(out + kVecCounters, VK_PS(shuffle)(lo01, lo23, 0xEE));  // lanes 4k + 1
+  VK_PS(storeu)(out + 2 * kVecCounters, VK_PS(shuffle)(hi01, hi23, 0x44));
+  VK_PS(storeu)(out + 3 * kVecCounters, VK_PS(shuffle)(hi01, hi23, 0xEE));
+#undef VK_PS
+#else
+  alignas(64) float words[4][kVecCounters];
+  n0.store(words[0]);
+  n1.store(words[1]);
+  n2.store(words[2]);
+  n3.store(words[3]);
+  for (int64_t lane = 0; lane < kVecCounters; ++lane) {
+    for (int w = 0; w < 4; ++w) out[4 * counter_of_lane(lane) + w] = words[w][lane];
+  }
+#endif
+}
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 // Philox4x32-10 (csrc/math/philox.h) in SIMD registers, bit for bit. One counter per
 // 64-bit lane, each word in the lane's low half: vpmuludq multiplies the low halves into
 // the full 64-bit product, whose low half is the next round's low product and whose
-// high half, moved down by one shuffle, the high product. The lanes' high halves carry
-// garbage that nothing reads (vpmuludq reads low halves; the outputs are packed from
-// them), so a round costs 2 multiplies, 2 shuffles and 4 xors per register of counters.
+// high half, moved down by a 64-bit shift, the high product. The lanes' high halves
+// carry garbage that nothing reads (vpmuludq reads low halves; the outputs are packed
+// from them), so a round costs 2 multiplies, 2 shifts and 4 xors per register of
+// counters. (A shift, not a dword shuffle: shuffles share one port with the xors.)
 #if defined(CPU_CAPABILITY_AVX512)
 using IVec = __m512i;
 constexpr int kCounterLanes = 8;
@@ -102,17 +152,15 @@ inline IVec counters(uint64_t first, const int64_t* lanes) {
   return _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(first)), _mm512_load_si512(lanes));
 }
 inline IVec mul_wide(IVec a, IVec m) { return _mm512_mul_epu32(a, m); }
-inline IVec high_half(IVec a) { return _mm512_shuffle_epi32(a, static_cast<_MM_PERM_ENUM>(0xF5)); }
+inline IVec high_half(IVec a) { return _mm512_srli_epi64(a, 32); }
 inline IVec xor2(IVec a, IVec b) { return _mm512_xor_si512(a, b); }
 // The low halves of a's and b's lanes as 32-bit lanes, in each 128-bit block a0 a1 b0 b1.
 inline IVec pack_low_halves(IVec a, IVec b) {
   return _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b), 0x88));
 }
-inline void store_uniform(IVec bits, float* out, bool floor_at_tiny) {
+inline void store_uniform(IVec bits, float* out) {
   const IVec x = _mm512_xor_si512(bits, _mm512_srai_epi32(bits, 31));  // x < 0 ? ~x : x
-  __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_set1_ps(4.6566127342e-10f));
-  if (floor_at_tiny) u = _mm512_max_ps(u, _mm512_set1_ps(1.0e-7f));
-  _mm512_storeu_ps(out, u);
+  _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_set1_ps(4.6566127342e-10f)));
 }
 #else
 using IVec = __m256i;
@@ -123,19 +171,18 @@ inline IVec counters(uint64_t first, const int64_t* lanes) {
                           _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes)));
 }
 inline IVec mul_wide(IVec a, IVec m) { return _mm256_mul_epu32(a, m); }
-inline IVec high_half(IVec a) { return _mm256_shuffle_epi32(a, 0xF5); }
+inline IVec high_half(IVec a) { return _mm256_srli_epi64(a, 32); }
 inline IVec xor2(IVec a, IVec b) { return _mm256_xor_si256(a, b); }
 // The low halves of a's and b's lanes as 32-bit lanes, in each 128-bit block a0 a1 b0 b1.
 inline IVec pack_low_halves(IVec a, IVec b) {
   return _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), 0x88));
 }
-inline void store_uniform(IVec bits, float* out, bool floor_at_tiny) {
+inline void store_uniform(IVec bits, float* out) {
   const IVec x = _mm256_xor_si256(bits, _mm256_srai_epi32(bits, 31));  // x < 0 ? ~x : x
-  __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(x), _mm256_set1_ps(4.6566127342e-10f));
-  if (floor_at_tiny) u = _mm256_max_ps(u, _mm256_set1_ps(1.0e-7f));
-  _mm256_storeu_ps(out, u);
+  _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_cvtepi32_ps(x), _mm256_set1_ps(4.6566127342e-10f)));
 }
 #endif
+static_assert(2 * kCounterLanes == kVecCounters, "two registers of counters pack one vector");
 
 // The ten round keys of a seed, broadcast to the lanes once per block of draws.
 struct PhiloxRoundKeys {
@@ -152,32 +199,35 @@ struct PhiloxRoundKeys {
 };
 
 // Registers of counters computed together: a round is a chain of dependent steps
-// (multiply, shuffle, xor), and four independent chains keep the ports busy.
+// (multiply, shift, xor), and four independent chains keep the ports busy.
 constexpr int kPhiloxChains = 4;
-constexpr int64_t kPhiloxDraws = kPhiloxChains * kCounterLanes;
+constexpr int64_t kPhiloxCounters = kPhiloxChains * kCounterLanes;
 
-// The draw of each lane of chain `chain`, chosen so that pack_low_halves of chains 2p
-// and 2p+1 lists draws 2p * kCounterLanes ... in order.
-struct LaneDraws {
+// The counter of each lane of chain `chain`: pack_low_halves of chains 2p and 2p + 1
+// gives packed vector p, whose lane l must hold counter p * kVecCounters +
+// counter_of_lane(l).
+struct LaneCounters {
   alignas(64) int64_t of[kPhiloxChains][kCounterLanes];
-  constexpr LaneDraws() : of{} {
+  constexpr LaneCounters() : of{} {
     for (int chain = 0; chain < kPhiloxChains; ++chain) {
       for (int lane = 0; lane < kCounterLanes; ++lane) {
-        of[chain][lane] = (chain / 2) * 2 * kCounterLanes + (lane / 2) * 4 + (chain % 2) * 2 + lane % 2;
+        const int packed_lane = (lane / 2) * 4 + (chain % 2) * 2 + lane % 2;
+        of[chain][lane] = (chain / 2) * kVecCounters + counter_of_lane(packed_lane);
       }
     }
   }
 };
-constexpr LaneDraws kLaneDraws;
+constexpr LaneCounters kLaneCounters;
 
-// u1[j], u2[j] of philox_uniform_pair(seed, first + j) for j < kPhiloxDraws.
-inline void philox_uniform_lanes(const PhiloxRoundKeys& keys, uint64_t first, float* u1,
-                                 float* u2) {
+// The uniforms of the kPhiloxCounters counters from first_counter, in the packed layout:
+// word w of them at uniforms[w] + 0 ... kPhiloxCounters - 1.
+inline void philox_uniform_lanes(const PhiloxRoundKeys& keys, uint64_t first_counter,
+                                 float* const uniforms[4]) {
   const IVec m0 = broadcast(0xCD9E8D57u), m1 = broadcast(0xD2511F53u);
   IVec c0[kPhiloxChains], c1[kPhiloxChains], c2[kPhiloxChains], c3[kPhiloxChains];
   for (int g = 0; g < kPhiloxChains; ++g) {
     // Round 0 (c2 = c3 = 0: the products of c2 vanish) and round 1 (c1 = 0).
-    const IVec counter = counters(first, kLaneDraws.of[g]);  // low half c0, high half c1
+    const IVec counter = counters(first_counter, kLaneCounters.of[g]);  // low half c0, high half c1
     const IVec p1 = mul_wide(counter, m1);
     const IVec r0_c0 = xor2(high_half(counter), keys.k0[0]);
     const IVec r0_c2 = xor2(high_half(p1), keys.k1[0]);
@@ -187,7 +237,7 @@ inline void philox_uniform_lanes(const PhiloxRoundKeys& keys, uint64_t first, fl
     c1[g] = q0;
     c3[g] = q1;
   }
-  for (int round = 2; round < 9; ++round) {
+  for (int round = 2; round < 10; ++round) {
     for (int g = 0; g < kPhiloxChains; ++g) {
       const IVec p0 = mul_wide(c2[g], m0), p1 = mul_wide(c0[g], m1);
       c0[g] = xor2(xor2(high_half(p0), c1[g]), keys.k0[round]);
@@ -196,45 +246,60 @@ inline void philox_uniform_lanes(const PhiloxRoundKeys& keys, uint64_t first, fl
       c3[g] = p1;
     }
   }
-  // Round 9 needs only the words kept, c0 and c1, so only the product of c2.
-  for (int g = 0; g < kPhiloxChains; ++g) {
-    const IVec p0 = mul_wide(c2[g], m0);
-    c0[g] = xor2(xor2(high_half(p0), c1[g]), keys.k0[9]);
-    c1[g] = p0;
-  }
   for (int g = 0; g < kPhiloxChains; g += 2) {
-    store_uniform(pack_low_halves(c0[g], c0[g + 1]), u1 + g * kCounterLanes, /*floor_at_tiny=*/true);
-    store_uniform(pack_low_halves(c1[g], c1[g + 1]), u2 + g * kCounterLanes, /*floor_at_tiny=*/false);
+    const int64_t at = (g / 2) * kVecCounters;
+    store_uniform(pack_low_halves(c0[g], c0[g + 1]), uniforms[0] + at);
+    store_uniform(pack_low_halves(c1[g], c1[g + 1]), uniforms[1] + at);
+    store_uniform(pack_low_halves(c2[g], c2[g + 1]), uniforms[2] + at);
+    store_uniform(pack_low_halves(c3[g], c3[g + 1]), uniforms[3] + at);
   }
 }
 #endif
 
+// Counters a block of normals may span, rounded up to whole calls of the SIMD Philox.
+constexpr int64_t kBlockCounters = kNoiseBlock / 4 + 2 * kVecCounters;
+
 // eps[j] = philox_standard_normal(seed, first + j) for j < count <= kNoiseBlock: the
-// integer Philox rounds in SIMD lanes (AVX2/AVX512; a plain loop elsewhere), Box-Muller
-// in SIMD.
+// integer Philox rounds in SIMD lanes (AVX2/AVX512; a plain loop elsewhere and for the
+// last counters), Box-Muller in SIMD for every normal, whichever loop drew its bits
+// (so values do not depend on where a thread's range starts).
 template <typename acc_t>
 void philox_normal_block(uint64_t seed, uint64_t first, int64_t count, acc_t* eps) {
-  using FVec = at::vec::Vectorized<float>;
-  alignas(64) float u1[kNoiseBlock], u2[kNoiseBlock];
-  int64_t drawn = 0;
+  const uint64_t first_counter = first / 4;
+  const int64_t skip = static_cast<int64_t>(first % 4);
+  const int64_t num_counters = (skip + count + 3) / 4;
+  const int64_t vectors = (num_counters + kVecCounters - 1) / kVecCounters;
+  alignas(64) float uniforms[4][kBlockCounters];
+  float* const words[4] = {uniforms[0], uniforms[1], uniforms[2], uniforms[3]};
+  int64_t c = 0;
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
   const PhiloxRoundKeys keys(seed);
-  for (; drawn + kPhiloxDraws <= count; drawn += kPhiloxDraws) {
-    philox_uniform_lanes(keys, first + drawn, u1 + drawn, u2 + drawn);
+  for (; c + kPhiloxCounters <= num_counters; c += kPhiloxCounters) {
+    float* const at[4] = {words[0] + c, words[1] + c, words[2] + c, words[3] + c};
+    philox_uniform_lanes(keys, first_counter + c, at);
   }
 #endif
-  for (; drawn < count; ++drawn) philox_uniform_pair(seed, first + drawn, u1[drawn], u2[drawn]);
-  for (int64_t j = 0; j < count; j += FVec::size()) {
-    const int64_t n = std::min<int64_t>(FVec::size(), count - j);
-    const FVec normal = box_muller(FVec::loadu(u1 + j, n), FVec::loadu(u2 + j, n));
-    if constexpr (std::is_same_v<acc_t, float>) {
-      normal.store(eps + j, n);
-    } else {
-      alignas(64) float lanes[FVec::size()];
-      normal.store(lanes);
-      for (int64_t l = 0; l < n; ++l) eps[j + l] = lanes[l];
-    }
+  for (int64_t w = 0; w < 4; ++w) std::fill(words[w] + c, words[w] + vectors * kVecCounters, 0.5f);
+  for (; c < num_counters; ++c) {
+    const int64_t at = (c / kVecCounters) * kVecCounters + lane_of_counter(c % kVecCounters);
+    uint32_t w0, w1, w2, w3;
+    philox4x32_10(seed, first_counter + c, w0, w1, w2, w3);
+    words[0][at] = uint32_to_uniform(w0);
+    words[1][at] = uint32_to_uniform(w1);
+    words[2][at] = uint32_to_uniform(w2);
+    words[3][at] = uint32_to_uniform(w3);
   }
+  alignas(64) float normals[4 * kBlockCounters];
+  for (int64_t v = 0; v < vectors; ++v) {
+    const int64_t at = v * kVecCounters;
+    const FVec radius01 = box_muller_radius(FVec::loadu(words[0] + at));
+    const FVec radius23 = box_muller_radius(FVec::loadu(words[2] + at));
+    const FVec u1 = FVec::loadu(words[1] + at), u3 = FVec::loadu(words[3] + at);
+    store_interleaved(radius01 * Math<FVec>::cos_turn(u1), radius01 * Math<FVec>::sin_turn(u1),
+                      radius23 * Math<FVec>::cos_turn(u3), radius23 * Math<FVec>::sin_turn(u3),
+                      normals + 4 * at);
+  }
+  std::copy(normals + skip, normals + skip + count, eps);
 }
 
 template <typename scalar_t>

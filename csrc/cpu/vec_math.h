@@ -32,6 +32,7 @@ struct Math<at::vec::Vectorized<T>> {
   static V sqrt(const V& x) { return x.sqrt(); }
   static V cos(const V& x) { return x.cos(); }
   static V cos_turn(const V& u) { return (V(T(6.283185307179586f)) * u).cos(); }
+  static V sin_turn(const V& u) { return (V(T(6.283185307179586f)) * u).sin(); }
   static V tanh(const V& x) { return x.tanh(); }
   static V abs(const V& x) { return x.abs(); }
   static V sign(const V& x) {  // -1, 0 or 1; NaN stays NaN
@@ -44,10 +45,10 @@ struct Math<at::vec::Vectorized<T>> {
 };
 
 // float32, the type nearly all training runs in: exp, log1p on [0, 1], the logs of
-// [0, 1] and Box-Muller's cos written out inline, because the Sleef calls behind
+// [0, 1] and Box-Muller's cos and sin written out inline, because the Sleef calls behind
 // Vectorized<float> cost more than the memory traffic of the loss kernels (and than
 // torch.randn_like's noise). All are within a few ULP (tests compare them with the
-// float64 oracle and with Triton's randn stream).
+// float64 oracle and with Triton's randn4x stream).
 template <>
 struct Math<at::vec::Vectorized<float>> {
   using V = at::vec::Vectorized<float>;
@@ -173,10 +174,15 @@ struct Math<at::vec::Vectorized<float>> {
     return fmadd(e, V(0.693359375f), m + y);
   }
 
-  // Cephes cosf for u in [0, 1]: theta = 2 pi u (rounded as the scalar path rounds it),
-  // theta = q pi/2 + r with |r| <= pi/4 (pi/2 in three parts, exact for q <= 4), and the
-  // sine or cosine polynomial of r by quadrant. ~1 ULP.
-  static V cos_turn(const V& u) {
+  // Cephes cosf and sinf for u in [0, 1]: theta = 2 pi u (rounded as the scalar path
+  // rounds it), theta = q pi/2 + r with |r| <= pi/4 (pi/2 in three parts, exact for
+  // q <= 4), and the sine or cosine polynomial of r by quadrant. ~1 ULP. Box-Muller
+  // takes both of one u: inlined together, the two share everything but the last step.
+  static V cos_turn(const V& u) { return sinusoid_turn<false>(u); }
+  static V sin_turn(const V& u) { return sinusoid_turn<true>(u); }
+
+  template <bool kSine>
+  static V sinusoid_turn(const V& u) {
     const V theta = V(6.283185307179586f) * u;
     const V q = (theta * V(0.636619772367581343f)).round();
     V r = at::vec::fmadd(q, V(-1.5703125f), theta);
@@ -189,11 +195,13 @@ struct Math<at::vec::Vectorized<float>> {
     V c = at::vec::fmadd(V(2.443315711809948e-5f), z, V(-1.388731625493765e-3f));
     c = at::vec::fmadd(c, z, V(4.166664568298827e-2f));
     c = at::vec::fmadd(c * z, z, at::vec::fmadd(z, V(-0.5f), V(1.f)));
-    // cos(q pi/2 + r): quadrant 0 cos r, 1 -sin r, 2 -cos r, 3 sin r.
+    // Quadrant 0..3: cos(q pi/2 + r) is cos r, -sin r, -cos r, sin r; sin(q pi/2 + r)
+    // is sin r, cos r, -sin r, -cos r.
     const VInt quadrant = at::vec::convert_to_int_of_same_size(q);
-    const V odd = at::vec::cast<float>(VInt(0) - (quadrant & VInt(1)));        // all ones if odd
-    const V negate = at::vec::cast<float>(((quadrant + VInt(1)) & VInt(2)) << VInt(30));
-    return V::blendv(c, s, odd) ^ negate;  // the sign bit flipped in quadrants 1 and 2
+    const V odd = at::vec::cast<float>(VInt(0) - (quadrant & VInt(1)));  // all ones if odd
+    const VInt negative = kSine ? quadrant & VInt(2) : (quadrant + VInt(1)) & VInt(2);
+    const V sign = at::vec::cast<float>(negative << VInt(30));  // the sign bit where negative
+    return (kSine ? V::blendv(s, c, odd) : V::blendv(c, s, odd)) ^ sign;
   }
 
   // log1p(x) = x * Q(x) on [0, 1], Q a degree-9 least-relative-error polynomial

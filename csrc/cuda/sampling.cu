@@ -1,5 +1,5 @@
 // CUDA kernels of reparameterized sampling, with caller noise or in-kernel Philox noise
-// (the stream of csrc/math/philox.h, Triton's tl.randn; regenerated in backward, never
+// (the stream of csrc/math/philox.h, Triton's tl.randn4x; regenerated in backward, never
 // stored). Formulas: csrc/math/sampling.h, shared with the CPU kernels.
 //
 // Scalar loads: the latent tensors these run on are small next to the reconstruction,

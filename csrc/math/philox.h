@@ -1,7 +1,9 @@
 // Counter-based standard-normal noise: Philox4x32-10 + Box-Muller, bit-for-bit the
-// algorithm of Triton's tl.randn(seed, offset) (triton/language/random.py), so every
-// backend that draws in-kernel noise draws the same eps for the same (seed, index).
-// Stateless: the backward pass regenerates eps from (seed, index) instead of storing it.
+// algorithm of Triton's tl.randn4x: normal i of the stream keyed by `seed` is output
+// i % 4 of tl.randn4x(seed, i / 4). One Philox block (four 32-bit words) gives two
+// uniform pairs, and each pair both halves of Box-Muller (r cos(theta), r sin(theta)),
+// so four normals cost one Philox evaluation (tl.randn spends one on each).
+// Stateless: the backward pass can regenerate eps from (seed, index).
 #pragma once
 
 #include <cstdint>
@@ -14,8 +16,9 @@ VK_INLINE uint32_t mulhi_u32(uint32_t a, uint32_t b) {
   return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
 }
 
-// Philox4x32 with 10 rounds; returns the first two words of the output block.
-VK_INLINE void philox4x32_10(uint64_t seed, uint64_t counter, uint32_t& out0, uint32_t& out1) {
+// Philox4x32 with 10 rounds: the output block (c0, c1, c2, c3) of `counter`.
+VK_INLINE void philox4x32_10(uint64_t seed, uint64_t counter, uint32_t& out0, uint32_t& out1,
+                             uint32_t& out2, uint32_t& out3) {
   uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32);
   uint32_t c2 = 0, c3 = 0;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
@@ -30,6 +33,8 @@ VK_INLINE void philox4x32_10(uint64_t seed, uint64_t counter, uint32_t& out0, ui
   }
   out0 = c0;
   out1 = c1;
+  out2 = c2;
+  out3 = c3;
 }
 
 // Triton's uint_to_uniform_float for 32-bit words: a float in [0, 1).
@@ -39,26 +44,23 @@ VK_INLINE float uint32_to_uniform(uint32_t bits) {
   return static_cast<float>(x) * 4.6566127342e-10f;
 }
 
-// The two uniforms of position `index` of the stream keyed by `seed` (u1 floored at
-// 1e-7, as Triton does, so log(u1) is finite).
-VK_INLINE void philox_uniform_pair(uint64_t seed, uint64_t index, float& u1, float& u2) {
-  uint32_t bits0, bits1;
-  philox4x32_10(seed, index, bits0, bits1);
-  u1 = Math<float>::maximum(1.0e-7f, uint32_to_uniform(bits0));
-  u2 = uint32_to_uniform(bits1);
-}
-
-// Box-Muller (the cosine half, as tl.randn): a standard normal from two uniforms.
+// Box-Muller's radius sqrt(-2 log u1) for the first uniform of a pair, floored at 1e-7
+// first (as Triton does, so the log is finite).
 template <typename V>
-VK_INLINE V box_muller(V u1, V u2) {
-  return Math<V>::sqrt(V(-2.0f) * Math<V>::log_uniform(u1)) * Math<V>::cos_turn(u2);
+VK_INLINE V box_muller_radius(V u1) {
+  return Math<V>::sqrt(V(-2.0f) * Math<V>::log_uniform(Math<V>::at_least(u1, V(1.0e-7f))));
 }
 
-// The standard normal number at position `index` of the stream keyed by `seed`.
+// The standard normal number at position `index` of the stream keyed by `seed`: word
+// pair (index % 4) / 2 of the block of counter index / 4, the cosine half for an even
+// index and the sine half for an odd one.
 VK_INLINE float philox_standard_normal(uint64_t seed, uint64_t index) {
-  float u1, u2;
-  philox_uniform_pair(seed, index, u1, u2);
-  return box_muller(u1, u2);
+  uint32_t w0, w1, w2, w3;
+  philox4x32_10(seed, index >> 2, w0, w1, w2, w3);
+  const bool second_pair = (index & 2) != 0;
+  const float radius = box_muller_radius(uint32_to_uniform(second_pair ? w2 : w0));
+  const float u2 = uint32_to_uniform(second_pair ? w3 : w1);
+  return radius * ((index & 1) ? Math<float>::sin_turn(u2) : Math<float>::cos_turn(u2));
 }
 
 }  // namespace vae_kernels

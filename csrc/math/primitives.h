@@ -24,7 +24,7 @@ constexpr double kLog2 = 0.6931471805599453;
 
 template <typename V>
 struct Math;  // Scalar, exp, exp_minus_abs, log, log1p, log1p_unit, log_uniform, log_unit,
-              // log1m_unit, sqrt, cos, cos_turn, tanh, abs, sign, maximum, at_least,
+              // log1m_unit, sqrt, cos, cos_turn, sin_turn, tanh, abs, sign, maximum, at_least,
               // where_nonneg, nonneg_indicator
 
 template <typename T>
@@ -47,9 +47,10 @@ struct ScalarMath {
   static VK_INLINE T log1m_unit(T x) { return log1p(-x); }
   static VK_INLINE T sqrt(T x) { return ::sqrt(x); }
   static VK_INLINE T cos(T x) { return ::cos(x); }
-  // cos(2 pi u) for u in [0, 1] only, the angle rounded to T first; SIMD float
-  // evaluates it inline.
+  // cos(2 pi u) and sin(2 pi u) for u in [0, 1] only, the angle rounded to T first;
+  // SIMD float evaluates them inline.
   static VK_INLINE T cos_turn(T u) { return cos(T(6.283185307179586f) * u); }
+  static VK_INLINE T sin_turn(T u) { return ::sin(T(6.283185307179586f) * u); }
   static VK_INLINE T tanh(T x) { return ::tanh(x); }
   static VK_INLINE T abs(T x) { return ::fabs(x); }
   // -1, 0 or 1; NaN stays NaN.
@@ -77,6 +78,7 @@ struct Math<float> : ScalarMath<float> {
   static VK_INLINE float sqrt(float x) { return ::sqrtf(x); }
   static VK_INLINE float cos(float x) { return ::cosf(x); }
   static VK_INLINE float cos_turn(float u) { return ::cosf(6.283185307179586f * u); }
+  static VK_INLINE float sin_turn(float u) { return ::sinf(6.283185307179586f * u); }
   static VK_INLINE float tanh(float x) { return ::tanhf(x); }
   static VK_INLINE float abs(float x) { return ::fabsf(x); }
 };

@@ -52,7 +52,7 @@ def test_reparameterize_with_noise_matches_oracle(shape, dtype, num_samples):
 @pytest.mark.parametrize("dtype", INTERPRETER_DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(3, 5), (2, 300)], ids=str)
 def test_philox_noise_equals_cpu_kernels(shape, dtype, num_samples):
-    """tl.randn(seed, k * numel + i) and csrc/math/philox.h: the same eps for the same
+    """philox_standard_normal (vae_kernels/triton/math.py) and csrc/math/philox.h: the same eps for the same
     seed tensor (to float32 rounding of the Box-Muller transcendental functions)."""
     mu, logvar = randn(shape, dtype, 1), randn(shape, dtype, 2)
     seed = torch.tensor([0x1234_5678_9ABC_DEF], dtype=torch.int64)  # both 32-bit halves used

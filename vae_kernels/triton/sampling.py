@@ -2,8 +2,9 @@
 K samples (mu + exp(logsigma) * eps_k with LOGSIGMA), with the caller's noise or
 in-kernel Philox noise.
 
-In-kernel noise is ``tl.randn(seed, k * numel + i)`` with the seed loaded from the op's
-int64 seed tensor (no host sync): bit-for-bit the generator of ``csrc/math/philox.h``,
+In-kernel noise is ``philox_standard_normal(seed, k * numel + i)`` (output i % 4 of
+``tl.randn4x(seed, i // 4)``) with the seed loaded from the op's int64 seed tensor (no
+host sync): bit-for-bit the generator of ``csrc/math/philox.h``,
 so the Triton and C++ backends draw the same eps for the same seed tensor. The
 backward kernel regenerates eps from (seed, index) instead of storing it.
 
@@ -32,6 +33,7 @@ from .layout import (
     tile_shape,
 )
 from .math import (
+    philox_standard_normal,
     posterior_std,
     reparameterize_forward,
     reparameterize_scale_backward,
@@ -117,7 +119,7 @@ def reparameterize_philox_kernel(
     # index = k * numel + i: both the Philox counter and z's (contiguous) offset.
     index = row[:, None] * row_len + col[None, :]
     for _ in range(num_samples):
-        eps = tl.randn(seed, index).to(mu.dtype)
+        eps = philox_standard_normal(seed, index).to(mu.dtype)
         tl.store(
             z_ptr + index,
             reparameterize_forward(mu, std, eps).to(z_ptr.dtype.element_ty),
@@ -143,7 +145,7 @@ def reparameterize_philox_backward_kernel(
     sum_grad = tl.zeros_like(logvar)
     sum_grad_eps = tl.zeros_like(logvar)
     for _ in range(num_samples):  # fixed order over samples
-        eps = tl.randn(seed, index).to(logvar.dtype)  # regenerated, never stored
+        eps = philox_standard_normal(seed, index).to(logvar.dtype)  # regenerated, never stored
         grad = to_compute_dtype(tl.load(grad_ptrs, mask=mask, other=0.0))
         sum_grad += grad
         sum_grad_eps += grad * eps
