@@ -85,8 +85,9 @@ void reparameterize_backward_typed(const scalar_t* grad_z, int64_t grad_z_stride
   });
 }
 
-// In-kernel noise, a block of at most kNoiseBlock normals at a time. Normal i is word
-// i % 4 of the Philox block of counter i / 4 (csrc/math/philox.h), so a block of normals
+// In-kernel noise, a block of at most kNoiseBlock normals at a time. Normal i is output
+// i % 4 of the Philox block of counter i / 4 (csrc/math/philox.h: the cosine and sine
+// halves of Box-Muller on words 0 and 1, then on words 2 and 3), so a block of normals
 // needs a quarter as many counters, plus one when it starts mid-counter.
 constexpr int64_t kNoiseBlock = 256;
 
