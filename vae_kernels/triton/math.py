@@ -79,23 +79,14 @@ def reparameterize_scale_backward(std, sum_grad_eps, LOGSIGMA: tl.constexpr):
 
 
 @triton.jit
-def uint32_to_uniform(bits):
-    """Triton's uint_to_uniform_float for 32-bit words: a float32 in [0, 1)."""
-    x = bits.to(tl.int32, bitcast=True)
-    x = tl.where(x < 0, ~x, x)
-    return x.to(tl.float32) * 4.6566127342e-10
-
-
-@triton.jit
 def philox_standard_normal(seed, index):
     """Normal ``index`` of the noise stream keyed by ``seed`` (csrc/math/philox.h): output
     index % 4 of ``tl.randn4x(seed, index // 4)``, with only that output's half of
     Box-Muller evaluated."""
-    w0, w1, w2, w3 = tl.randint4x(seed, index >> 2)
+    u0, u1, u2, u3 = tl.rand4x(seed, index >> 2)
     second_pair = (index & 2) != 0
-    u1 = tl.maximum(1.0e-7, uint32_to_uniform(tl.where(second_pair, w2, w0)))
-    theta = 6.283185307179586 * uint32_to_uniform(tl.where(second_pair, w3, w1))
-    radius = tl.sqrt(-2.0 * tl.log(u1))
+    radius = tl.sqrt(-2.0 * tl.log(tl.maximum(1.0e-7, tl.where(second_pair, u2, u0))))
+    theta = 6.283185307179586 * tl.where(second_pair, u3, u1)
     return radius * tl.where((index & 1) != 0, tl.sin(theta), tl.cos(theta))
 
 
