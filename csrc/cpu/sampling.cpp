@@ -100,6 +100,10 @@ using FVec = at::vec::Vectorized<float>;
 constexpr int64_t kVecCounters = FVec::size();
 static_assert(kVecCounters % 4 == 0, "a vector of uniforms must fill whole 128-bit blocks");
 
+// Counters a block of normals may span, rounded up to whole calls of the SIMD Philox.
+constexpr int64_t kBlockCounters = kNoiseBlock / 4 + 2 * kVecCounters;
+using BlockUniforms = float[4][kBlockCounters];  // [Philox word][slot in the packed layout]
+
 constexpr int64_t counter_of_lane(int64_t lane) {
   return (lane % 4) * (kVecCounters / 4) + lane / 4;
 }
@@ -220,15 +224,16 @@ struct LaneCounters {
 };
 constexpr LaneCounters kLaneCounters;
 
-// The uniforms of the kPhiloxCounters counters from first_counter, in the packed layout:
-// word w of them at uniforms[w] + 0 ... kPhiloxCounters - 1.
+// The uniforms of the kPhiloxCounters counters from block counter `first` (relative to
+// `first_counter`), in the packed layout: word w at uniforms[w][first ... first +
+// kPhiloxCounters).
 inline void philox_uniform_lanes(const PhiloxRoundKeys& keys, uint64_t first_counter,
-                                 float* const uniforms[4]) {
+                                 int64_t first, BlockUniforms& uniforms) {
   const IVec m0 = broadcast(0xCD9E8D57u), m1 = broadcast(0xD2511F53u);
   IVec c0[kPhiloxChains], c1[kPhiloxChains], c2[kPhiloxChains], c3[kPhiloxChains];
   for (int g = 0; g < kPhiloxChains; ++g) {
     // Round 0 (c2 = c3 = 0: the products of c2 vanish) and round 1 (c1 = 0).
-    const IVec counter = counters(first_counter, kLaneCounters.of[g]);  // low half c0, high half c1
+    const IVec counter = counters(first_counter + first, kLaneCounters.of[g]);  // low half c0, high half c1
     const IVec p1 = mul_wide(counter, m1);
     const IVec r0_c0 = xor2(high_half(counter), keys.k0[0]);
     const IVec r0_c2 = xor2(high_half(p1), keys.k1[0]);
@@ -248,7 +253,7 @@ inline void philox_uniform_lanes(const PhiloxRoundKeys& keys, uint64_t first_cou
     }
   }
   for (int g = 0; g < kPhiloxChains; g += 2) {
-    const int64_t at = (g / 2) * kVecCounters;
+    const int64_t at = first + (g / 2) * kVecCounters;
     store_uniform(pack_low_halves(c0[g], c0[g + 1]), uniforms[0] + at);
     store_uniform(pack_low_halves(c1[g], c1[g + 1]), uniforms[1] + at);
     store_uniform(pack_low_halves(c2[g], c2[g + 1]), uniforms[2] + at);
@@ -256,9 +261,6 @@ inline void philox_uniform_lanes(const PhiloxRoundKeys& keys, uint64_t first_cou
   }
 }
 #endif
-
-// Counters a block of normals may span, rounded up to whole calls of the SIMD Philox.
-constexpr int64_t kBlockCounters = kNoiseBlock / 4 + 2 * kVecCounters;
 
 // eps[j] = philox_standard_normal(seed, first + j) for j < count <= kNoiseBlock: the
 // integer Philox rounds in SIMD lanes (AVX2/AVX512; a plain loop elsewhere and for the
@@ -270,32 +272,30 @@ void philox_normal_block(uint64_t seed, uint64_t first, int64_t count, acc_t* ep
   const int64_t skip = static_cast<int64_t>(first % 4);
   const int64_t num_counters = (skip + count + 3) / 4;
   const int64_t vectors = (num_counters + kVecCounters - 1) / kVecCounters;
-  alignas(64) float uniforms[4][kBlockCounters];
-  float* const words[4] = {uniforms[0], uniforms[1], uniforms[2], uniforms[3]};
+  alignas(64) BlockUniforms uniforms;
   int64_t c = 0;
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
   const PhiloxRoundKeys keys(seed);
   for (; c + kPhiloxCounters <= num_counters; c += kPhiloxCounters) {
-    float* const at[4] = {words[0] + c, words[1] + c, words[2] + c, words[3] + c};
-    philox_uniform_lanes(keys, first_counter + c, at);
+    philox_uniform_lanes(keys, first_counter, c, uniforms);
   }
 #endif
-  for (int64_t w = 0; w < 4; ++w) std::fill(words[w] + c, words[w] + vectors * kVecCounters, 0.5f);
+  for (auto& word : uniforms) std::fill(word + c, word + vectors * kVecCounters, 0.5f);
   for (; c < num_counters; ++c) {
     const int64_t at = (c / kVecCounters) * kVecCounters + lane_of_counter(c % kVecCounters);
     uint32_t w0, w1, w2, w3;
     philox4x32_10(seed, first_counter + c, w0, w1, w2, w3);
-    words[0][at] = uint32_to_uniform(w0);
-    words[1][at] = uint32_to_uniform(w1);
-    words[2][at] = uint32_to_uniform(w2);
-    words[3][at] = uint32_to_uniform(w3);
+    uniforms[0][at] = uint32_to_uniform(w0);
+    uniforms[1][at] = uint32_to_uniform(w1);
+    uniforms[2][at] = uint32_to_uniform(w2);
+    uniforms[3][at] = uint32_to_uniform(w3);
   }
   alignas(64) float normals[4 * kBlockCounters];
   for (int64_t v = 0; v < vectors; ++v) {
     const int64_t at = v * kVecCounters;
-    const FVec radius01 = box_muller_radius(FVec::loadu(words[0] + at));
-    const FVec radius23 = box_muller_radius(FVec::loadu(words[2] + at));
-    const FVec u1 = FVec::loadu(words[1] + at), u3 = FVec::loadu(words[3] + at);
+    const FVec radius01 = box_muller_radius(FVec::loadu(uniforms[0] + at));
+    const FVec radius23 = box_muller_radius(FVec::loadu(uniforms[2] + at));
+    const FVec u1 = FVec::loadu(uniforms[1] + at), u3 = FVec::loadu(uniforms[3] + at);
     store_interleaved(radius01 * Math<FVec>::cos_turn(u1), radius01 * Math<FVec>::sin_turn(u1),
                       radius23 * Math<FVec>::cos_turn(u3), radius23 * Math<FVec>::sin_turn(u3),
                       normals + 4 * at);
